@@ -1,0 +1,176 @@
+r"""Top-K evaluation shared by the graph and sequence models.
+
+Two protocols:
+
+* :class:`FullRankingEvaluator` -- rank *all* items for each user with a held-out pair of the
+  target behavior, with the user's other known target items masked (its training items of the
+  target behavior, and the other held-out split's item): the protocol of PKEF, COPF, CRGCN, MBGCN.
+* :class:`SampledEvaluator` -- rank the held-out item among ``num_negatives`` seeded random items
+  the user never interacted with (MB-GMN, KHGT, HMAR: 99; DPCPL: 100; PoMRec: 999).
+
+Both turn scores into top-K index lists and hand them to
+:class:`torch_geometric.metrics.LinkPredMetricCollection` (HR@K, NDCG@K, Recall@K): no
+hand-written metric math. A model only needs ``score(users, items=None)`` returning
+``[B, num_items]`` scores (``items=None``) or ``[B, C]`` scores for candidate items ``[B, C]``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+from torch_geometric.metrics import (LinkPredHitRatio, LinkPredMetricCollection, LinkPredNDCG,
+                                     LinkPredRecall)
+
+from .data.multiplex import (SPLITS, edge_type, num_users_items, split_edge_index,
+                             target_behavior)
+from .data.sampling import InteractionSet, sample_negatives
+
+METRICS = {'hr': LinkPredHitRatio, 'ndcg': LinkPredNDCG, 'recall': LinkPredRecall}
+
+
+def metric_collection(ks: Sequence[int] = (10,), metrics: Sequence[str] = ('hr', 'ndcg')
+                      ) -> LinkPredMetricCollection:
+    """A PyG metric collection named ``'hr@10'``, ``'ndcg@10'``, ..."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f'unknown metrics {unknown}; known: {sorted(METRICS)}')
+    return LinkPredMetricCollection({f'{m}@{k}': METRICS[m](k) for m in metrics for k in ks})
+
+
+def _group_pairs(pairs: Tensor):
+    """Sort held-out pairs by user: (unique users, per-pair row index into them, items)."""
+    order = torch.argsort(pairs[0], stable=True)
+    users, items = pairs[0, order], pairs[1, order]
+    uniq, row = torch.unique_consecutive(users, return_inverse=True)
+    return uniq, row, items
+
+
+class _Evaluator:
+    def __init__(self, pairs: Tensor, num_items: int, ks: Sequence[int],
+                 metrics: Sequence[str], batch_size: int):
+        if pairs is None or pairs.numel() == 0:
+            raise ValueError('cannot evaluate on an empty split: it has no held-out pairs')
+        self.users, self.rows, self.items = _group_pairs(pairs)
+        self.num_items = int(num_items)
+        self.ks = tuple(ks)
+        self.metric_names = tuple(metrics)
+        self.batch_size = int(batch_size)
+        self.last_seconds: Optional[float] = None
+
+    def _batches(self) -> Iterable[tuple]:
+        for start in range(0, self.users.numel(), self.batch_size):
+            users = self.users[start:start + self.batch_size]
+            sel = (self.rows >= start) & (self.rows < start + users.numel())
+            yield start, users, self.rows[sel] - start, self.items[sel]
+
+    @torch.no_grad()
+    def evaluate(self, model, device=None) -> Dict[str, float]:
+        """Metrics of ``model`` as ``{'hr@10': ..., 'ndcg@10': ...}`` (floats)."""
+        was_training = model.training
+        model.eval()
+        device = device or next(model.parameters()).device
+        collection = metric_collection(self.ks, self.metric_names).to(device)
+        t0 = time.perf_counter()
+        try:
+            for start, users, rows, items in self._batches():
+                pred, labels = self._rank(model, start, users.to(device), rows.to(device),
+                                          items.to(device))
+                collection.update(pred, labels)
+        finally:
+            model.train(was_training)
+        out = {name: float(v) for name, v in collection.compute().items()}
+        self.last_seconds = time.perf_counter() - t0
+        return out
+
+
+class FullRankingEvaluator(_Evaluator):
+    """Full ranking over all items on one split of the target behavior.
+
+    Args:
+        data: the multiplex graph.
+        split: ``'val'`` or ``'test'``.
+        ks: cut-offs K.
+        metrics: any of ``'hr'``, ``'ndcg'``, ``'recall'``.
+        batch_size: users scored at once.
+        mask_other_split: also mask the user's pair of the other held-out split (it is a known
+            positive, not a candidate); the training pairs of the target are always masked.
+    """
+
+    def __init__(self, data: HeteroData, split: str = 'test', ks: Sequence[int] = (10,),
+                 metrics: Sequence[str] = ('hr', 'ndcg'), batch_size: int = 1024,
+                 mask_other_split: bool = True):
+        pairs = split_edge_index(data, split)
+        if pairs is None:
+            raise ValueError(f'the data has no {split!r} split of target behavior '
+                             f'{target_behavior(data)!r}')
+        _, num_items = num_users_items(data)
+        super().__init__(pairs, num_items, ks, metrics, batch_size)
+        masked = [data[edge_type(target_behavior(data))].edge_index]
+        if mask_other_split:
+            other = split_edge_index(data, [s for s in SPLITS if s != split][0])
+            if other is not None:
+                masked.append(other)
+        self.mask = InteractionSet(torch.cat(masked, dim=1), num_items)
+        # per evaluated user: positions of its masked items, as a CSR-like (ptr, items) pair
+        keys = self.mask.keys
+        mu, mi = keys // num_items, keys % num_items
+        keep = torch.isin(mu, self.users)
+        self._mask_user_row = torch.searchsorted(self.users, mu[keep])
+        self._mask_item = mi[keep]
+
+    def _rank(self, model, start, users, rows, items):
+        scores = model.score(users)
+        if scores.shape != (users.numel(), self.num_items):
+            raise ValueError(f'model.score returned shape {tuple(scores.shape)}, expected '
+                             f'({users.numel()}, {self.num_items})')
+        sel = (self._mask_user_row >= start) & (self._mask_user_row < start + users.numel())
+        scores = scores.clone()
+        scores[(self._mask_user_row[sel] - start).to(scores.device),
+               self._mask_item[sel].to(scores.device)] = float('-inf')
+        k = min(max(self.ks), self.num_items)
+        pred = scores.topk(k, dim=1).indices
+        return pred, torch.stack([rows, items])
+
+
+class SampledEvaluator(_Evaluator):
+    """Rank each held-out item among ``num_negatives`` items the user never interacted with.
+
+    Negatives are drawn once, seeded, from items absent from ``exclude`` for that user (all of
+    its known interactions), so every evaluation of every model sees the same candidates.
+
+    Args:
+        pairs: held-out ``[2, N]`` (user, item) pairs.
+        num_items: item count.
+        exclude: ``[2, E]`` pairs the negatives must avoid (the user's whole history).
+        num_negatives: candidates besides the positive (99, 100, 999 in the papers).
+    """
+
+    def __init__(self, pairs: Tensor, num_items: int, exclude: Tensor,
+                 num_negatives: int = 99, ks: Sequence[int] = (10,),
+                 metrics: Sequence[str] = ('hr', 'ndcg'), batch_size: int = 1024, seed: int = 0):
+        super().__init__(pairs, num_items, ks, metrics, batch_size)
+        if num_negatives <= 0:
+            raise ValueError(f'num_negatives must be positive, got {num_negatives}')
+        seen = InteractionSet(torch.cat([exclude, pairs], dim=1), num_items)
+        g = torch.Generator().manual_seed(seed)
+        pair_users = self.users[self.rows]
+        neg = sample_negatives(pair_users, seen, num_items, g, num=num_negatives)
+        self.candidates = torch.cat([self.items.view(-1, 1), neg], dim=1)  # positive at column 0
+
+    def _batches(self):
+        # one row per held-out pair (a user may have several)
+        for start in range(0, self.rows.numel(), self.batch_size):
+            idx = torch.arange(start, min(start + self.batch_size, self.rows.numel()))
+            yield start, self.users[self.rows[idx]], idx - start, self.candidates[idx]
+
+    def _rank(self, model, start, users, rows, candidates):
+        scores = model.score(users, candidates)
+        if scores.shape != candidates.shape:
+            raise ValueError(f'model.score(users, items) returned shape {tuple(scores.shape)}, '
+                             f'expected {tuple(candidates.shape)}')
+        k = min(max(self.ks), candidates.size(1))
+        pred = scores.topk(k, dim=1).indices  # positions among the candidates
+        return pred, torch.stack([rows, torch.zeros_like(rows)])

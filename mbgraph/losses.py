@@ -1,0 +1,104 @@
+r"""Loss terms shared by the graph and sequence models.
+
+* :func:`bpr_loss` -- Bayesian personalised ranking,
+  :math:`-\frac{1}{B}\sum \log \sigma(\hat y_{ui} - \hat y_{uj})`;
+* :func:`multi_behavior_bpr` -- :math:`\sum_k \lambda_k \mathcal{L}^k_{BPR}` (PKEF eq 21,
+  COPF eq 16);
+* :func:`info_nce` -- the contrastive term of COPF eq 8;
+* :func:`l2_loss` -- L2 regularisation of the embeddings a batch used.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bpr_loss(pos: Tensor, neg: Tensor, reduction: str = 'mean') -> Tensor:
+    r"""BPR loss :math:`-\log\sigma(\hat y_{ui} - \hat y_{uj})`, written as
+    ``softplus(neg - pos)`` for numerical stability.
+
+    Args:
+        pos: scores of the observed pairs, any shape.
+        neg: scores of the sampled negatives, broadcastable to ``pos``.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'``.
+    """
+    out = F.softplus(neg - pos)
+    if reduction == 'mean':
+        return out.mean()
+    if reduction == 'sum':
+        return out.sum()
+    if reduction == 'none':
+        return out
+    raise ValueError(f"unknown reduction {reduction!r}; expected 'mean', 'sum' or 'none'")
+
+
+def multi_behavior_bpr(scores: Mapping[str, Tuple[Tensor, Tensor]],
+                       lambdas: Optional[Mapping[str, float]] = None) -> Tensor:
+    r""":math:`\sum_k \lambda_k\,\mathcal{L}_{BPR}(\hat y^k_{ui}, \hat y^k_{uj})` over the
+    behaviors in ``scores`` (``{behavior: (pos, neg)}``); ``lambdas`` defaults to 1 each.
+    A behavior with :math:`\lambda_k = 0` contributes nothing (and is not evaluated)."""
+    if len(scores) == 0:
+        raise ValueError('multi_behavior_bpr needs scores for at least one behavior')
+    total = None
+    for b, (pos, neg) in scores.items():
+        lam = 1.0 if lambdas is None else float(lambdas.get(b, 0.0))
+        if lam == 0.0:
+            continue
+        term = lam * bpr_loss(pos, neg)
+        total = term if total is None else total + term
+    if total is None:
+        raise ValueError(f'every loss coefficient is zero for behaviors {list(scores)}')
+    return total
+
+
+def info_nce(anchor: Tensor, positive: Tensor, tau: float = 0.1,
+             candidates: Optional[Tensor] = None, cosine: bool = False) -> Tensor:
+    r"""InfoNCE of COPF eq 8:
+
+    .. math::
+        \frac{1}{|U|}\sum_{u\in U} -\log \frac{\exp(\varphi(a_u, p_u)/\tau)}
+        {\sum_{u'} \exp(\varphi(a_u, c_{u'})/\tau)}
+
+    Args:
+        anchor: ``[B, d]`` (e.g. target-behavior embeddings :math:`e_u^{K,*}`).
+        positive: ``[B, d]`` the paired views (:math:`e_u^{k,*}`).
+        tau: temperature :math:`\tau`.
+        candidates: ``[N, d]`` the denominator's set; defaults to ``positive`` (in-batch
+            negatives). It must contain the positives for the loss to be a proper InfoNCE.
+        cosine: use cosine similarity for :math:`\varphi` (the authors' code) instead of
+            the inner product (the paper's example).
+    """
+    if tau <= 0:
+        raise ValueError(f'temperature tau must be > 0, got {tau}')
+    if candidates is None:
+        candidates = positive
+    if cosine:
+        anchor, positive, candidates = (F.normalize(t, dim=-1)
+                                        for t in (anchor, positive, candidates))
+    pos = (anchor * positive).sum(-1) / tau
+    logits = anchor @ candidates.t() / tau
+    return (torch.logsumexp(logits, dim=-1) - pos).mean()
+
+
+def l2_loss(*tensors: Tensor, batch_size: Optional[int] = None) -> Tensor:
+    r""":math:`\frac{1}{2B}\sum_t \lVert t \rVert_2^2` over the embeddings a batch used
+    (``B`` = ``batch_size``, default the first tensor's leading dimension)."""
+    if not tensors:
+        raise ValueError('l2_loss needs at least one tensor')
+    b = batch_size if batch_size is not None else max(tensors[0].size(0), 1)
+    return sum(t.pow(2).sum() for t in tensors) / (2.0 * b)
+
+
+def check_finite(loss: Tensor, where: str) -> Tensor:
+    """Raise ``FloatingPointError`` naming ``where`` if ``loss`` is NaN or infinite."""
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(f'loss is {loss.item() if loss.numel() == 1 else loss} at '
+                                 f'{where}: training diverged (lower the learning rate, check '
+                                 'the inputs)')
+    return loss
+
+
+LossDict = Dict[str, Tensor]

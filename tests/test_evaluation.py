@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mbgraph.data import make_multiplex
+from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
+
+
+class FixedScores(nn.Module):
+    """A 'model' whose scores are a fixed user x item table."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = nn.Parameter(torch.as_tensor(table, dtype=torch.float), requires_grad=False)
+
+    def score(self, users, items=None):
+        s = self.table[users]
+        return s if items is None else torch.gather(s, 1, items)
+
+
+def graph():
+    # 2 users, 5 items; target buy: training (0,0) (1,4); val (0,3); test (0,1) (1,2)
+    return make_multiplex(2, 5, ['buy'], {'buy': torch.tensor([[0, 1], [0, 4]])},
+                          val=torch.tensor([[0], [3]]), test=torch.tensor([[0, 1], [1, 2]]))
+
+
+def test_full_ranking_masks_training_and_val():
+    table = [[9.0, 5.0, 1.0, 8.0, 2.0],   # user 0: item 0 (train) and 3 (val) masked -> item 1 ranks 1st
+             [0.0, 3.0, 1.0, 2.0, 9.0]]   # user 1: item 4 (train) masked -> 1, 3, 2: test item 2 is 3rd
+    ev = FullRankingEvaluator(graph(), 'test', ks=(1, 3))
+    m = ev.evaluate(FixedScores(table))
+    assert m['hr@1'] == pytest.approx(0.5)
+    assert m['hr@3'] == pytest.approx(1.0)
+    assert m['ndcg@3'] == pytest.approx((1.0 + 1 / math.log2(4)) / 2)
+    assert ev.last_seconds is not None
+    # without masking the other split, user 0's val item 3 outranks the test item
+    ev2 = FullRankingEvaluator(graph(), 'test', ks=(1,), mask_other_split=False)
+    assert ev2.evaluate(FixedScores(table))['hr@1'] == pytest.approx(0.0)
+
+
+def test_full_ranking_batches_agree():
+    torch.manual_seed(0)
+    table = torch.randn(2, 5)
+    a = FullRankingEvaluator(graph(), 'test', ks=(2,), batch_size=1).evaluate(FixedScores(table))
+    b = FullRankingEvaluator(graph(), 'test', ks=(2,), batch_size=64).evaluate(FixedScores(table))
+    assert a == b
+
+
+def test_missing_or_empty_split():
+    data = make_multiplex(1, 2, ['buy'], {'buy': torch.tensor([[0], [0]])})
+    with pytest.raises(ValueError, match="no 'val' split"):
+        FullRankingEvaluator(data, 'val')
+    with pytest.raises(ValueError, match='empty split'):
+        SampledEvaluator(torch.zeros(2, 0, dtype=torch.long), 5, torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_sampled_negatives():
+    pairs = torch.tensor([[0, 1], [1, 2]])
+    history = torch.tensor([[0, 0, 1], [0, 3, 4]])
+    ev = SampledEvaluator(pairs, 50, history, num_negatives=20, ks=(1, 21), seed=7)
+    cand = ev.candidates
+    assert cand.shape == (2, 21)
+    assert cand[:, 0].tolist() == [1, 2]
+    assert not ({0, 1, 3} & set(cand[0, 1:].tolist()))
+    assert not ({4, 2} & set(cand[1, 1:].tolist()))
+    # a model that scores the held-out item highest gets HR@1 = 1, one that scores it lowest 0
+    best = torch.zeros(2, 50)
+    best[0, 1] = best[1, 2] = 1.0
+    assert ev.evaluate(FixedScores(best))['hr@1'] == 1.0
+    worst = torch.ones(2, 50)
+    worst[0, 1] = worst[1, 2] = 0.0
+    m = ev.evaluate(FixedScores(worst))
+    assert m['hr@1'] == 0.0 and m['hr@21'] == 1.0
+    assert m['ndcg@21'] == pytest.approx(1 / math.log2(22))
+    # seeded: same seed, same candidates
+    assert torch.equal(SampledEvaluator(pairs, 50, history, 20, seed=7).candidates, cand)
