@@ -12,6 +12,9 @@ Both turn scores into top-K index lists and hand them to
 :class:`torch_geometric.metrics.LinkPredMetricCollection` (HR@K, NDCG@K, Recall@K): no
 hand-written metric math. A model only needs ``score(users, items=None)`` returning
 ``[B, num_items]`` scores (``items=None``) or ``[B, C]`` scores for candidate items ``[B, C]``.
+A model that scores from context that differs per split (a sequence model reads the history
+before the held-out item) may define ``prepare_eval(split)``; the evaluator calls it with its
+split name (``'val'``, ``'test'`` or ``None``) before scoring.
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ def _group_pairs(pairs: Tensor):
 
 class _Evaluator:
     def __init__(self, pairs: Tensor, num_items: int, ks: Sequence[int],
-                 metrics: Sequence[str], batch_size: int):
+                 metrics: Sequence[str], batch_size: int, split: Optional[str] = None):
+        self.split = split
         if pairs is None or pairs.numel() == 0:
             raise ValueError('cannot evaluate on an empty split: it has no held-out pairs')
         self.users, self.rows, self.items = _group_pairs(pairs)
@@ -71,6 +75,8 @@ class _Evaluator:
         """Metrics of ``model`` as ``{'hr@10': ..., 'ndcg@10': ...}`` (floats)."""
         was_training = model.training
         model.eval()
+        if hasattr(model, 'prepare_eval'):
+            model.prepare_eval(self.split)
         device = device or next(model.parameters()).device
         collection = metric_collection(self.ks, self.metric_names).to(device)
         t0 = time.perf_counter()
@@ -107,7 +113,7 @@ class FullRankingEvaluator(_Evaluator):
             raise ValueError(f'the data has no {split!r} split of target behavior '
                              f'{target_behavior(data)!r}')
         _, num_items = num_users_items(data)
-        super().__init__(pairs, num_items, ks, metrics, batch_size)
+        super().__init__(pairs, num_items, ks, metrics, batch_size, split)
         masked = [data[edge_type(target_behavior(data))].edge_index]
         if mask_other_split:
             other = split_edge_index(data, [s for s in SPLITS if s != split][0])
@@ -146,12 +152,14 @@ class SampledEvaluator(_Evaluator):
         num_items: item count.
         exclude: ``[2, E]`` pairs the negatives must avoid (the user's whole history).
         num_negatives: candidates besides the positive (99, 100, 999 in the papers).
+        split: the split name handed to ``model.prepare_eval`` (if the model has it).
     """
 
     def __init__(self, pairs: Tensor, num_items: int, exclude: Tensor,
                  num_negatives: int = 99, ks: Sequence[int] = (10,),
-                 metrics: Sequence[str] = ('hr', 'ndcg'), batch_size: int = 1024, seed: int = 0):
-        super().__init__(pairs, num_items, ks, metrics, batch_size)
+                 metrics: Sequence[str] = ('hr', 'ndcg'), batch_size: int = 1024, seed: int = 0,
+                 split: Optional[str] = None):
+        super().__init__(pairs, num_items, ks, metrics, batch_size, split)
         if num_negatives <= 0:
             raise ValueError(f'num_negatives must be positive, got {num_negatives}')
         seen = InteractionSet(torch.cat([exclude, pairs], dim=1), num_items)

@@ -76,3 +76,17 @@ def test_sampled_negatives():
     assert m['ndcg@21'] == pytest.approx(1 / math.log2(22))
     # seeded: same seed, same candidates
     assert torch.equal(SampledEvaluator(pairs, 50, history, 20, seed=7).candidates, cand)
+
+
+def test_prepare_eval_hook_gets_split():
+    class SplitAware(FixedScores):
+        seen = []
+
+        def prepare_eval(self, split):
+            self.seen.append(split)
+
+    m = SplitAware(torch.zeros(2, 5))
+    FullRankingEvaluator(graph(), 'val').evaluate(m)
+    FullRankingEvaluator(graph(), 'test').evaluate(m)
+    SampledEvaluator(torch.tensor([[0], [1]]), 5, torch.tensor([[0], [0]]), 2, split='test').evaluate(m)
+    assert m.seen == ['val', 'test', 'test']
