@@ -108,3 +108,16 @@ def test_statistics(tiny):
     assert rows['buy']['items'] == 2
     assert rows['buy (test)']['interactions'] == 1
     assert rows['cart']['density'] == pytest.approx(3 / 12)
+
+
+def test_select_behaviors(tiny):
+    from mbgraph.data import select_behaviors
+    sub = select_behaviors(tiny, ['cart', 'buy'])
+    assert sub.behaviors == ['cart', 'buy']
+    assert ('user', 'view', 'item') not in sub.edge_types
+    assert sub[edge_type('buy')].test_edge_index.tolist() == [[0], [2]]
+    validate(sub)
+    with pytest.raises(ValueError, match=r"unknown behaviors \['fav'\]; this dataset has"):
+        select_behaviors(tiny, ['fav', 'buy'])
+    with pytest.raises(ValueError, match="target behavior 'buy'"):
+        select_behaviors(tiny, ['view', 'cart'])

@@ -1,12 +1,13 @@
 """Data side of mbgraph: the multiplex HeteroData schema, loaders, sparse operators, sampling."""
 from .multiplex import (
     ITEM, USER, MultiplexValidationError, behaviors_of, count_duplicates, deduplicate, edge_type,
-    holdout_validation, make_multiplex, num_users_items, split_edge_index, statistics,
-    target_behavior, validate,
+    holdout_validation, make_multiplex, num_users_items, select_behaviors, split_edge_index,
+    statistics, target_behavior, validate,
 )
 
 __all__ = [
     'USER', 'ITEM', 'MultiplexValidationError', 'behaviors_of', 'count_duplicates', 'deduplicate',
-    'edge_type', 'holdout_validation', 'make_multiplex', 'num_users_items', 'split_edge_index',
+    'edge_type', 'holdout_validation', 'make_multiplex', 'num_users_items', 'select_behaviors',
+    'split_edge_index',
     'statistics', 'target_behavior', 'validate',
 ]

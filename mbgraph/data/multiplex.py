@@ -302,3 +302,26 @@ def holdout_validation(data: HeteroData, seed: int = 0) -> int:
     target.val_edge_index = ei[:, held]
     target.edge_index = ei[:, keep]
     return int(held.numel())
+
+
+def select_behaviors(data: HeteroData, behaviors: Sequence[str]) -> HeteroData:
+    """A copy of ``data`` restricted to ``behaviors`` (in that order, e.g. ``['cart', 'buy']``
+    of a pv -> cart -> buy graph). The target behavior, which carries the held-out splits, must
+    stay last. Unknown behavior names raise ``ValueError`` listing the known ones."""
+    known = behaviors_of(data)
+    behaviors = [str(b) for b in behaviors]
+    unknown = [b for b in behaviors if b not in known]
+    if unknown:
+        raise ValueError(f'unknown behaviors {unknown}; this dataset has {known}')
+    if not behaviors or behaviors[-1] != known[-1]:
+        raise ValueError(f'the target behavior {known[-1]!r} (which holds the held-out splits) '
+                         f'must be the last of the selected behaviors, got {behaviors}')
+    if len(set(behaviors)) != len(behaviors):
+        raise ValueError(f'behaviors listed twice in {behaviors}')
+    target = data[edge_type(known[-1])]
+    out = make_multiplex(data[USER].num_nodes, data[ITEM].num_nodes, behaviors,
+                         {b: data[edge_type(b)].edge_index for b in behaviors},
+                         val=getattr(target, 'val_edge_index', None),
+                         test=getattr(target, 'test_edge_index', None),
+                         name=getattr(data, 'name', None))
+    return out

@@ -1,0 +1,1 @@
+"""mbgraph's benchmark suite: result tables and speed/memory measurements."""

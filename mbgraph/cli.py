@@ -1,0 +1,274 @@
+r"""The ``mbgraph`` command line.
+
+::
+
+    mbgraph train --model lightgcn --dataset synthetic --epochs 20 --out runs/demo
+    mbgraph evaluate --checkpoint runs/demo/best.pt
+    mbgraph datasets --data-root ../shared/data
+
+``train`` writes ``OUT/metrics.json`` (test and best-validation metrics, ``epoch_seconds`` =
+median training epoch, ``eval_seconds`` = one full test evaluation pass, peak memory, the
+configuration and the environment), ``OUT/log.jsonl``, ``OUT/checkpoint.pt`` and
+``OUT/best.pt``, and prints a results table. Bad arguments (unknown model, dataset or behavior,
+missing files) print one clear message and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+log = logging.getLogger('mbgraph')
+
+
+MBGMN_DATASETS = ('taobao', 'beibei', 'tmall')
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported on one line, exit status 2."""
+
+
+def _parse_set(items: Sequence[str]) -> Dict[str, Any]:
+    out = {}
+    for item in items or ():
+        if '=' not in item:
+            raise UsageError(f'--set expects KEY=VALUE, got {item!r}')
+        key, value = item.split('=', 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def _split_list(value: Optional[str]) -> Optional[List[str]]:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(',') if v.strip()]
+
+
+def load_data(dataset: str, data_root: Optional[str], behaviors: Optional[List[str]],
+              seed: int):
+    from .data.datasets import DATASETS, load_dataset
+    if dataset not in DATASETS:
+        raise UsageError(f'unknown dataset {dataset!r}; known datasets: '
+                         f'{", ".join(sorted(DATASETS))}')
+    from .data.multiplex import select_behaviors
+    kwargs = {}
+    if behaviors is not None and dataset in MBGMN_DATASETS:
+        kwargs['behaviors'] = behaviors     # read only those behavior files
+    try:
+        data = load_dataset(dataset, data_root, seed=seed, **kwargs)
+        return data if behaviors is None else select_behaviors(data, behaviors)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+
+
+def model_kwargs(args) -> Dict[str, Any]:
+    kwargs = _parse_set(args.set)
+    if args.dim is not None:
+        kwargs['embedding_dim'] = args.dim
+    if args.layers is not None:
+        kwargs['num_layers'] = args.layers
+    if args.reg is not None:
+        kwargs['reg'] = args.reg
+    return kwargs
+
+
+def make_model(name: str, data, kwargs: Dict[str, Any]):
+    from .models import build_model
+    try:
+        return build_model(name, data, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from e
+
+
+def format_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
+    """A markdown table of ``rows`` (floats with 4 decimals)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f'{v:.4f}'
+        return '-' if v is None else str(v)
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'
+    return '\n'.join([line(columns), '|' + '|'.join('-' * (w + 2) for w in widths) + '|',
+                      *(line(r) for r in cells)])
+
+
+def cmd_train(args) -> int:
+    from .evaluation import FullRankingEvaluator
+    from .training import Trainer, environment, resolve_device, write_metrics
+    ks = [int(k) for k in _split_list(args.ks)]
+    behaviors = _split_list(args.behaviors)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    data = load_data(args.dataset, args.data_root, behaviors, args.seed)
+    kwargs = model_kwargs(args)
+    torch.manual_seed(args.seed)
+    model = make_model(args.model, data, kwargs)
+    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    config = {'model': args.model, 'dataset': args.dataset, 'data_root': args.data_root,
+              'behaviors': data.behaviors, 'model_kwargs': kwargs, 'seed': args.seed,
+              'epochs': args.epochs, 'batch_size': args.batch_size, 'lr': args.lr,
+              'lr_decay': args.lr_decay, 'patience': args.patience, 'ks': ks,
+              'device': str(device)}
+    sampler = model.batch_source(data, batch_size=args.batch_size, seed=args.seed)
+    val = FullRankingEvaluator(data, 'val', ks=ks) if _has_split(data, 'val') else None
+    trainer = Trainer(model, sampler, val, epochs=args.epochs, lr=args.lr,
+                      lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
+                      eval_every=args.eval_every, device=device, out_dir=out, seed=args.seed,
+                      progress=not args.no_progress, config=config)
+    summary = trainer.fit(resume=args.resume)
+    test_eval = FullRankingEvaluator(data, 'test', ks=ks)
+    test = test_eval.evaluate(model, device)
+    metrics = {'model': args.model, 'dataset': args.dataset, 'test': test,
+               'val': summary.pop('best_val'), **summary,
+               'eval_seconds': test_eval.last_seconds, 'protocol': 'full ranking, training '
+               'target items masked', 'test_users': int(test_eval.users.numel()),
+               'config': config, 'environment': environment(), 'date': time.strftime('%Y-%m-%d')}
+    path = write_metrics(out / 'metrics.json', metrics)
+    row = {'model': args.model, 'dataset': args.dataset, **test,
+           'best epoch': metrics['best_epoch'], 'epochs': metrics['epochs_run'],
+           's/epoch': metrics['epoch_seconds'], 'eval s': metrics['eval_seconds']}
+    print(format_table([row], list(row)))
+    print(f'wrote {path}')
+    return 0
+
+
+def _has_split(data, split: str) -> bool:
+    from .data.multiplex import split_edge_index
+    ei = split_edge_index(data, split)
+    return ei is not None and ei.numel() > 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import FullRankingEvaluator
+    from .training import resolve_device
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise UsageError(f'checkpoint {path} does not exist')
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    config = state.get('config') or {}
+    if 'model' not in config:
+        raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
+    data = load_data(config['dataset'], args.data_root or config.get('data_root'),
+                     config.get('behaviors'), config.get('seed', 0))
+    model = make_model(config['model'], data, config.get('model_kwargs', {}))
+    model.load_state_dict(state['model'])
+    device = resolve_device(args.device)
+    model.to(device)
+    ks = config.get('ks', [10])
+    ev = FullRankingEvaluator(data, args.split, ks=ks)
+    result = ev.evaluate(model, device)
+    print(format_table([{'model': config['model'], 'dataset': config['dataset'],
+                         'split': args.split, **result}],
+                       ['model', 'dataset', 'split', *result]))
+    if args.out:
+        from .training import write_metrics
+        write_metrics(args.out, {args.split: result, 'checkpoint': str(path),
+                                 'eval_seconds': ev.last_seconds, 'config': config})
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data.datasets import DATASETS, describe
+    names = args.dataset or ['synthetic']
+    if not args.dataset and args.data_root:
+        names = [n for n in _found_datasets(args.data_root)] or names
+    for name in names:
+        data = load_data(name, args.data_root, None, 0)
+        print(f'## {name}')
+        print(describe(data))
+        print()
+    return 0
+
+
+def _found_datasets(root: str) -> List[str]:
+    """Dataset names whose files are found under ``root``."""
+    found = []
+    root_path = Path(root)
+    for name, sub in (('taobao', 'taobao-mbgmn'), ('beibei', 'beibei-mbgmn'),
+                      ('tmall', 'tmall-mbgmn'), ('ml-latest-small', 'ml-latest-small')):
+        if (root_path / sub).is_dir() or (root_path / name).is_dir():
+            found.append(name)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='mbgraph', description=__doc__.split('\n\n')[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-v', '--verbose', action='store_true', help='log progress details')
+    sub = p.add_subparsers(dest='command', required=True)
+
+    t = sub.add_parser('train', help='train a model and evaluate it on the test split')
+    t.add_argument('--model', required=True,
+                   help='lightgcn | lightgcn_m | mbcgcn | crgcn | pkef | copf, or ENCODER+HEAD '
+                   '(e.g. mbcgcn+dfme; see mbgraph.models.multi_behavior)')
+    t.add_argument('--dataset', default='synthetic',
+                   help='synthetic | taobao | beibei | tmall | ml-latest-small | csv')
+    t.add_argument('--data-root', help='directory holding the dataset (e.g. ../shared/data)')
+    t.add_argument('--behaviors', help='comma-separated behavior order to use, target last '
+                   '(e.g. cart,buy); default: all of the dataset')
+    t.add_argument('--epochs', type=int, default=100)
+    t.add_argument('--batch-size', type=int, default=2048, help='BPR triples per behavior')
+    t.add_argument('--lr', type=float, default=1e-3)
+    t.add_argument('--lr-decay', type=float, default=None,
+                   help='multiply the learning rate by this after each epoch')
+    t.add_argument('--dim', type=int, default=None, help='embedding size (default 64)')
+    t.add_argument('--layers', type=int, default=None, help='propagation layers')
+    t.add_argument('--reg', type=float, default=None, help='L2 regularisation weight')
+    t.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='any other model hyperparameter, as a Python literal (repeatable); '
+                   'prefix encoder./head. for the encoder or head of a composed model, e.g. '
+                   "--set head.gamma=0.1 --set \"lambdas={'cart': 0.5, 'buy': 0.5}\"")
+    t.add_argument('--patience', type=int, default=10,
+                   help='stop after this many evaluations without validation improvement')
+    t.add_argument('--eval-every', type=int, default=1)
+    t.add_argument('--ks', default='10', help='cut-offs, e.g. 10,20 (first one is monitored)')
+    t.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N | auto')
+    t.add_argument('--out', help='output directory (default runs/MODEL_DATASET)')
+    t.add_argument('--seed', type=int, default=0)
+    t.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
+    t.add_argument('--no-progress', action='store_true', help='no progress bars')
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser('evaluate', help='evaluate a checkpoint written by train')
+    e.add_argument('--checkpoint', required=True, help='OUT/best.pt or OUT/checkpoint.pt')
+    e.add_argument('--split', default='test', choices=['val', 'test'])
+    e.add_argument('--data-root', help='override the data root stored in the checkpoint')
+    e.add_argument('--device', default='cpu')
+    e.add_argument('--out', help='write the metrics to this JSON file')
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser('datasets', help='print per-behavior statistics (papers\' table 1)')
+    d.add_argument('--data-root', help='directory holding the datasets')
+    d.add_argument('--dataset', action='append', help='dataset name (repeatable); default: '
+                   'every dataset found under --data-root, else synthetic')
+    d.set_defaults(func=cmd_datasets)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f'mbgraph {args.command}: error: {e}', file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,74 @@
+r"""What an encoder hands to a head: per-behavior user and item embeddings.
+
+An encoder maps the initial embeddings ``ego [U + I, d]`` (users first) and the cached
+operators of a :class:`~mbgraph.data.adjacency.BehaviorAdjacency` to a
+:class:`BehaviorEmbeddings`: for every behavior :math:`k` the final user and item
+representations (:math:`\mathbf{e}_u^{k,*}, \mathbf{e}_v^{k,*}`), stacked along a leading
+behavior axis in the data's behavior order. An encoder never samples and never scores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from torch import Tensor, nn
+
+
+@dataclass
+class BehaviorEmbeddings:
+    """Per-behavior embeddings.
+
+    Attributes:
+        behaviors: behavior names, upstream -> downstream (last = target).
+        users: ``[K, U, d]`` user embeddings per behavior.
+        items: ``[K, I, d]`` item embeddings per behavior.
+        extras: anything else an encoder or head computed over the whole graph that a head or
+            loss term needs (e.g. PKF's parallel stream under ``'parallel'``, DFME's fitting
+            experts), keyed by name.
+    """
+    behaviors: List[str]
+    users: Tensor
+    items: Tensor
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        k = len(self.behaviors)
+        if self.users.dim() != 3 or self.items.dim() != 3:
+            raise ValueError('BehaviorEmbeddings expects users [K, U, d] and items [K, I, d], got '
+                             f'{tuple(self.users.shape)} and {tuple(self.items.shape)}')
+        if self.users.size(0) != k or self.items.size(0) != k:
+            raise ValueError(f'{k} behaviors {self.behaviors} but embeddings for '
+                             f'{self.users.size(0)} (users) and {self.items.size(0)} (items)')
+
+    def index(self, behavior: str) -> int:
+        try:
+            return self.behaviors.index(behavior)
+        except ValueError:
+            raise ValueError(f'unknown behavior {behavior!r}; behaviors are '
+                             f'{self.behaviors}') from None
+
+    def user(self, behavior: str) -> Tensor:
+        return self.users[self.index(behavior)]
+
+    def item(self, behavior: str) -> Tensor:
+        return self.items[self.index(behavior)]
+
+    @property
+    def target(self) -> str:
+        return self.behaviors[-1]
+
+
+class MultiBehaviorEncoder(nn.Module):
+    """Base class: ``forward(ego, adjacency) -> BehaviorEmbeddings``; ``loss_terms`` adds
+    encoder-specific losses (default none)."""
+
+    def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:  # pragma: no cover
+        raise NotImplementedError
+
+    def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        return {}
+
+    def reset_parameters(self) -> None:
+        for m in self.children():
+            if hasattr(m, 'reset_parameters'):
+                m.reset_parameters()

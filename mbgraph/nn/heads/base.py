@@ -1,0 +1,60 @@
+r"""What a head does: per-behavior embeddings -> per-behavior scores for (user, item) pairs.
+
+A head receives the :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` of an encoder and
+
+* :meth:`MultiTaskHead.precompute` -- optional whole-graph work done once per forward pass
+  (e.g. DFME's behavior-fitting convolutions); returns the embeddings, possibly with extras;
+* :meth:`MultiTaskHead.forward` -- scores :math:`\hat y^k_{uv}` of behavior ``k`` for users
+  ``[B]`` and items ``[B]`` (one item per user) or ``[B, C]`` (candidates per user);
+* :meth:`MultiTaskHead.score_all` -- ``[B, I]`` scores of every item (full ranking), chunked
+  over items so per-pair heads stay within memory;
+* :meth:`MultiTaskHead.loss_terms` -- head-specific losses (contrastive, unique, ...), already
+  weighted, as ``{name: scalar}``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import Tensor, nn
+
+from ..encoders.base import BehaviorEmbeddings
+
+
+class MultiTaskHead(nn.Module):
+    #: items scored at once per user in :meth:`score_all`
+    chunk_size: int = 4096
+
+    def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
+        return emb
+
+    def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
+                behavior: str) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def score_all(self, emb: BehaviorEmbeddings, users: Tensor, behavior: str) -> Tensor:
+        num_items = emb.items.size(1)
+        out = []
+        for start in range(0, num_items, self.chunk_size):
+            cand = torch.arange(start, min(start + self.chunk_size, num_items),
+                                device=users.device)
+            out.append(self(emb, users, cand.expand(users.numel(), -1), behavior))
+        return torch.cat(out, dim=1)
+
+    def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
+        return {}
+
+    def reset_parameters(self) -> None:
+        for m in self.children():
+            if hasattr(m, 'reset_parameters'):
+                m.reset_parameters()
+
+
+def gather_pairs(emb: BehaviorEmbeddings, k: int, users: Tensor, items: Tensor):
+    """User and item embeddings of behavior index ``k`` for pairs: ``items`` ``[B]`` gives
+    ``([B, d], [B, d])``, ``[B, C]`` gives ``([B, 1, d], [B, C, d])`` (broadcastable)."""
+    u = emb.users[k][users]
+    v = emb.items[k][items]
+    if items.dim() == 2:
+        u = u.unsqueeze(1)
+    return u, v

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mbgraph.cli import main
+
+
+def test_train_end_to_end_two_epochs(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main(['train', '--model', 'lightgcn', '--dataset', 'synthetic', '--epochs', '2',
+                 '--out', str(out), '--no-progress', '--ks', '10,20']) == 0
+    printed = capsys.readouterr().out
+    assert '| lightgcn | synthetic |' in printed
+    metrics = json.loads((out / 'metrics.json').read_text())
+    for key in ('hr@10', 'ndcg@10', 'hr@20', 'ndcg@20'):
+        assert 0.0 <= metrics['test'][key] <= 1.0
+    assert metrics['epoch_seconds'] > 0 and metrics['eval_seconds'] > 0
+    assert metrics['peak_rss_mb'] > 0 and metrics['epochs_run'] == 2
+    assert metrics['config']['behaviors'] == ['view', 'cart', 'buy']
+    # evaluate the saved best checkpoint: same test metrics
+    assert main(['evaluate', '--checkpoint', str(out / 'best.pt'),
+                 '--out', str(tmp_path / 'eval.json')]) == 0
+    again = json.loads((tmp_path / 'eval.json').read_text())['test']
+    assert again == pytest.approx(metrics['test'])
+
+
+def test_resume_flag(tmp_path):
+    out = tmp_path / 'run'
+    args = ['train', '--model', 'lightgcn', '--dataset', 'synthetic', '--out', str(out),
+            '--no-progress']
+    assert main(args + ['--epochs', '1']) == 0
+    assert main(args + ['--epochs', '2', '--resume']) == 0
+    log = [json.loads(l) for l in (out / 'log.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in log] == [1, 2]
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--model', 'nope'], "unknown model 'nope'"),
+    (['--model', 'lightgcn', '--dataset', 'nope'], "unknown dataset 'nope'"),
+    (['--model', 'lightgcn', '--behaviors', 'view,fav,buy'], 'fav'),
+    (['--model', 'lightgcn', '--dataset', 'taobao', '--data-root', '/nonexistent'], '/nonexistent'),
+])
+def test_bad_arguments_exit_2(tmp_path, capsys, args, message):
+    assert main(['train', *args, '--epochs', '1', '--out', str(tmp_path), '--no-progress']) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_datasets_command(capsys):
+    assert main(['datasets']) == 0
+    out = capsys.readouterr().out
+    assert 'view' in out and 'buy' in out
+
+
+def test_console_entry_point_runs():
+    proc = subprocess.run([sys.executable, '-m', 'mbgraph', '--help'], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and 'train' in proc.stdout
