@@ -231,6 +231,8 @@ class Trainer:
                 log.info('resumed from %s after epoch %d', path, self.epoch)
         if self.out_dir is not None and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.epoch == 0:     # a fresh run starts a fresh log
+                (self.out_dir / 'log.jsonl').unlink(missing_ok=True)
         bar = tqdm(range(self.epoch + 1, self.epochs + 1), desc='training', unit='epoch',
                    disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
