@@ -133,3 +133,134 @@ class BPRSampler:
         for start in range(0, self.num_samples, self.batch_size):
             yield {b: t[:, start:start + self.batch_size][:, rank::world_size]
                    for b, t in triples.items()}
+
+
+def _unique_negatives(users: Tensor, positives: Tensor, aux: InteractionSet,
+                      task: InteractionSet, num_items: int,
+                      generator: Optional[torch.Generator] = None,
+                      max_rounds: int = 200) -> Tensor:
+    r"""For each ``(users[n], positives[n])`` of :math:`\mathcal{T}_{k',k}` draw an item
+    :math:`t` uniformly from :math:`O^-_k \cup (O^+_{k'} \cap O^+_k)`, i.e. reject :math:`t`
+    when the user has it under ``task`` (:math:`k`) but not under ``aux`` (:math:`k'`).
+    The positive itself is always admissible (it is in :math:`O^-_k`); a draw still rejected
+    after ``max_rounds`` rounds falls back to it (a constant, gradient-free BPR term)."""
+    neg = torch.randint(num_items, (users.numel(),), generator=generator)
+    bad = task.contains(users, neg) & ~aux.contains(users, neg)
+    rounds = 0
+    while bool(bad.any()):
+        rounds += 1
+        if rounds > max_rounds:
+            neg[bad] = positives[bad]
+            break
+        neg[bad] = torch.randint(num_items, (int(bad.sum()),), generator=generator)
+        bad = task.contains(users, neg) & ~aux.contains(users, neg)
+    return neg
+
+
+class UniquePairSampler(BPRSampler):
+    r"""The BPR triples of :class:`BPRSampler` plus the triples of PKEF's unique loss (eq 20)
+    in the same batches, so that one batch source serves PKEF.
+
+    For a pair of behaviors :math:`(k', k)`, :math:`k' \ne k`,
+
+    .. math::
+        \mathcal{T}_{k',k} = \{(u, s, t) \mid (u, s) \in O^+_{k'} \cap O^-_k,\
+        (u, t) \in O^-_k \cup (O^+_{k'} \cap O^+_k)\}:
+
+    positives are the pairs of :math:`k'` that are not pairs of :math:`k` ("``k'`` without
+    ``k``"), negatives are drawn uniformly from the items the user has not interacted with
+    under :math:`k`, or has under both behaviors (vectorised rejection sampling).
+
+    Each batch is the :class:`BPRSampler` batch ``{behavior: [3, B]}`` plus
+    ``batch['unique'] = {(k_prime, k): LongTensor [3, B_u]}`` (users, positives, negatives).
+    Every epoch walks each pair's positives in a fresh random order (repeating the walk when
+    there are fewer), ``unique_batch_size`` triples per pair and batch; with several ranks each
+    gets the slice ``rank::world_size`` as for the BPR triples. The BPR triples are exactly
+    those of a :class:`BPRSampler` with the same arguments (the unique triples use their own
+    random stream).
+
+    Args:
+        data: a multiplex graph (see :mod:`mbgraph.data.multiplex`).
+        behaviors: behaviors to sample BPR triples for (default all), e.g. the model's
+            ``train_behaviors`` (those with :math:`\lambda_k \ne 0`).
+        batch_size: BPR triples per behavior and batch.
+        num_samples: BPR triples per behavior and epoch.
+        seed: base seed.
+        pairs: the :math:`(k', k)` to sample. Default: every ordered pair with :math:`k` in
+            ``behaviors`` (eq 20 weighs :math:`\mathcal{T}_{k',k}` by :math:`\lambda_k`),
+            :math:`k'` any other behavior of the data, and at least one "``k'`` without ``k``"
+            pair (e.g. none for ``(buy, view)`` when every buy was viewed).
+        unique_batch_size: triples per pair and batch (default ``batch_size``).
+    """
+
+    def __init__(self, data: HeteroData, behaviors: Optional[Sequence[str]] = None,
+                 batch_size: int = 2048, num_samples: Optional[int] = None, seed: int = 0, *,
+                 pairs: Optional[Sequence[Sequence[str]]] = None,
+                 unique_batch_size: Optional[int] = None):
+        super().__init__(data, behaviors, batch_size, num_samples, seed)
+        known = behaviors_of(data)
+        if 'unique' in known:
+            raise ValueError("a behavior named 'unique' clashes with the batch key 'unique' of "
+                             "UniquePairSampler; rename the behavior")
+        self.unique_batch_size = int(unique_batch_size if unique_batch_size is not None
+                                     else batch_size)
+        if self.unique_batch_size <= 0:
+            raise ValueError(f'unique_batch_size must be positive, got {self.unique_batch_size}')
+        self.all_sets = {b: InteractionSet(data[edge_type(b)].edge_index, self.num_items)
+                         for b in known}
+        explicit = pairs is not None
+        if pairs is None:
+            pairs = [(kp, k) for k in self.behaviors for kp in known if kp != k]
+        self.pairs: List[tuple] = []
+        self.unique_edges: Dict[tuple, Tensor] = {}
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] == pair[1] or any(b not in known for b in pair):
+                raise ValueError(f'unique pair {tuple(pair)!r} must be two different behaviors '
+                                 f'of {known}')
+            kp, k = pair
+            keys = self.all_sets[kp].keys
+            users, items = keys // self.num_items, keys % self.num_items
+            only = ~self.all_sets[k].contains(users, items)
+            if not bool(only.any()):
+                if explicit:
+                    raise ValueError(f"unique pair ({kp!r}, {k!r}) has no training pair of "
+                                     f"{kp!r} without {k!r} to sample")
+                continue
+            self.pairs.append((kp, k))
+            self.unique_edges[(kp, k)] = torch.stack([users[only], items[only]])
+
+    def unique_generator(self, epoch: int) -> torch.Generator:
+        # a stream of its own, so that the BPR triples equal BPRSampler's
+        mixed = (self.seed * 1_000_003 + int(epoch)) * 6_364_136_223_846_793_005 + 1_442_695_041
+        return torch.Generator().manual_seed(mixed % (2 ** 63))
+
+    def epoch_unique(self, epoch: int) -> Dict[tuple, Tensor]:
+        """All unique-loss triples of ``epoch``: ``{(k_prime, k): [3, len(self) *
+        unique_batch_size]}``."""
+        g = self.unique_generator(epoch)
+        total = len(self) * self.unique_batch_size
+        out = {}
+        for kp, k in self.pairs:
+            e = self.unique_edges[(kp, k)]
+            n = e.size(1)
+            idx = torch.cat([torch.randperm(n, generator=g)
+                             for _ in range(math.ceil(total / n))])[:total]
+            users, pos = e[0, idx], e[1, idx]
+            neg = _unique_negatives(users, pos, self.all_sets[kp], self.all_sets[k],
+                                    self.num_items, g)
+            out[(kp, k)] = torch.stack([users, pos, neg])
+        return out
+
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+        """The :class:`BPRSampler` batches of ``epoch``, each with ``'unique'`` added."""
+        unique = self.epoch_unique(epoch)
+        step = self.unique_batch_size
+        for i, batch in enumerate(super().batches(epoch, rank, world_size)):
+            batch['unique'] = {pair: t[:, i * step:(i + 1) * step][:, rank::world_size]
+                               for pair, t in unique.items()}
+            yield batch
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(behaviors={self.behaviors}, '
+                f'batch_size={self.batch_size}, num_samples={self.num_samples}, '
+                f'pairs={self.pairs}, unique_batch_size={self.unique_batch_size})')

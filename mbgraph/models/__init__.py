@@ -1,4 +1,9 @@
-"""mbgraph models: every one follows the contract of :mod:`mbgraph.models.base`."""
+"""mbgraph models: every one follows the contract of :mod:`mbgraph.models.base`.
+
+``build_model(name, data, **hyperparameters)`` builds any of them by name: ``lightgcn``,
+``lightgcn_m``, ``mbcgcn``, ``crgcn``, ``pkef``, ``copf``, or an ``'ENCODER+HEAD'``
+composition such as ``'mbcgcn+dfme'`` (see :mod:`mbgraph.models.multi_behavior`).
+"""
 from typing import Callable, Dict
 
 from torch_geometric.data import HeteroData
@@ -6,21 +11,42 @@ from torch_geometric.data import HeteroData
 from .base import GraphRecommender
 from .composed import MultiBehaviorModel
 from .lightgcn import LightGCN, LightGCN_M
+from .multi_behavior import (COPF, CRGCN, ENCODERS, HEADS, MBCGCN, PKEF, ComposedModel,
+                             build_composed, parse_name)
 
 #: model name (as the CLI spells it) -> constructor ``(data, **hyperparameters)``
 MODELS: Dict[str, Callable] = {
     'lightgcn': LightGCN,
     'lightgcn_m': LightGCN_M,
+    'mbcgcn': MBCGCN,
+    'crgcn': CRGCN,
+    'pkef': PKEF,
+    'copf': COPF,
 }
 
 
+def is_known_model(name: str) -> bool:
+    """Whether ``name`` is a registered model or a valid ``'ENCODER+HEAD'`` composition."""
+    if name.lower() in MODELS:
+        return True
+    try:
+        parse_name(name)
+        return True
+    except ValueError:
+        return False
+
+
 def build_model(name: str, data: HeteroData, **kwargs):
-    """Build the model called ``name`` (see :data:`MODELS`) for ``data``."""
+    """Build the model called ``name`` (see :data:`MODELS`, or ``'ENCODER+HEAD'``)."""
     key = name.lower()
-    if key not in MODELS:
-        raise ValueError(f'unknown model {name!r}; known models: {", ".join(sorted(MODELS))}')
-    return MODELS[key](data, **kwargs)
+    if key in MODELS:
+        return MODELS[key](data, **kwargs)
+    if '+' in key:
+        return build_composed(key, data, **kwargs)
+    raise ValueError(f'unknown model {name!r}; known models: {", ".join(sorted(MODELS))}, or '
+                     f'ENCODER+HEAD with encoders {", ".join(sorted(ENCODERS))} and heads '
+                     f'{", ".join(sorted(HEADS))}')
 
 
-__all__ = ['GraphRecommender', 'MultiBehaviorModel', 'LightGCN', 'LightGCN_M', 'MODELS',
-           'build_model']
+__all__ = ['GraphRecommender', 'MultiBehaviorModel', 'ComposedModel', 'LightGCN', 'LightGCN_M',
+           'MBCGCN', 'CRGCN', 'PKEF', 'COPF', 'MODELS', 'build_model', 'is_known_model']

@@ -1,5 +1,13 @@
 """Multi-task heads: per-behavior embeddings -> per-behavior scores."""
 from .base import MultiTaskHead, gather_pairs
 from .bilinear import BilinearHead
+from .shared_bottom import BehaviorMixture, SharedBottomHead, StackedMLP, pair_features
+from .mmoe import MMoEHead
+from .ple import PLEHead
+from .mesi import MESIHead
+from .pme import PMEHead
+from .dfme import DFMEHead
 
-__all__ = ['MultiTaskHead', 'BilinearHead', 'gather_pairs']
+__all__ = ['MultiTaskHead', 'BilinearHead', 'gather_pairs', 'StackedMLP', 'BehaviorMixture',
+           'pair_features', 'SharedBottomHead', 'MMoEHead', 'PLEHead', 'MESIHead', 'PMEHead',
+           'DFMEHead']

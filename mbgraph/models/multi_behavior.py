@@ -1,0 +1,150 @@
+r"""The papers' models as encoder x head compositions, and the name grammar of the CLI.
+
+=========  ==========================================  =====================
+name       encoder                                     head
+=========  ==========================================  =====================
+mbcgcn     :class:`CascadeEncoder` (``mode='mbcgcn'``)  bilinear, target loss
+crgcn      :class:`CascadeEncoder` (``mode='crgcn'``)   bilinear, all behaviors
+pkef       :class:`PKFEncoder` (PKEF 4.2)               :class:`PMEHead` (4.3)
+copf       :class:`COGCNEncoder` (COPF 4.2)             :class:`DFMEHead` (4.3)
+=========  ==========================================  =====================
+
+Any encoder composes with any head as ``'ENCODER+HEAD'``, e.g. ``'mbcgcn+dfme'`` or
+``'pkf+dfme'`` (COPF table 6), ``'cogcn+mmoe'`` (COPF table 5). Encoders: ``mbcgcn``,
+``crgcn``, ``pkf`` (alias ``pkef``), ``cogcn`` (alias ``copf``), ``lightgcns`` (one LightGCN
+per behavior, COPF's "w/o COGCN"). Heads: ``bilinear``, ``shared_bottom``, ``mmoe``,
+``ple``, ``mesi``, ``pme``, ``dfme``.
+
+Hyperparameters go to the model (``embedding_dim``, ``reg``, ``lambdas``), to the encoder
+(``num_layers`` and keys prefixed ``encoder.``) or to the head (keys prefixed ``head.``)::
+
+    build_model('pkef', data, num_layers=(4, 1, 1), **{'encoder.fusion': 'vanilla'})
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from torch_geometric.data import HeteroData
+
+from ..data.multiplex import behaviors_of
+from ..data.sampling import BPRSampler, UniquePairSampler
+from ..nn.encoders import (CascadeEncoder, COGCNEncoder, PerBehaviorLightGCN, PKFEncoder)
+from ..nn.heads import (BilinearHead, DFMEHead, MESIHead, MMoEHead, PLEHead, PMEHead,
+                        SharedBottomHead)
+from .composed import MultiBehaviorModel
+
+#: encoder name -> ``(embedding_dim, num_behaviors, **kwargs) -> encoder``
+ENCODERS: Dict[str, Callable] = {
+    'mbcgcn': lambda d, k, **kw: CascadeEncoder(mode='mbcgcn', embedding_dim=d,
+                                                num_behaviors=k, **kw),
+    'crgcn': lambda d, k, **kw: CascadeEncoder(mode='crgcn', embedding_dim=d, num_behaviors=k,
+                                               **kw),
+    # PKEF's best layer counts are (4, 1, 1): four on the first behavior, one on the others
+    'pkf': lambda d, k, **kw: PKFEncoder(**{'num_layers': (4,) + (1,) * (k - 1), **kw},
+                                         embedding_dim=d, num_behaviors=k),
+    'cogcn': lambda d, k, **kw: COGCNEncoder(num_behaviors=k, **kw),
+    'lightgcns': lambda d, k, **kw: PerBehaviorLightGCN(num_behaviors=k, **kw),
+}
+ENCODER_ALIASES = {'pkef': 'pkf', 'copf': 'cogcn'}
+
+#: head name -> ``(embedding_dim, num_behaviors, **kwargs) -> head``
+HEADS: Dict[str, Callable] = {
+    'bilinear': lambda d, k, **kw: BilinearHead(**kw),
+    'shared_bottom': SharedBottomHead,
+    'mmoe': MMoEHead,
+    'ple': PLEHead,
+    'mesi': MESIHead,
+    'pme': PMEHead,
+    'dfme': DFMEHead,
+}
+
+#: named models: (encoder, head, model defaults)
+NAMED: Dict[str, Tuple[str, str, Dict[str, Any]]] = {
+    'mbcgcn': ('mbcgcn', 'bilinear', {'target_only': True}),
+    'crgcn': ('crgcn', 'bilinear', {}),
+    'pkef': ('pkf', 'pme', {'reg': 1e-2}),
+    'copf': ('cogcn', 'dfme', {'reg': 1e-2}),
+}
+
+
+class ComposedModel(MultiBehaviorModel):
+    """A :class:`MultiBehaviorModel` that also picks its batch source: heads with a unique
+    loss (PME, PKEF eq 20) get "k' without k" pairs from
+    :class:`~mbgraph.data.sampling.UniquePairSampler`."""
+
+    def batch_source(self, data: HeteroData, batch_size: int = 2048, seed: int = 0):
+        if getattr(self.head, 'unique_loss', False):
+            return UniquePairSampler(data, self.train_behaviors, batch_size=batch_size,
+                                     seed=seed)
+        return BPRSampler(data, self.train_behaviors, batch_size=batch_size, seed=seed)
+
+
+def _split_kwargs(kwargs: Mapping[str, Any]):
+    model, encoder, head = {}, {}, {}
+    for key, value in kwargs.items():
+        if key.startswith('encoder.'):
+            encoder[key[len('encoder.'):]] = value
+        elif key.startswith('head.'):
+            head[key[len('head.'):]] = value
+        elif key == 'num_layers':
+            encoder[key] = value
+        else:
+            model[key] = value
+    return model, encoder, head
+
+
+def parse_name(name: str) -> Tuple[str, str, Dict[str, Any]]:
+    """``'copf'`` or ``'mbcgcn+dfme'`` -> (encoder, head, model defaults)."""
+    key = name.lower()
+    if key in NAMED:
+        return NAMED[key]
+    if '+' in key:
+        enc, head = (p.strip() for p in key.split('+', 1))
+        enc = ENCODER_ALIASES.get(enc, enc)
+        if enc in ENCODERS and head in HEADS:
+            defaults = NAMED.get(name.split('+')[0].lower(), (None, None, {}))[2]
+            return enc, head, {k: v for k, v in defaults.items() if k == 'reg'}
+        raise ValueError(f'unknown composition {name!r}: encoders are '
+                         f'{", ".join(sorted(ENCODERS))}; heads are {", ".join(sorted(HEADS))}')
+    raise ValueError(f'unknown model {name!r}')
+
+
+def build_composed(name: str, data: HeteroData, embedding_dim: int = 64,
+                   lambdas: Optional[Mapping[str, float]] = None, **kwargs) -> ComposedModel:
+    """Build a named model (``mbcgcn``, ``crgcn``, ``pkef``, ``copf``) or an
+    ``'ENCODER+HEAD'`` composition for ``data`` (see the module docstring)."""
+    enc_name, head_name, defaults = parse_name(name)
+    model_kw, enc_kw, head_kw = _split_kwargs(kwargs)
+    behaviors = behaviors_of(data)
+    k = len(behaviors)
+    if defaults.get('target_only') and lambdas is None:
+        lambdas = {behaviors[-1]: 1.0}   # MB-CGCN trains on the target behavior only
+    if lambdas is None:
+        lambdas = {b: 1.0 / k for b in behaviors}
+    if isinstance(enc_kw.get('num_layers'), list):
+        enc_kw['num_layers'] = tuple(enc_kw['num_layers'])
+    encoder = ENCODERS[enc_name](embedding_dim, k, **enc_kw)
+    head = HEADS[head_name](embedding_dim, k, **head_kw)
+    model_kw = {'reg': defaults.get('reg', 1e-4), **model_kw}
+    return ComposedModel(data, encoder, head, lambdas=lambdas, embedding_dim=embedding_dim,
+                         **model_kw)
+
+
+def MBCGCN(data: HeteroData, **kwargs) -> ComposedModel:
+    """MB-CGCN: cascading LightGCNs with feature transformation, trained on the target."""
+    return build_composed('mbcgcn', data, **kwargs)
+
+
+def CRGCN(data: HeteroData, **kwargs) -> ComposedModel:
+    """CRGCN: cascading residual LightGCNs, multi-task BPR over all behaviors."""
+    return build_composed('crgcn', data, **kwargs)
+
+
+def PKEF(data: HeteroData, **kwargs) -> ComposedModel:
+    """PKEF: parallel knowledge fusion encoder + projection-disentangling multi-experts."""
+    return build_composed('pkef', data, **kwargs)
+
+
+def COPF(data: HeteroData, **kwargs) -> ComposedModel:
+    """COPF: COGCN constrained propagation + distributed fitting multi-experts."""
+    return build_composed('copf', data, **kwargs)

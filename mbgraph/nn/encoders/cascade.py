@@ -1,0 +1,286 @@
+r"""Cascading encoders: behavior :math:`k`'s graph convolution starts from what behavior
+:math:`k-1` learned.
+
+Two published cascades (no paper file is bundled for either; the readings below are stated
+explicitly and every deviation is a named option):
+
+**MB-CGCN** (Cheng et al., "Multi-Behavior Recommendation with Cascading Graph Convolution
+Networks", WWW 2023). Each behavior :math:`k` runs LightGCN over its own graph,
+
+.. math::
+    \mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\,\mathbf{e}^{k,l}, \qquad
+    \mathbf{e}^{k,*} = \operatorname{combine}_{l=0}^{L_k} \mathbf{e}^{k,l}
+    \quad (\text{mean over layers, as LightGCN}),
+
+and the next behavior starts from a feature transformation of it, with separate user and item
+matrices (row vectors)
+
+.. math::
+    \mathbf{e}_u^{k+1,0} = \mathbf{e}_u^{k,*}\,\mathbf{W}_u^{k}, \qquad
+    \mathbf{e}_v^{k+1,0} = \mathbf{e}_v^{k,*}\,\mathbf{W}_v^{k}
+    \qquad (\texttt{link='transform'}).
+
+The prediction of the target behavior uses the sum of all behaviors' embeddings,
+:math:`\mathbf{e}_u = \sum_k \mathbf{e}_u^{k,*}` (``aggregate_target=True`` writes it into the
+target's slot). PKEF restates this cascade without the transformation as a residual link
+(PKEF eq 10), available as ``link='residual'``:
+
+.. math::
+    \mathbf{e}^{k+1,0} = \mathbf{e}^{k,L_k} + \mathbf{e}^{k,0}.
+
+**CRGCN** (Yan et al., "Cascading Residual Graph Convolutional Network for Multi-Behavior
+Recommendation", TOIS 2023). Behavior :math:`k`'s LightGCN starts from the previous behavior's
+output and its output is the residual sum of that input and the last propagation layer:
+
+.. math::
+    \mathbf{e}^{1,0} = \mathbf{E}^{(0)}, \quad \mathbf{e}^{k,0} = \mathbf{e}^{k-1,*}, \quad
+    \mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\,\mathbf{e}^{k,l}, \quad
+    \mathbf{e}^{k,*} = \mathbf{e}^{k,0} + g(\mathbf{e}^{k,L_k}),
+
+with :math:`g` the identity (``normalize=False``) or, as the authors' code, the row-wise L2
+normalisation (``normalize=True``). CRGCN adds no parameter besides the embeddings.
+
+In both, :math:`\hat{\mathbf{A}}_k = \mathrm{norm}(\mathbf{A}_k)` is behavior :math:`k`'s
+cached operator (``norm='symmetric'``: LightGCN's
+:math:`\mathbf{D}^{-1/2}\mathbf{A}_k\mathbf{D}^{-1/2}`; see
+:mod:`mbgraph.data.adjacency`). This module also holds the plumbing shared by the per-behavior
+encoders of :mod:`mbgraph.nn.encoders` (layer counts per behavior, input checks, stacking).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...data.adjacency import NORMS
+from .base import BehaviorEmbeddings, MultiBehaviorEncoder
+
+LayerSpec = Union[int, Sequence[int]]
+
+MODES = ('mbcgcn', 'crgcn')
+LINKS = ('transform', 'residual')
+COMBINES = ('mean', 'sum', 'last')
+
+
+def check_choice(name: str, value: str, options: Sequence[str]) -> str:
+    """``value`` if it is one of ``options``, else a ``ValueError`` naming both."""
+    if value not in options:
+        raise ValueError(f'unknown {name} {value!r}; expected one of {list(options)}')
+    return value
+
+
+def resolve_layers(num_layers: LayerSpec,
+                   num_behaviors: Optional[int] = None) -> Tuple[Optional[Tuple[int, ...]],
+                                                                 Optional[int]]:
+    """Normalise a layer specification.
+
+    Returns ``(layers, num_behaviors)``: ``layers`` is the per-behavior tuple, or ``None`` when
+    a single ``int`` was given and the number of behaviors is not known yet (it is broadcast
+    at the first forward call).
+    """
+    if isinstance(num_layers, bool):
+        raise TypeError(f'num_layers must be an int or a sequence of ints, got {num_layers!r}')
+    if isinstance(num_layers, int):
+        if num_layers < 0:
+            raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+        if num_behaviors is None:
+            return None, None
+        layers = (num_layers,) * int(num_behaviors)
+    else:
+        layers = tuple(num_layers)
+        if not layers or not all(isinstance(n, int) and not isinstance(n, bool)
+                                 for n in layers):
+            raise TypeError(f'num_layers must be an int or a non-empty sequence of ints, got '
+                            f'{num_layers!r}')
+        bad = [n for n in layers if n < 0]
+        if bad:
+            raise ValueError(f'layer counts must be >= 0, got {list(layers)}')
+        if num_behaviors is not None and len(layers) != num_behaviors:
+            raise ValueError(f'{len(layers)} layer counts {list(layers)} given for '
+                             f'num_behaviors={num_behaviors}')
+    if num_behaviors is not None and num_behaviors < 1:
+        raise ValueError(f'num_behaviors must be >= 1, got {num_behaviors}')
+    return layers, len(layers)
+
+
+class PerBehaviorEncoder(MultiBehaviorEncoder):
+    """Shared plumbing of the per-behavior graph encoders (not used on its own).
+
+    Holds the per-behavior layer counts :math:`L_k` (``num_layers``: one ``int`` for every
+    behavior, or one per behavior in the data's order), checks the input against the
+    adjacency, and stacks per-behavior node embeddings into a
+    :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings`.
+    """
+
+    def __init__(self, num_layers: LayerSpec, num_behaviors: Optional[int] = None):
+        super().__init__()
+        self._num_layers_arg = num_layers
+        self.layers, self.num_behaviors = resolve_layers(num_layers, num_behaviors)
+
+    def layers_for(self, behaviors: Sequence[str]) -> Tuple[int, ...]:
+        """:math:`(L_1, \\dots, L_K)` for the adjacency's behaviors."""
+        if self.layers is None:
+            return (int(self._num_layers_arg),) * len(behaviors)
+        if len(self.layers) != len(behaviors):
+            raise ValueError(f'{type(self).__name__} was built for {len(self.layers)} behaviors '
+                             f'(layer counts {list(self.layers)}) but the graph has '
+                             f'{len(behaviors)}: {list(behaviors)}')
+        return self.layers
+
+    def check_input(self, ego: Tensor, adjacency) -> List[str]:
+        """The adjacency's behaviors, after checking ``ego`` is ``[U + I, d]``."""
+        if ego.dim() != 2 or ego.size(0) != adjacency.num_nodes:
+            raise ValueError(f'{type(self).__name__} expects ego embeddings of shape '
+                             f'[num_users + num_items = {adjacency.num_nodes}, d], got '
+                             f'{tuple(ego.shape)}')
+        return list(adjacency.behaviors)
+
+    @staticmethod
+    def stack(behaviors: Sequence[str], nodes: Sequence[Tensor], num_users: int,
+              extras: Optional[Dict] = None) -> BehaviorEmbeddings:
+        """``K`` node tensors ``[U + I, d]`` -> ``BehaviorEmbeddings`` ``[K, U, d]`` /
+        ``[K, I, d]``."""
+        x = torch.stack(list(nodes))
+        return BehaviorEmbeddings(list(behaviors), x[:, :num_users], x[:, num_users:],
+                                  dict(extras or {}))
+
+    def _layers_repr(self) -> str:
+        return repr(list(self.layers)) if self.layers is not None else repr(self._num_layers_arg)
+
+
+def propagate(x: Tensor, op, num_layers: int) -> List[Tensor]:
+    r"""LightGCN layers :math:`[\mathbf{x}, \hat{\mathbf{A}}\mathbf{x}, \dots,
+    \hat{\mathbf{A}}^{L}\mathbf{x}]` over one cached operator (``L + 1`` tensors)."""
+    out = [x]
+    for _ in range(num_layers):
+        out.append(op @ out[-1])
+    return out
+
+
+def combine_layers(layers: Sequence[Tensor], combine: str) -> Tensor:
+    """``'mean'``, ``'sum'`` or ``'last'`` of a list of layer embeddings."""
+    if combine == 'last':
+        return layers[-1]
+    total = torch.stack(list(layers)).sum(0)
+    return total / len(layers) if combine == 'mean' else total
+
+
+class CascadeEncoder(PerBehaviorEncoder):
+    r"""MB-CGCN and CRGCN cascades (module docstring for the update rules and readings).
+
+    Args:
+        num_layers (int or sequence of int, optional): :math:`L_k`, one for every behavior or
+            one per behavior (upstream -> target). (default: :obj:`2`)
+        mode (str, optional): ``'mbcgcn'`` or ``'crgcn'``. (default: :obj:`'mbcgcn'`)
+        norm (str, optional): normalisation of :math:`\mathbf{A}_k` (see
+            :meth:`~mbgraph.data.adjacency.BehaviorAdjacency.operator`).
+            (default: :obj:`'symmetric'`)
+        link (str, optional): MB-CGCN only: ``'transform'`` (the paper's
+            :math:`\mathbf{e}^{k,*}\mathbf{W}^k`, needs ``embedding_dim`` and the number of
+            behaviors) or ``'residual'`` (PKEF eq 10's restatement,
+            :math:`\mathbf{e}^{k,L_k} + \mathbf{e}^{k,0}`). (default: :obj:`'transform'`)
+        combine (str, optional): MB-CGCN only: layer combination of
+            :math:`\mathbf{e}^{k,*}`, ``'mean'`` (LightGCN, the MB-CGCN code), ``'sum'``
+            (PKEF eq 14) or ``'last'``. (default: :obj:`'mean'`)
+        aggregate_target (bool, optional): MB-CGCN's prediction embedding: replace the target
+            behavior's output by :math:`\sum_k \mathbf{e}^{k,*}`. ``None``: ``True`` for
+            ``'mbcgcn'``, ``False`` for ``'crgcn'``. (default: :obj:`None`)
+        normalize (bool, optional): CRGCN only: L2-normalise :math:`\mathbf{e}^{k,L_k}`
+            before the residual sum (the authors' code). (default: :obj:`False`)
+        embedding_dim (int, optional): :math:`d`, needed by ``link='transform'``.
+        num_behaviors (int, optional): :math:`K`, needed by ``link='transform'`` when
+            ``num_layers`` is a single ``int``.
+
+    Shapes:
+        - **input:** ego embeddings ``[U + I, d]`` (users first) and a
+          :class:`~mbgraph.data.adjacency.BehaviorAdjacency`.
+        - **output:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` with users
+          ``[K, U, d]`` and items ``[K, I, d]`` (:math:`\mathbf{e}^{k,*}`).
+    """
+
+    def __init__(self, num_layers: LayerSpec = 2, mode: str = 'mbcgcn',
+                 norm: str = 'symmetric', link: Optional[str] = None,
+                 combine: Optional[str] = None, aggregate_target: Optional[bool] = None,
+                 normalize: bool = False, embedding_dim: Optional[int] = None,
+                 num_behaviors: Optional[int] = None):
+        super().__init__(num_layers, num_behaviors)
+        self.mode = check_choice('mode', mode, MODES)
+        self.norm = check_choice('norm', norm, NORMS)
+        if mode == 'crgcn':
+            for name, value in (('link', link), ('combine', combine)):
+                if value is not None:
+                    raise ValueError(f"{name}={value!r} applies to mode='mbcgcn' only; CRGCN "
+                                     f"sums its input and its last propagation layer")
+            self.link = None
+            self.combine = 'last'
+        else:
+            if normalize:
+                raise ValueError("normalize=True applies to mode='crgcn' only")
+            self.link = check_choice('link', link or 'transform', LINKS)
+            self.combine = check_choice('combine', combine or 'mean', COMBINES)
+        self.aggregate_target = (mode == 'mbcgcn') if aggregate_target is None \
+            else bool(aggregate_target)
+        self.normalize = bool(normalize)
+        self.embedding_dim = embedding_dim
+        if self.link == 'transform':
+            if embedding_dim is None or embedding_dim <= 0:
+                raise ValueError("link='transform' learns d x d matrices: pass "
+                                 f'embedding_dim (got {embedding_dim!r})')
+            if self.num_behaviors is None:
+                raise ValueError("link='transform' learns one pair of matrices per behavior "
+                                 'transition: pass num_behaviors or one layer count per '
+                                 'behavior')
+            # W^k for the transitions k -> k+1, [K - 1, 2 (user, item), d, d]
+            self.weight = nn.Parameter(torch.empty(self.num_behaviors - 1, 2, embedding_dim,
+                                                   embedding_dim))
+        else:
+            self.register_parameter('weight', None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            for w in self.weight.view(-1, *self.weight.shape[-2:]):
+                nn.init.xavier_uniform_(w)
+
+    def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
+        behaviors = self.check_input(ego, adjacency)
+        layers = self.layers_for(behaviors)
+        num_users = adjacency.num_users
+        if self.weight is not None and ego.size(1) != self.weight.size(-1):
+            raise ValueError(f'CascadeEncoder was built for embedding_dim='
+                             f'{self.weight.size(-1)}, got ego embeddings of dimension '
+                             f'{ego.size(1)}')
+        outputs = []
+        x = ego  # e^{k,0}
+        for k, b in enumerate(behaviors):
+            hs = propagate(x, adjacency.operator(b, norm=self.norm), layers[k])
+            if self.mode == 'crgcn':
+                last = F.normalize(hs[-1], dim=-1) if self.normalize else hs[-1]
+                out = x + last
+                x = out
+            else:
+                out = combine_layers(hs, self.combine)
+                if k + 1 < len(behaviors):
+                    if self.link == 'residual':
+                        x = hs[-1] + hs[0]  # PKEF eq 10
+                    else:
+                        x = torch.cat([out[:num_users] @ self.weight[k, 0],
+                                       out[num_users:] @ self.weight[k, 1]])
+            outputs.append(out)
+        if self.aggregate_target:
+            outputs[-1] = torch.stack(outputs).sum(0)
+        return self.stack(behaviors, outputs, num_users)
+
+    def extra_repr(self) -> str:
+        parts = [f'num_layers={self._layers_repr()}', f'mode={self.mode!r}',
+                 f'norm={self.norm!r}']
+        if self.mode == 'mbcgcn':
+            parts += [f'link={self.link!r}', f'combine={self.combine!r}']
+        else:
+            parts.append(f'normalize={self.normalize}')
+        parts.append(f'aggregate_target={self.aggregate_target}')
+        if self.embedding_dim is not None:
+            parts.append(f'embedding_dim={self.embedding_dim}')
+        return ', '.join(parts)
