@@ -166,6 +166,7 @@ class SampledEvaluator(_Evaluator):
         g = torch.Generator().manual_seed(seed)
         pair_users = self.users[self.rows]
         neg = sample_negatives(pair_users, seen, num_items, g, num=num_negatives)
+        neg = neg.view(-1, num_negatives)   # [N] when num_negatives == 1
         self.candidates = torch.cat([self.items.view(-1, 1), neg], dim=1)  # positive at column 0
 
     def _batches(self):

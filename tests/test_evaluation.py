@@ -90,3 +90,12 @@ def test_prepare_eval_hook_gets_split():
     FullRankingEvaluator(graph(), 'test').evaluate(m)
     SampledEvaluator(torch.tensor([[0], [1]]), 5, torch.tensor([[0], [0]]), 2, split='test').evaluate(m)
     assert m.seen == ['val', 'test', 'test']
+
+
+def test_sampled_single_negative():
+    ev = SampledEvaluator(torch.tensor([[0], [1]]), 5, torch.tensor([[0], [0]]), num_negatives=1,
+                          ks=(1,))
+    assert ev.candidates.shape == (1, 2)
+    table = torch.zeros(1, 5)
+    table[0, 1] = 1.0
+    assert ev.evaluate(FixedScores(table))['hr@1'] == 1.0
