@@ -103,7 +103,72 @@ def format_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
                       *(line(r) for r in cells)])
 
 
+def _sequence_models():
+    from mbgraph_seq.models import SEQ_MODELS
+    return SEQ_MODELS
+
+
+def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: int):
+    from mbgraph_seq.data import SequenceDataset
+    try:
+        if dataset == 'synthetic':
+            return SequenceDataset.synthetic(max_len=max_len, seed=seed)
+        if dataset in ('ml-latest-small', 'movielens'):
+            if data_root is None:
+                raise UsageError(f'dataset {dataset!r} needs --data-root (the folder holding '
+                                 'ml-latest-small/ratings.csv)')
+            root = Path(data_root)
+            directory = root / 'ml-latest-small' if (root / 'ml-latest-small').is_dir() else root
+            return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+    raise UsageError(f'sequence models run on synthetic or ml-latest-small, not {dataset!r}')
+
+
+def cmd_train_sequence(args) -> int:
+    """Sequence models (mbgraph_seq) through the same Trainer and metrics.json."""
+    from mbgraph_seq.train import train_sequence_model
+    from .training import environment, resolve_device, write_metrics
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.behaviors is not None:
+        raise UsageError('--behaviors selects graph behaviors; sequence models use every '
+                         'behavior of the log')
+    dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed)
+    kwargs = _parse_set(args.set)
+    if args.dim is not None:
+        kwargs['dim'] = args.dim
+    if args.layers is not None:
+        kwargs['num_layers'] = args.layers
+    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    try:
+        metrics = train_sequence_model(
+            args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
+            out_dir=out, seed=args.seed, batch_size=min(args.batch_size, 256), lr=args.lr,
+            num_negatives_eval=args.negatives, progress=not args.no_progress,
+            patience=args.patience, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    metrics.update({'dataset': args.dataset, 'environment': environment(),
+                    'date': time.strftime('%Y-%m-%d')})
+    path = write_metrics(out / 'metrics.json', metrics)
+    test, full = metrics['test'], metrics.get('test_full', {})
+    row = {'model': args.model, 'dataset': args.dataset,
+           f'hr@10 ({args.negatives} neg)': test.get('hr@10'),
+           f'ndcg@10 ({args.negatives} neg)': test.get('ndcg@10'),
+           'hr@10 full': full.get('hr@10'), 'ndcg@10 full': full.get('ndcg@10'),
+           'best epoch': metrics.get('best_epoch'), 's/epoch': metrics.get('epoch_seconds')}
+    print(format_table([row], list(row)))
+    print(f'wrote {path}')
+    return 0
+
+
 def cmd_train(args) -> int:
+    if args.model.lower() in _sequence_models():
+        args.model = args.model.lower()
+        return cmd_train_sequence(args)
     from .evaluation import FullRankingEvaluator
     from .training import Trainer, environment, resolve_device, write_metrics
     ks = [int(k) for k in _split_list(args.ks)]
@@ -212,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser('train', help='train a model and evaluate it on the test split')
     t.add_argument('--model', required=True,
-                   help='lightgcn | lightgcn_m | mbcgcn | crgcn | pkef | copf, or ENCODER+HEAD '
-                   '(e.g. mbcgcn+dfme; see mbgraph.models.multi_behavior)')
+                   help='graph: lightgcn | lightgcn_m | mbcgcn | crgcn | pkef | copf, or '
+                   'ENCODER+HEAD (e.g. mbcgcn+dfme); sequence: sasrec | ebm | dpcpl | hmar | '
+                   'pomrec')
     t.add_argument('--dataset', default='synthetic',
                    help='synthetic | taobao | beibei | tmall | ml-latest-small | csv')
     t.add_argument('--data-root', help='directory holding the dataset (e.g. ../shared/data)')
@@ -240,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--seed', type=int, default=0)
     t.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
     t.add_argument('--no-progress', action='store_true', help='no progress bars')
+    seq = t.add_argument_group('sequence models (sasrec, ebm, dpcpl, hmar, pomrec)')
+    seq.add_argument('--stage', default='both', choices=['both', 'pretrain', 'prompt'],
+                     help='DPCPL: pre-train EBM, prompt-tune, or both')
+    seq.add_argument('--max-len', type=int, default=50,
+                     help='positions per sequence (longer histories keep their most recent)')
+    seq.add_argument('--negatives', type=int, default=99,
+                     help='sampled negatives per test item (99 HMAR, 100 DPCPL, 999 PoMRec)')
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser('evaluate', help='evaluate a checkpoint written by train')

@@ -1,2 +1,15 @@
-"""mbgraph_seq: multi-behavior sequential recommendation (EBM/DPCPL, PoMRec, HMAR, SASRec)."""
+"""mbgraph_seq: multi-behavior sequential recommendation (EBM/DPCPL, PoMRec, HMAR, SASRec).
+
+The data side (:mod:`mbgraph_seq.data`) turns a time-ordered interaction log into per-user
+behavior-aware sequences with leave-one-out splits on the target behavior; the models
+(:mod:`mbgraph_seq.models`, registry ``SEQ_MODELS``) follow mbgraph's model contract
+(``loss(batch)``, ``score(users, items=None)``, ``prepare_eval(split)``), so that
+:class:`mbgraph.training.Trainer` and :mod:`mbgraph.evaluation` serve them unchanged;
+:func:`mbgraph_seq.train.train_sequence_model` runs one model end to end.
+"""
+from .data import EvalInputs, SequenceBatch, SequenceDataset, SequenceTrainSource
+
 __version__ = '0.1.0'
+
+__all__ = ['EvalInputs', 'SequenceBatch', 'SequenceDataset', 'SequenceTrainSource',
+           '__version__']

@@ -57,3 +57,19 @@ def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, '-m', 'mbgraph', '--help'], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and 'train' in proc.stdout
+
+
+def test_train_sequence_model_through_the_same_cli(tmp_path, capsys):
+    out = tmp_path / 'seq'
+    assert main(['train', '--model', 'sasrec', '--dataset', 'synthetic', '--epochs', '1',
+                 '--dim', '16', '--out', str(out), '--no-progress', '--negatives', '20']) == 0
+    assert '| sasrec | synthetic |' in capsys.readouterr().out
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert 0.0 <= metrics['test']['hr@10'] <= 1.0 and 'hr@10' in metrics['test_full']
+    assert metrics['epoch_seconds'] > 0 and metrics['peak_rss_mb'] > 0
+
+
+def test_sequence_model_bad_dataset_exit_2(tmp_path, capsys):
+    assert main(['train', '--model', 'sasrec', '--dataset', 'taobao', '--out', str(tmp_path),
+                 '--no-progress']) == 2
+    assert 'sequence models run on synthetic or ml-latest-small' in capsys.readouterr().err

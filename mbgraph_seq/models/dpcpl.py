@@ -1,0 +1,142 @@
+r"""DPCPL: a frozen pre-trained EBM tuned with customized prompts (Wang et al., sec. 4.3).
+
+The backbone (:class:`~mbgraph_seq.models.ebm.EBM`, pre-trained with eq 4 on the early part of
+every user's history) is frozen: its parameters never change and it always runs in eval mode
+(no dropout). Only the :class:`~mbgraph_seq.nn.prompts.PromptGenerator` is tuned. For every
+user it makes ``C`` prompt tokens per backbone layer from the user's statistics/attributes and
+per-behavior GRU states (eq 5-9); the backbone reads them in ``C`` slots placed before the
+sequence, overwritten at every layer (progressive prompts).
+
+Prompt-tuning loss (eq 13):
+:math:`\mathcal L_{total} = \mathcal L_{pred} + \lambda\,\mathcal L_{compactness}` with
+:math:`\mathcal L_{pred}` the BPR next-item term of eq 4 on next events of the target behavior
+only, and :math:`\mathcal L_{compactness}` eq 12 (:func:`~mbgraph_seq.nn.prompts.compactness_loss`).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import SequenceBatch, SequenceDataset
+from ..nn.prompts import PromptGenerator, PromptOutput, compactness_loss
+from .ebm import EBM
+from .sasrec import SequenceRecommender
+
+
+class DPCPL(SequenceRecommender):
+    """Customized prompt tuning of a frozen EBM backbone.
+
+    Args:
+        dataset: the prompt-tuning :class:`~mbgraph_seq.data.SequenceDataset` (the fine-tuning
+            side of :meth:`~mbgraph_seq.data.SequenceDataset.pretrain_finetune_split`).
+        backbone: the pre-trained :class:`EBM`; a fresh one built from ``backbone_kwargs`` if
+            None (then it is frozen at its random initialisation -- useful for tests only).
+        prompt_dim: :math:`d_q`, width of prompt information, factors and layer prompts.
+        num_factors: ``N`` prompt factors per layer (the paper finds 8-12 best).
+        num_tokens: ``C`` prompt tokens per layer (the paper finds 8-12 best); None: the
+            backbone's ``prompt_slots`` (8 if it has none). A backbone built here reserves
+            ``C`` slots.
+        compactness_weight: :math:`\\lambda` of eq 13 (paper grid 1e-3, 1e-2, 1e-1).
+        lambda_e, lambda_p: the weights of eq 12.
+        eps2_e, eps2_p: :math:`\\epsilon_e^2, \\epsilon_p^2` of eq 10-11 (paper grid 0.5, 1, 5).
+        compactness_sign: ``+1`` adds :math:`\\lambda \\mathcal L_{compactness}` as eq 13 is
+            written (it lowers each user's coding rate); ``-1`` subtracts it, the reading that
+            maximises the coding rate, i.e. the diversity sec. 4.3.3 describes.
+        **backbone_kwargs: :class:`EBM` arguments when ``backbone`` is None.
+    """
+
+    causal = False
+    train_layout = 'all'
+    target_only = True
+
+    def __init__(self, dataset: SequenceDataset, backbone: Optional[EBM] = None,
+                 prompt_dim: int = 32, num_factors: int = 8, num_tokens: Optional[int] = None,
+                 compactness_weight: float = 1e-2, lambda_e: float = 1.0, lambda_p: float = 1.0,
+                 eps2_e: float = 1.0, eps2_p: float = 1.0, compactness_sign: int = 1,
+                 **backbone_kwargs):
+        super().__init__(dataset)
+        if backbone is None:
+            backbone_kwargs.setdefault('prompt_slots', 8 if num_tokens is None else num_tokens)
+            backbone = EBM(dataset, **backbone_kwargs)
+        elif backbone_kwargs:
+            raise ValueError(f'backbone given: EBM arguments {sorted(backbone_kwargs)} would be '
+                             'ignored')
+        if not isinstance(backbone, EBM):
+            raise TypeError(f'the DPCPL backbone must be an EBM, got {type(backbone).__name__}')
+        if (backbone.num_items, backbone.num_behaviors) != (dataset.num_items,
+                                                            dataset.num_behaviors):
+            raise ValueError('the backbone was built for a dataset with different items or '
+                             'behaviors')
+        if num_tokens is None:
+            num_tokens = backbone.prompt_slots or 8
+        if backbone.prompt_slots and num_tokens != backbone.prompt_slots:
+            raise ValueError(f'num_tokens={num_tokens} differs from the backbone\'s '
+                             f'prompt_slots={backbone.prompt_slots}')
+        if compactness_sign not in (1, -1):
+            raise ValueError(f'compactness_sign must be +1 or -1, got {compactness_sign}')
+        self.backbone = backbone
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.prompts = PromptGenerator(
+            dataset.num_behaviors, dataset.num_statistics, dataset.num_attributes,
+            input_dim=backbone.dim, model_dim=backbone.dim, num_layers=backbone.num_layers,
+            prompt_dim=prompt_dim, num_factors=num_factors, num_tokens=num_tokens)
+        self.compactness_weight = float(compactness_weight)
+        self.lambda_e, self.lambda_p = float(lambda_e), float(lambda_p)
+        self.eps2_e, self.eps2_p = float(eps2_e), float(eps2_p)
+        self.compactness_sign = int(compactness_sign)
+
+    def train(self, mode: bool = True) -> 'DPCPL':
+        """Train mode for the prompt generator only: the frozen backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    # ------------------------------------------------------------------ parameters
+    def tuned_parameters(self) -> List[nn.Parameter]:
+        """The parameters prompt tuning updates (the prompt generator's)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_counts(self) -> Dict[str, float]:
+        """``{'tuned', 'backbone', 'total', 'tuned_share'}``; ``tuned_share`` = tuned /
+        backbone parameters, the ratio of Table 4 (prompt tuning vs full fine-tuning)."""
+        tuned = sum(p.numel() for p in self.tuned_parameters())
+        backbone = sum(p.numel() for p in self.backbone.parameters())
+        return {'tuned': tuned, 'backbone': backbone, 'total': tuned + backbone,
+                'tuned_share': tuned / backbone}
+
+    # ------------------------------------------------------------------ forward
+    def item_weight(self) -> Tensor:
+        return self.backbone.item_weight()
+
+    def make_prompts(self, batch: SequenceBatch) -> PromptOutput:
+        """Eq 5-9 for the users of ``batch`` (GRU inputs: the frozen backbone's eq-1 event
+        embeddings)."""
+        with torch.no_grad():
+            events = self.backbone.event_embedding(batch)
+        return self.prompts(batch.features, events, batch.behaviors)
+
+    def forward(self, batch: SequenceBatch) -> Tuple[Tensor, PromptOutput]:
+        out = self.make_prompts(batch)
+        return self.backbone.encode(batch, out.tokens), out
+
+    def user_representation(self, batch: SequenceBatch) -> Tensor:
+        return self.forward(batch)[0]
+
+    def loss(self, batch: SequenceBatch) -> Tuple[Tensor, Dict[str, float]]:
+        pos, _, neg = self.backbone.last_targets(batch)
+        u, out = self.forward(batch)
+        items = self.item_weight()
+        rp = (u * items[pos]).sum(-1)
+        rn = torch.einsum('bd,bnd->bn', u, items[neg])
+        pred = F.softplus(rn - rp.unsqueeze(-1)).mean()
+        comp = compactness_loss(out.factors, out.layer_prompts, self.prompts.N, self.prompts.L,
+                                self.eps2_e, self.eps2_p, self.lambda_e, self.lambda_p)
+        total = pred + self.compactness_sign * self.compactness_weight * comp
+        return total, {'pred': float(pred.detach()), 'compactness': float(comp.detach())}
+
+
+__all__ = ['DPCPL']

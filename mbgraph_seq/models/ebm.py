@@ -1,0 +1,181 @@
+r"""The Efficient Behavior Miner (EBM), DPCPL's de-noising pre-trained model (Wang et al.,
+"Denoising Pre-Training and Customized Prompt Learning for Efficient Multi-Behavior
+Sequential Recommendation", sec. 4.1-4.2).
+
+* input: behavior-aware sequence embedding :math:`e = e_v + e_p + e_b` (eq 1);
+* ``num_layers`` :class:`~mbgraph_seq.nn.filter.BehaviorMinerLayer` (the overall sequence and
+  each behavior's sub-sequence through the Efficient Filter Layer, eq 2-3, then the behavior
+  mixer);
+* user representation :math:`u` = the last layer's output after the most recent event;
+* pre-training loss (eq 4), BPR form over next item and next behavior type:
+
+  .. math::
+      \mathcal L_{pt} = -\sum_U\sum_S \log\sigma(u^\top e_p - u^\top e_n)
+                        + \log\sigma(u^\top b_p - u^\top b_n)
+
+  (averaged over the batch's targets; :math:`b` are the behavior embeddings of eq 1).
+
+The filter is not causal, so EBM trains on sequences cut before the predicted event
+(``train_layout = 'all'``: every cut of every training sequence once per epoch).
+
+For prompt tuning (:class:`~mbgraph_seq.models.dpcpl.DPCPL`), :meth:`EBM.encode` accepts
+layer-wise prompts: ``C`` prompt slots are placed before the sequence and, at every layer
+``l``, hold that layer's prompt tokens (DPCPL sec. 4.3.2).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import SequenceBatch, SequenceDataset
+from ..nn.filter import BehaviorMinerLayer
+from ..nn.transformer import SequenceEmbedding
+from .sasrec import SequenceRecommender
+
+
+class EBM(SequenceRecommender):
+    """Efficient Behavior Miner; trains end to end with eq 4 and serves as DPCPL's backbone.
+
+    Args:
+        dataset: the :class:`~mbgraph_seq.data.SequenceDataset` (sizes, evaluation inputs).
+        dim: embedding size ``d``.
+        num_layers: EBM layers ``L``.
+        num_blocks: chunks ``k`` of the filter (divides ``d``).
+        dropout: dropout rate.
+        behavior_weight: weight of eq 4's next-behavior term (1 = the paper).
+        activation: the filter MLP's activation.
+        prompt_slots: ``C`` leading slots reserved for DPCPL's prompt tokens. Without prompts
+            they hold zeros at every layer, so a backbone pre-trained with them sees sequences
+            of the same length ``C + M`` as during prompt tuning (the FFT grid depends on the
+            length) and all-zero prompts reproduce it exactly. 0: no slots.
+    """
+
+    causal = False
+    train_layout = 'all'
+
+    def __init__(self, dataset: SequenceDataset, dim: int = 64, num_layers: int = 2,
+                 num_blocks: int = 4, dropout: float = 0.1, behavior_weight: float = 1.0,
+                 activation: str = 'relu', prompt_slots: int = 0):
+        super().__init__(dataset)
+        if num_layers < 1:
+            raise ValueError(f'num_layers must be >= 1, got {num_layers}')
+        if prompt_slots < 0:
+            raise ValueError(f'prompt_slots must be >= 0, got {prompt_slots}')
+        self.dim, self.num_layers = int(dim), int(num_layers)
+        self.prompt_slots = int(prompt_slots)
+        self.behavior_weight = float(behavior_weight)
+        self.embedding = SequenceEmbedding(dataset.num_items, dim, dataset.max_len,
+                                           dataset.num_behaviors)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            BehaviorMinerLayer(dim, dataset.num_behaviors, num_blocks, dropout,
+                               activation=activation) for _ in range(num_layers))
+        nn.init.normal_(self.embedding.items.weight, std=0.02)
+        nn.init.normal_(self.embedding.positions.weight, std=0.02)
+        nn.init.normal_(self.embedding.behaviors.weight, std=0.02)
+        with torch.no_grad():
+            self.embedding.items.weight[0].zero_()
+            self.embedding.behaviors.weight[0].zero_()
+
+    def item_weight(self) -> Tensor:
+        return self.embedding.items.weight
+
+    def behavior_weight_table(self) -> Tensor:
+        """``[K + 1, d]`` behavior embeddings (row 0 = padding)."""
+        return self.embedding.behaviors.weight
+
+    def encode(self, batch: SequenceBatch, prompts: Optional[Sequence[Tensor]] = None
+               ) -> Tensor:
+        """``[B, d]`` user representation :math:`u`.
+
+        Args:
+            batch: left-padded inputs.
+            prompts: optional ``L`` tensors ``[B, C, d]``: the prompt tokens of every layer,
+                placed in ``C`` slots before the sequence (they replace the slots' content at
+                the input of each layer). With ``prompt_slots > 0`` they must have ``C =
+                prompt_slots``, and None means all-zero prompts.
+        """
+        x = self.dropout(self.event_embedding(batch))
+        mask, behaviors = batch.mask, batch.behaviors
+        keep = None
+        if prompts is None and self.prompt_slots:
+            zero = x.new_zeros(x.size(0), self.prompt_slots, self.dim)
+            prompts = [zero] * self.num_layers
+        if prompts is not None:
+            if len(prompts) != self.num_layers:
+                raise ValueError(f'expected {self.num_layers} layer prompts, got {len(prompts)}')
+            B, C = x.size(0), prompts[0].size(1)
+            if self.prompt_slots and C != self.prompt_slots:
+                raise ValueError(f'this EBM reserves {self.prompt_slots} prompt slots, got '
+                                 f'{C} prompt tokens per layer')
+            mask = torch.cat([torch.ones(B, C, dtype=torch.bool, device=x.device), mask], 1)
+            behaviors = torch.cat([behaviors.new_zeros(B, C), behaviors], 1)
+            keep = torch.zeros_like(mask)
+            keep[:, :C] = True
+            x = torch.cat([prompts[0].new_zeros(B, C, self.dim), x], 1)
+        for layer_index, layer in enumerate(self.layers):
+            if prompts is not None:
+                x = torch.cat([prompts[layer_index], x[:, prompts[layer_index].size(1):]], 1)
+            # the last layer only computes the position that is read out
+            x = layer(x, behaviors, mask, keep, last_only=layer_index == self.num_layers - 1)
+        return x
+
+    def event_embedding(self, batch: SequenceBatch) -> Tensor:
+        r"""``[B, M, d]`` normalised eq-1 embeddings :math:`\mathrm{LN}(e_v + e_p + e_b)` of
+        the events (before dropout)."""
+        return self.norm(self.embedding(batch.items, batch.behaviors))
+
+    def user_representation(self, batch: SequenceBatch) -> Tensor:
+        return self.encode(batch)
+
+    @staticmethod
+    def last_targets(batch: SequenceBatch) -> Tuple[Tensor, Tensor, Tensor]:
+        """The one target per row (last column) of a prefix batch: ``pos`` ``[B]``,
+        ``pos_behaviors`` ``[B]``, ``neg`` ``[B, n]`` (ids + 1). Raises if the batch has targets
+        elsewhere (a full-sequence batch: the non-causal filter would see them)."""
+        if bool((batch.pos[:, :-1] > 0).any()):
+            raise ValueError('EBM\'s FFT filter is not causal: train it on prefix batches '
+                             "(dataset.train_source(prefixes='all' or an int)), whose only "
+                             'target is in the last column')
+        pos = batch.pos[:, -1]
+        if not bool((pos > 0).all()):
+            raise ValueError('every row of a prefix batch needs a target in its last column')
+        if batch.neg.size(-1) == 0:
+            raise ValueError('the batch has no negative items (neg has width 0)')
+        return pos, batch.pos_behaviors[:, -1], batch.neg[:, -1]
+
+    def pretrain_loss(self, u: Tensor, pos: Tensor, pos_behaviors: Tensor, neg: Tensor
+                      ) -> Tuple[Tensor, Tensor]:
+        r"""Eq 4's two terms, each averaged: next item
+        :math:`-\log\sigma(u^\top e_p - u^\top e_n)` (over the ``n`` negatives) and next
+        behavior :math:`-\log\sigma(u^\top b_p - u^\top b_n)` (over the ``K - 1`` other
+        behaviors; zero when ``K = 1``)."""
+        items = self.item_weight()
+        rp = (u * items[pos]).sum(-1)
+        rn = torch.einsum('bd,bnd->bn', u, items[neg])
+        item_term = F.softplus(rn - rp.unsqueeze(-1)).mean()
+        K = self.num_behaviors
+        if K < 2:
+            return item_term, item_term.new_zeros(())
+        # reading taken: S^- for the behavior term = every other behavior (no sampling)
+        beh = self.behavior_weight_table()[1:]                        # [K, d]
+        rb = u @ beh.t()                                               # [B, K]
+        bp = rb.gather(1, (pos_behaviors - 1).unsqueeze(1))           # [B, 1]
+        other = torch.ones_like(rb, dtype=torch.bool)
+        other.scatter_(1, (pos_behaviors - 1).unsqueeze(1), False)
+        beh_term = F.softplus(rb - bp)[other].mean()
+        return item_term, beh_term
+
+    def loss(self, batch: SequenceBatch) -> Tuple[Tensor, Dict[str, float]]:
+        pos, pos_b, neg = self.last_targets(batch)
+        u = self.encode(batch)
+        item_term, beh_term = self.pretrain_loss(u, pos, pos_b, neg)
+        loss = item_term + self.behavior_weight * beh_term
+        return loss, {'item': float(item_term.detach()), 'behavior': float(beh_term.detach())}
+
+
+__all__ = ['EBM']

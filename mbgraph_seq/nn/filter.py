@@ -1,0 +1,223 @@
+r"""The Efficient Behavior Miner's layers (DPCPL, Wang et al., sec. 4.2).
+
+* :class:`ChunkedComplexMLP` -- the frequency-aware fusion with the chunked diagonal mechanism
+  (eq 3): the ``d`` channels of every frequency token are cut into ``k`` blocks of ``d/k``;
+  block ``n`` goes through a two-layer complex MLP
+  :math:`\tilde x^n_i = W^n_2\,\sigma(W^n_1 x^n_i + b^n_1) + b^n_2` whose weights are shared by
+  all frequency tokens ``i``. Parameters: :math:`4d^2/k + 4d` (real and imaginary parts), none
+  depending on the sequence length (Table 1).
+* :class:`EfficientFilterLayer` -- eq 2 with that fusion: :math:`X = \mathcal F(S)` (real FFT
+  along the sequence), :math:`\tilde X = \mathrm{MLP}(X)`, :math:`\tilde S = \mathcal
+  F^{-1}(\tilde X)`, then residual + LayerNorm and a position-wise feed-forward network with
+  its own residual + LayerNorm.
+* :class:`BehaviorMinerLayer` -- one EBM layer: the overall sequence and each behavior's
+  sub-sequence pass the filter layer, a fully connected behavior mixer combines them.
+
+The filter is *not causal*: the output at a position depends on every position of the
+sequence, so next-item training must cut sequences before the predicted event (see
+:class:`mbgraph_seq.data.SequenceTrainSource`, ``prefixes``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu, 'tanh': torch.tanh}
+
+
+def _activation(name: str):
+    if name not in _ACTIVATIONS:
+        raise ValueError(f'unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}')
+    return _ACTIVATIONS[name]
+
+
+class ChunkedComplexMLP(nn.Module):
+    r"""Block-diagonal two-layer complex MLP over frequency tokens (DPCPL eq 3).
+
+    For a complex input ``x`` of shape ``[..., F, d]`` (``F`` frequency tokens), block ``n``
+    (channels ``n*d/k .. (n+1)*d/k - 1``) of token ``i`` becomes
+
+    .. math::
+        \tilde x^n_i = W^n_2\,\sigma(W^n_1 x^n_i + b^n_1) + b^n_2,
+        \qquad W^n_1, W^n_2 \in \mathbb C^{d/k \times d/k},\ b^n_1, b^n_2 \in \mathbb C^{d/k}
+
+    with :math:`\sigma` applied to the real and imaginary parts separately. The same weights
+    serve every token, so the parameter count :math:`4d^2/k + 4d` is independent of ``F``.
+
+    Args:
+        dim: channels ``d``.
+        num_blocks: blocks ``k`` (must divide ``d``).
+        activation: :math:`\sigma`: ``'relu'``, ``'gelu'`` or ``'tanh'``.
+        init_scale: standard deviation of the real and imaginary parts of the initial
+            weights; default :math:`1/\sqrt{2 d/k}` (complex variance ``k/d``, so a block keeps
+            its input's scale and the filter mixes the sequence from the start). Biases start
+            at zero. Weights are stored as ``[in, out]`` (``x @ W``, i.e. the paper's ``W x``
+            with ``W`` transposed).
+    """
+
+    def __init__(self, dim: int, num_blocks: int = 4, activation: str = 'relu',
+                 init_scale: Optional[float] = None):
+        super().__init__()
+        if num_blocks < 1 or dim % num_blocks != 0:
+            raise ValueError(f'num_blocks={num_blocks} must be a positive divisor of dim={dim}')
+        self.dim, self.num_blocks = int(dim), int(num_blocks)
+        self.block = dim // num_blocks
+        self.act = _activation(activation)
+        k, c = self.num_blocks, self.block
+        scale = (2 * c) ** -0.5 if init_scale is None else float(init_scale)
+        # [real/imag, block n, in, out]
+        self.w1 = nn.Parameter(scale * torch.randn(2, k, c, c))
+        self.b1 = nn.Parameter(torch.zeros(2, k, c))
+        self.w2 = nn.Parameter(scale * torch.randn(2, k, c, c))
+        self.b2 = nn.Parameter(torch.zeros(2, k, c))
+
+    def _real_block_weight(self, w: Tensor) -> Tensor:
+        """``[k, 2c, 2c]`` real matrices acting on ``[Re x, Im x]``: complex multiplication by
+        :math:`W = W_r + i W_i` is ``[x_r, x_i] @ [[W_r, W_i], [-W_i, W_r]]``."""
+        wr, wi = w[0], w[1]
+        return torch.cat([torch.cat([wr, wi], 2), torch.cat([-wi, wr], 2)], 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_complex(x):
+            raise TypeError(f'ChunkedComplexMLP expects a complex tensor, got {x.dtype}')
+        if x.size(-1) != self.dim:
+            raise ValueError(f'expected {self.dim} channels in the last dimension, got '
+                             f'{x.size(-1)}')
+        k, c = self.num_blocks, self.block
+        lead = x.shape[:-1]
+        # [k, T, 2c]: per block, real parts then imaginary parts of the T tokens
+        xb = x.reshape(-1, k, c)
+        h = torch.cat([xb.real, xb.imag], -1).transpose(0, 1)
+        b1 = torch.cat([self.b1[0], self.b1[1]], -1).unsqueeze(1)           # [k, 1, 2c]
+        b2 = torch.cat([self.b2[0], self.b2[1]], -1).unsqueeze(1)
+        # sigma on the real and imaginary parts separately = elementwise on [Re, Im]
+        h = self.act(torch.baddbmm(b1, h, self._real_block_weight(self.w1)))
+        h = torch.baddbmm(b2, h, self._real_block_weight(self.w2))
+        h = h.transpose(0, 1)                                              # [T, k, 2c]
+        return torch.complex(h[..., :c], h[..., c:]).reshape(*lead, self.dim)
+
+
+class FeedForward(nn.Module):
+    """Position-wise ``Linear -> activation -> dropout -> Linear``."""
+
+    def __init__(self, dim: int, hidden: Optional[int] = None, dropout: float = 0.0,
+                 activation: str = 'gelu'):
+        super().__init__()
+        hidden = hidden or dim
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.act = _activation(activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
+
+
+class EfficientFilterLayer(nn.Module):
+    r"""The Efficient Filter Layer (DPCPL eq 2-3 and the text after eq 3).
+
+    .. math::
+        X = \mathcal F(S),\quad \tilde X = \mathrm{MLP}_{\text{chunked}}(X),\quad
+        \tilde S = \mathcal F^{-1}(\tilde X),\quad
+        H = \mathrm{LN}(S + \mathrm{Drop}(\tilde S)),\quad
+        \mathrm{out} = \mathrm{LN}(H + \mathrm{Drop}(\mathrm{FFN}(H)))
+
+    :math:`\mathcal F` is the real FFT along the sequence (orthonormal scaling). Padding
+    positions (``mask`` False) are zeroed on input and output.
+
+    Args:
+        dim: channels ``d``.
+        num_blocks: chunks ``k`` of :class:`ChunkedComplexMLP`.
+        dropout: dropout after the filter and in/after the FFN.
+        ffn_hidden: FFN hidden width (default ``d``, as SASRec's point-wise FFN).
+        activation: the complex MLP's :math:`\sigma`.
+    """
+
+    def __init__(self, dim: int, num_blocks: int = 4, dropout: float = 0.1,
+                 ffn_hidden: Optional[int] = None, activation: str = 'relu'):
+        super().__init__()
+        self.fusion = ChunkedComplexMLP(dim, num_blocks, activation)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_hidden, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def filter(self, x: Tensor) -> Tensor:
+        """:math:`\\tilde S = \\mathcal F^{-1}(\\mathrm{MLP}(\\mathcal F(S)))` (``[B, L, d]``)."""
+        length = x.size(1)
+        spec = torch.fft.rfft(x, dim=1, norm='ortho')
+        return torch.fft.irfft(self.fusion(spec), n=length, dim=1, norm='ortho')
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, last_only: bool = False
+                ) -> Tensor:
+        """``x`` ``[B, L, d]`` -> ``[B, L, d]``; with ``last_only`` only the last position's
+        output ``[B, d]`` is computed (the filter still reads every position; the residual,
+        LayerNorms and FFN are position-wise, so the result equals ``forward(x)[:, -1]``)."""
+        if mask is not None:
+            x = x * mask.unsqueeze(-1).to(x.dtype)
+        filtered = self.filter(x)
+        if last_only:
+            x, filtered = x[:, -1], filtered[:, -1]
+            mask = None if mask is None else mask[:, -1]
+        h = self.norm1(x + self.dropout(filtered))
+        out = self.norm2(h + self.dropout(self.ffn(h)))
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)
+        return out
+
+
+class BehaviorMinerLayer(nn.Module):
+    r"""One EBM layer (DPCPL sec. 4.2, "Next, to enhance ..."): the overall sequence and the
+    sub-sequence of each of the ``K`` behaviors pass an :class:`EfficientFilterLayer`; a fully
+    connected behavior mixer combines the ``K + 1`` filtered views position by position:
+
+    .. math::
+        H' = \mathrm{LN}\big(F(H) + \mathrm{Drop}(W_{mix}[F(H) \,\|\, F(H \odot m_1) \,\|\,
+        \dots \,\|\, F(H \odot m_K)] + b_{mix})\big)
+
+    where :math:`m_k` keeps the positions of behavior ``k`` (and any always-kept positions such
+    as prompt tokens) in place, so that all views stay aligned in time.
+
+    Args:
+        dim: channels.
+        num_behaviors: ``K``.
+        num_blocks, dropout, ffn_hidden, activation: of the filter layer.
+    """
+
+    def __init__(self, dim: int, num_behaviors: int, num_blocks: int = 4, dropout: float = 0.1,
+                 ffn_hidden: Optional[int] = None, activation: str = 'relu'):
+        super().__init__()
+        self.num_behaviors = int(num_behaviors)
+        # reading taken: one filter layer (shared weights) filters the overall sequence and
+        # every behavior's sub-sequence; the mixer is a single Linear((K+1)d -> d)
+        self.filter = EfficientFilterLayer(dim, num_blocks, dropout, ffn_hidden, activation)
+        self.mixer = nn.Linear((self.num_behaviors + 1) * dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, behaviors: Tensor, mask: Tensor,
+                keep: Optional[Tensor] = None, last_only: bool = False) -> Tensor:
+        """``x`` ``[B, L, d]``, ``behaviors`` ``[B, L]`` (index + 1, 0 = none), ``mask``
+        ``[B, L]`` real positions, ``keep`` ``[B, L]`` positions in every sub-sequence.
+        Returns ``[B, L, d]``, or the last position ``[B, d]`` with ``last_only``."""
+        B, L, d = x.shape
+        masks = [mask] + [(behaviors == k + 1) & mask for k in range(self.num_behaviors)]
+        if keep is not None:
+            masks = [m | keep for m in masks]
+        stacked = torch.stack(masks, 0)                                      # [K+1, B, L]
+        views = x.unsqueeze(0) * stacked.unsqueeze(-1).to(x.dtype)           # [K+1, B, L, d]
+        filtered = self.filter(views.reshape(-1, L, d), stacked.reshape(-1, L), last_only)
+        real = masks[0][:, -1] if last_only else masks[0]
+        filtered = filtered.view(self.num_behaviors + 1, B, *filtered.shape[1:])
+        overall = filtered[0] * real.unsqueeze(-1).to(x.dtype)
+        # every view's output is read at every real position (the mixer sees each behavior's
+        # filtered context at each time step); only padding is zeroed
+        views_last = filtered.movedim(0, -2)                       # [B, (L,) K+1, d]
+        mixed = self.mixer(views_last.reshape(*views_last.shape[:-2], -1))
+        out = self.norm(overall + self.dropout(mixed))
+        return out * real.unsqueeze(-1).to(out.dtype)
+
+
+__all__ = ['ChunkedComplexMLP', 'FeedForward', 'EfficientFilterLayer', 'BehaviorMinerLayer']

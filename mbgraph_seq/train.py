@@ -1,0 +1,238 @@
+r"""Train and evaluate one sequence model end to end with mbgraph's Trainer and evaluators.
+
+:func:`train_sequence_model` builds the model from :data:`mbgraph_seq.models.SEQ_MODELS`,
+trains it with :class:`mbgraph.training.Trainer` (early stopping on the validation NDCG@10 of a
+:class:`~mbgraph.evaluation.SampledEvaluator`), and evaluates the test split twice: among
+``num_negatives_eval`` sampled negatives (the protocol of the sequence papers) and by full
+ranking (:class:`~mbgraph.evaluation.FullRankingEvaluator` on
+:meth:`~mbgraph_seq.data.SequenceDataset.to_multiplex`, training target items masked).
+
+DPCPL runs in two stages on :meth:`~mbgraph_seq.data.SequenceDataset.pretrain_finetune_split`:
+EBM pre-training with eq 4 on the early part of every history (validated on the fine-tuning
+side's validation events), then prompt tuning of the frozen EBM on the recent part.
+
+Example::
+
+    from mbgraph_seq.data import SequenceDataset
+    from mbgraph_seq.train import train_sequence_model
+    ds = SequenceDataset.from_movielens('/path/to/ml-latest-small')
+    metrics = train_sequence_model('sasrec', ds, epochs=50, out_dir='runs/sasrec')
+    metrics['test']['ndcg@10'], metrics['test_full']['ndcg@10']
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
+from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, \
+    write_metrics
+
+from .data import SequenceDataset
+from .models import SEQ_MODELS
+from .models.dpcpl import DPCPL
+from .models.ebm import EBM
+
+log = logging.getLogger(__name__)
+
+STAGES = ('both', 'pretrain', 'prompt')
+_EBM_ARGS = set(inspect.signature(EBM.__init__).parameters) - {'self', 'dataset'}
+
+
+def _count(model: torch.nn.Module) -> Dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    tuned = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {'tuned_parameters': tuned, 'total_parameters': total}
+
+
+def _evaluate(model, dataset: SequenceDataset, num_negatives: int, seed: int, device,
+              ks=(10, 20)) -> Dict[str, Any]:
+    sampled = SampledEvaluator(dataset.split_pairs('test'), dataset.num_items,
+                               dataset.history_pairs(), num_negatives=num_negatives, ks=ks,
+                               seed=seed, split='test')
+    full = FullRankingEvaluator(dataset.to_multiplex(), 'test', ks=ks)
+    out = {'test': sampled.evaluate(model, device), 'test_full': full.evaluate(model, device)}
+    out['test_seconds'] = sampled.last_seconds + full.last_seconds
+    return out
+
+
+def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, *, epochs: int,
+         lr: float, weight_decay: float, patience: int, device, out_dir: Optional[Path],
+         seed: int, progress: bool, num_negatives_eval: int, config: Dict[str, Any]
+         ) -> Dict[str, Any]:
+    val = SampledEvaluator(val_dataset.split_pairs('val'), val_dataset.num_items,
+                           val_dataset.history_pairs(), num_negatives=num_negatives_eval,
+                           seed=seed, split='val')
+    trainer = Trainer(model, source, val, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                      monitor='ndcg@10', patience=patience, device=device, out_dir=out_dir,
+                      seed=seed, progress=progress, config=config)
+    summary = trainer.fit()
+    summary['history'] = trainer.history
+    return summary
+
+
+def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 50,
+                         stage: str = 'both', device: Union[str, torch.device] = 'cpu',
+                         out_dir: Optional[Union[str, Path]] = None, seed: int = 0,
+                         batch_size: int = 256, lr: float = 1e-3,
+                         num_negatives_eval: int = 99, progress: bool = True,
+                         patience: int = 10, weight_decay: float = 0.0,
+                         num_negatives: int = 1, prefixes: Optional[Union[int, str]] = 'auto',
+                         pretrain_epochs: Optional[int] = None, pretrain_ratio: float = 0.6,
+                         pretrained: Optional[Union[str, Path]] = None,
+                         **model_kwargs) -> Dict[str, Any]:
+    """Train ``name`` on ``dataset`` and return metrics shaped like mbgraph's ``metrics.json``.
+
+    Args:
+        name: a key of :data:`~mbgraph_seq.models.SEQ_MODELS`.
+        dataset: the sequences (with validation and test events).
+        epochs: maximum training epochs (prompt-tuning epochs for DPCPL).
+        stage: DPCPL only: ``'both'`` (pre-train EBM, then prompt-tune), ``'pretrain'`` (only
+            pre-train; the EBM is evaluated on the fine-tuning side's test events) or
+            ``'prompt'`` (prompt-tune a backbone saved by an earlier ``'pretrain'`` run: from
+            ``pretrained`` or ``out_dir/pretrain/ebm.pt``).
+        device: ``'cpu'``, ``'cuda'``, ``'auto'``.
+        out_dir: where the Trainer's logs/checkpoints and ``metrics.json`` go (None: nowhere).
+        seed: seeds model initialisation, batches, evaluation negatives.
+        batch_size: training samples per batch.
+        lr, weight_decay: Adam's.
+        num_negatives_eval: sampled negatives per held-out item (99: HMAR, MB-GMN; 100: DPCPL;
+            999: PoMRec).
+        progress: tqdm bars.
+        patience: early-stopping patience (validation evaluations).
+        num_negatives: training negatives per target.
+        prefixes: training layout (see :class:`~mbgraph_seq.data.SequenceTrainSource`);
+            ``'auto'`` uses the model's ``train_layout``.
+        pretrain_epochs: DPCPL pre-training epochs (default ``epochs``).
+        pretrain_ratio: DPCPL's share of each history used for pre-training (0.6).
+        pretrained: DPCPL ``stage='prompt'``: the saved backbone.
+        **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
+            ``num_layers``, ``num_blocks``, ``dropout``, ...).
+
+    Returns:
+        ``{'model', 'test': {sampled 'hr@10', 'ndcg@10', ...}, 'test_full': {...}, 'val',
+        'best_epoch', 'epochs_run', 'epoch_seconds', 'eval_seconds', 'peak_rss_mb',
+        'tuned_parameters', 'total_parameters', 'protocol', ...}``; DPCPL adds ``'pretrain'``
+        (its stage's summary) and ``'tuned_share'``.
+    """
+    if name not in SEQ_MODELS:
+        raise ValueError(f'unknown sequence model {name!r}; known: {sorted(SEQ_MODELS)}')
+    if stage not in STAGES:
+        raise ValueError(f'unknown stage {stage!r}; expected one of {STAGES}')
+    if stage != 'both' and name != 'dpcpl':
+        raise ValueError(f"stage={stage!r} applies to DPCPL only (model {name!r} trains in one "
+                         "stage)")
+    device = resolve_device(device)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    config = {'model': name, 'dataset': dataset.name, 'epochs': epochs, 'seed': seed,
+              'batch_size': batch_size, 'lr': lr, 'stage': stage, **model_kwargs}
+    protocol = {'sampled_negatives': num_negatives_eval, 'full_ranking': 'target training items '
+                'masked', 'split': 'leave-one-out on the last two target events',
+                'max_len': dataset.max_len}
+
+    def layout(model):
+        return model.train_layout if prefixes == 'auto' else prefixes
+
+    if name != 'dpcpl':
+        seed_everything(seed)
+        model = SEQ_MODELS[name](dataset, **model_kwargs)
+        source = dataset.train_source(batch_size, num_negatives, seed, prefixes=layout(model),
+                                      target_only=model.target_only)
+        summary = _fit(model, dataset, source, dataset, epochs=epochs, lr=lr,
+                       weight_decay=weight_decay, patience=patience, device=device,
+                       out_dir=out_dir, seed=seed, progress=progress,
+                       num_negatives_eval=num_negatives_eval, config=config)
+        metrics = {'model': name, **_evaluate(model, dataset, num_negatives_eval, seed, device),
+                   'val': summary['best_val'], **_summary_fields(summary), **_count(model),
+                   'protocol': protocol}
+    else:
+        metrics = _train_dpcpl(dataset, epochs=epochs, stage=stage, device=device,
+                               out_dir=out_dir, seed=seed, batch_size=batch_size, lr=lr,
+                               weight_decay=weight_decay, patience=patience,
+                               num_negatives=num_negatives, prefixes=prefixes,
+                               num_negatives_eval=num_negatives_eval, progress=progress,
+                               pretrain_epochs=pretrain_epochs, pretrain_ratio=pretrain_ratio,
+                               pretrained=pretrained, config=config, **model_kwargs)
+        metrics['protocol'] = {**protocol, 'pretrain_ratio': pretrain_ratio}
+    metrics['peak_rss_mb'] = peak_memory_mb(device)['peak_rss_mb']
+    if out_dir is not None:
+        write_metrics(out_dir / 'metrics.json', metrics)
+    return metrics
+
+
+def _summary_fields(summary: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: summary[k] for k in ('best_epoch', 'epochs_run', 'epoch_seconds', 'eval_seconds')}
+
+
+def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, seed, batch_size,
+                 lr, weight_decay, patience, num_negatives, prefixes, num_negatives_eval,
+                 progress, pretrain_epochs, pretrain_ratio, pretrained, config,
+                 **model_kwargs) -> Dict[str, Any]:
+    pre, fine = dataset.pretrain_finetune_split(pretrain_ratio)
+    ebm_kwargs = {k: v for k, v in model_kwargs.items() if k in _EBM_ARGS}
+    prompt_kwargs = {k: v for k, v in model_kwargs.items() if k not in _EBM_ARGS}
+    # the backbone is pre-trained with the prompt slots it will be tuned with (same length)
+    ebm_kwargs.setdefault('prompt_slots', prompt_kwargs.get('num_tokens') or 8)
+    ebm_path = (Path(pretrained) if pretrained is not None else
+                (out_dir / 'pretrain' / 'ebm.pt' if out_dir is not None else None))
+    seed_everything(seed)
+    backbone = EBM(fine, **ebm_kwargs)
+    metrics: Dict[str, Any] = {'model': 'dpcpl'}
+    if stage in ('both', 'pretrain'):
+        src = pre.train_source(batch_size, num_negatives, seed,
+                               prefixes=backbone.train_layout if prefixes == 'auto' else prefixes)
+        t0 = time.perf_counter()
+        summary = _fit(backbone, pre, src, fine, epochs=pretrain_epochs or epochs, lr=lr,
+                       weight_decay=weight_decay, patience=patience, device=device,
+                       out_dir=None if out_dir is None else out_dir / 'pretrain', seed=seed,
+                       progress=progress, num_negatives_eval=num_negatives_eval,
+                       config={**config, 'stage': 'pretrain'})
+        pre_metrics = {'val': summary['best_val'], **_summary_fields(summary),
+                       'seconds': time.perf_counter() - t0, **_count(backbone)}
+        if ebm_path is not None:
+            ebm_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs}, ebm_path)
+        if stage == 'pretrain':
+            metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
+            metrics.update({'val': summary['best_val'], **_summary_fields(summary),
+                            **_count(backbone)})
+            metrics['pretrain'] = pre_metrics
+            return metrics
+        # the pre-trained backbone alone, on the same test events as the prompt-tuned model
+        metrics['pretrain'] = {**pre_metrics,
+                               **_evaluate(backbone, fine, num_negatives_eval, seed, device)}
+    else:
+        if ebm_path is None or not ebm_path.exists():
+            raise FileNotFoundError(f"stage='prompt' needs a pre-trained EBM: {ebm_path} does not "
+                                    "exist (run stage='pretrain' with the same out_dir, or pass "
+                                    "pretrained=PATH)")
+        state = torch.load(ebm_path, map_location='cpu', weights_only=True)
+        if state.get('ebm_kwargs', {}) != ebm_kwargs:
+            raise ValueError(f'the saved EBM was built with {state.get("ebm_kwargs")}, not '
+                             f'{ebm_kwargs}: pass the same EBM hyperparameters')
+        backbone.load_state_dict(state['model'])
+    backbone = backbone.to(device)
+    model = DPCPL(fine, backbone=backbone, **prompt_kwargs)
+    src = fine.train_source(batch_size, num_negatives, seed + 1,
+                            prefixes=model.train_layout if prefixes == 'auto' else prefixes,
+                            target_only=model.target_only)
+    summary = _fit(model, fine, src, fine, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                   patience=patience, device=device,
+                   out_dir=None if out_dir is None else out_dir / 'prompt', seed=seed,
+                   progress=progress, num_negatives_eval=num_negatives_eval,
+                   config={**config, 'stage': 'prompt'})
+    counts = model.parameter_counts()
+    metrics.update(_evaluate(model, fine, num_negatives_eval, seed, device))
+    metrics.update({'val': summary['best_val'], **_summary_fields(summary),
+                    'tuned_parameters': counts['tuned'], 'total_parameters': counts['total'],
+                    'backbone_parameters': counts['backbone'],
+                    'tuned_share': counts['tuned_share']})
+    return metrics
+
+
+__all__ = ['train_sequence_model', 'STAGES']

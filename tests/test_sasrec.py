@@ -1,0 +1,136 @@
+"""SASRec (Kang & McAuley 2018): causality, padding, the BCE/BPR losses by hand, scoring
+through the evaluators, training and train_sequence_model."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mbgraph.training import Trainer
+from mbgraph_seq.data import SequenceBatch, SequenceDataset
+from mbgraph_seq.models import SEQ_MODELS, SASRec
+from mbgraph_seq.nn.transformer import causal_attention_mask
+from mbgraph_seq.train import train_sequence_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP overhead (and contention on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def synthetic(num_users=40, num_items=30, length=16, seed=0, max_len=12):
+    """Cyclic item walks (next item = item + 1) with random behaviors; buys (the target) at
+    position 2 and the last three positions."""
+    rng = np.random.default_rng(seed)
+    u, i, b, t = [], [], [], []
+    for user in range(num_users):
+        start = rng.integers(num_items)
+        beh = rng.choice(3, size=length, p=[0.5, 0.2, 0.3])
+        beh[[2, -3, -2, -1]] = 2
+        u += [user] * length
+        i += ((start + np.arange(length)) % num_items).tolist()
+        b += beh.tolist()
+        t += list(range(length))
+    return SequenceDataset.from_log(np.array(u), np.array(i), np.array(b), np.array(t),
+                                    ['click', 'cart', 'buy'], num_users=num_users,
+                                    num_items=num_items, max_len=max_len)
+
+
+def test_attention_mask():
+    mask = torch.tensor([[False, True, True]])
+    allowed = causal_attention_mask(mask)[0, 0]
+    assert allowed.tolist() == [[True, False, False],     # padding row: itself only
+                                [False, True, False],
+                                [False, True, True]]
+
+
+@pytest.mark.parametrize('use_behaviors', [False, True])
+def test_output_at_t_ignores_later_positions(use_behaviors):
+    torch.manual_seed(0)
+    ds = synthetic()
+    model = SASRec(ds, dim=16, num_layers=2, num_heads=2, use_behaviors=use_behaviors).eval()
+    batch = next(iter(ds.train_source(batch_size=8).batches(0)))
+    h = model.encode(batch)
+    t = 7
+    items, behaviors = batch.items.clone(), batch.behaviors.clone()
+    items[:, t + 1:] = torch.randint(1, ds.num_items + 1, items[:, t + 1:].shape)
+    behaviors[:, t + 1:] = torch.randint(1, 4, behaviors[:, t + 1:].shape)
+    changed = SequenceBatch(batch.users, items, behaviors, items > 0, batch.pos,
+                            batch.pos_behaviors, batch.neg)
+    h2 = model.encode(changed)
+    real = batch.mask[:, :t + 1]
+    assert torch.allclose(h[:, :t + 1][real], h2[:, :t + 1][real], atol=1e-5)
+    assert not torch.allclose(h[:, t + 1:], h2[:, t + 1:], atol=1e-3)
+    # padding rows are zero, and what sits in padded items never matters
+    assert (h[~batch.mask] == 0).all()
+
+
+def test_losses_by_hand():
+    torch.manual_seed(1)
+    ds = synthetic()
+    batch = next(iter(ds.train_source(batch_size=4, num_negatives=2).batches(0)))
+    for kind in ('bce', 'bpr'):
+        torch.manual_seed(1)
+        model = SASRec(ds, dim=8, num_layers=1, loss=kind).eval()
+        with torch.no_grad():
+            loss, _ = model.loss(batch)
+            h, E = model.encode(batch), model.item_weight().detach()
+        terms = []
+        for r in range(4):
+            for t in range(batch.max_len):
+                p = int(batch.pos[r, t])
+                if p == 0:
+                    continue
+                sp = float(h[r, t] @ E[p])
+                sn = [float(h[r, t] @ E[n]) for n in batch.neg[r, t]]
+                sig = lambda x: 1 / (1 + math.exp(-x))
+                if kind == 'bce':
+                    terms.append(-math.log(sig(sp)) - np.mean([math.log(1 - sig(x)) for x in sn]))
+                else:
+                    terms.append(np.mean([-math.log(sig(sp - x)) for x in sn]))
+        assert math.isclose(float(loss), float(np.mean(terms)), rel_tol=1e-5)
+
+
+def test_scores_use_the_split_inputs():
+    torch.manual_seed(2)
+    ds = synthetic()
+    model = SASRec(ds, dim=8, num_layers=1).eval()
+    users = ds.split_pairs('test')[0][:5]
+    with pytest.raises(RuntimeError, match='prepare_eval'):
+        model.score(users)
+    model.prepare_eval('test')
+    test_scores = model.score(users)
+    assert test_scores.shape == (5, ds.num_items)
+    h = model.encode(ds.eval_inputs('test'))[:5, -1]
+    assert torch.allclose(test_scores, h @ model.item_weight()[1:].t(), atol=1e-5)
+    model.prepare_eval('val')
+    assert not torch.allclose(model.score(users), test_scores)
+    cand = torch.tensor([[3, 1, 2]] * 5)
+    assert torch.allclose(model.score(users, cand), model.score(users).gather(1, cand))
+
+
+def test_sasrec_trains_and_learns_the_cycle(tmp_path):
+    ds = synthetic()
+    torch.manual_seed(0)
+    model = SEQ_MODELS['sasrec'](ds, dim=16, num_layers=1, dropout=0.0)
+    src = ds.train_source(batch_size=4, num_negatives=2, seed=0)
+    trainer = Trainer(model, src, None, epochs=2, lr=1e-2, progress=False, seed=0)
+    trainer.fit()
+    first, second = trainer.history[0]['loss'], trainer.history[1]['loss']
+    assert second < 0.9 * first, (first, second)
+    metrics = train_sequence_model('sasrec', ds, epochs=3, lr=1e-2, batch_size=8, dim=16,
+                                   num_layers=1, num_negatives_eval=20, progress=False,
+                                   out_dir=tmp_path)
+    # next item = item + 1 for everyone: easily learnt
+    assert metrics['test']['hr@10'] > 0.8
+    assert set(metrics) >= {'test', 'test_full', 'val', 'best_epoch', 'epochs_run',
+                            'epoch_seconds', 'eval_seconds', 'peak_rss_mb', 'tuned_parameters',
+                            'total_parameters', 'protocol'}
+    assert metrics['tuned_parameters'] == metrics['total_parameters']
+    assert (tmp_path / 'metrics.json').exists()
+    with pytest.raises(ValueError, match='DPCPL only'):
+        train_sequence_model('sasrec', ds, stage='pretrain', epochs=1)
