@@ -335,6 +335,74 @@ def test_per_behavior_lightgcn_by_hand():
     assert_emb(enc(ego, adj), expected, nu)
 
 
+def test_crgcn_normalizes_by_default():
+    # the authors' code: g = row-wise L2 normalisation; normalize=False is the bare equation
+    adj, ego, _, nu = setup('tiny', d=3)
+    enc = CascadeEncoder((1, 3, 2), mode='crgcn')
+    assert enc.normalize and 'normalize=True' in repr(enc)
+    want = CascadeEncoder((1, 3, 2), mode='crgcn', normalize=True)(ego, adj)
+    got = enc(ego, adj)
+    assert torch.allclose(got.users, want.users, **TOL)
+    assert torch.allclose(got.items, want.items, **TOL)
+    assert not CascadeEncoder(mode='crgcn', normalize=False).normalize
+
+
+def test_mbcgcn_normalize_output_and_identity_weights_by_hand():
+    adj, ego, mats, nu = setup('tiny', d=3)
+    enc = CascadeEncoder((2, 1, 3), embedding_dim=3, normalize_output=True,
+                         weight_init='identity').to(DT)
+    assert not CascadeEncoder((2, 1, 3), embedding_dim=3).normalize_output
+    eye = torch.eye(3, dtype=DT)
+    assert all(torch.equal(w, eye) for w in enc.weight.detach().view(-1, 3, 3))
+    r = repr(enc)
+    assert 'normalize_output=True' in r and "weight_init='identity'" in r
+    with torch.no_grad():                        # any W: check the maths, not the init
+        enc.weight.copy_(torch.randn(2, 2, 3, 3, dtype=DT))
+    w = enc.weight.detach()
+    x, outs = ego, []
+    for k, (a, num) in enumerate(zip(mats, (2, 1, 3))):
+        out = sum(run(x, symmetric(a), num)) / (num + 1)
+        out = out / torch.clamp(out.pow(2).sum(1, keepdim=True).sqrt(), min=1e-12)
+        outs.append(out)
+        if k < 2:
+            x = torch.cat([out[:nu] @ w[k, 0], out[nu:] @ w[k, 1]])
+    outs[-1] = outs[0] + outs[1] + outs[2]
+    got = enc(ego, adj)
+    assert_emb(got, outs, nu)
+    assert torch.allclose(got.users[0].norm(dim=-1), torch.ones(nu, dtype=DT), **TOL)
+
+
+def test_cascade_new_option_errors():
+    with pytest.raises(ValueError, match="normalize_output=True applies to mode='mbcgcn'"):
+        CascadeEncoder(mode='crgcn', normalize_output=True)
+    with pytest.raises(ValueError, match="unknown weight_init 'eye'"):
+        CascadeEncoder(2, embedding_dim=3, num_behaviors=3, weight_init='eye')
+
+
+@pytest.mark.parametrize('mode,kwargs', [('crgcn', {}),
+                                         ('mbcgcn', {'normalize_output': True})])
+def test_normalized_cascade_keeps_graph_signal_dominant(mode, kwargs):
+    # root cause of the cascades ranking below LightGCN: unnormalised, the Xavier-scale ID
+    # embedding dominates every output (the graph terms are far smaller), so BPR fits an MF
+    # on the target; normalised, the propagated part carries most of the norm
+    data = synthetic(num_users=300, num_items=200, seed=0)
+    adj = BehaviorAdjacency(data)
+    ego = torch.empty(adj.num_nodes, 16)
+    torch.nn.init.xavier_uniform_(ego[:adj.num_users])
+    torch.nn.init.xavier_uniform_(ego[adj.num_users:])
+    extra = {'embedding_dim': 16, 'num_behaviors': 3} if mode == 'mbcgcn' else {}
+    bare = {'normalize': False} if mode == 'crgcn' else {}
+    torch.manual_seed(0)
+    plain = CascadeEncoder(2, mode=mode, **bare, **extra)(ego, adj)
+    torch.manual_seed(0)
+    fixed = CascadeEncoder(2, mode=mode, **kwargs, **extra)(ego, adj)
+    ego_norm = ego[:adj.num_users].norm(dim=-1).mean()
+    # unnormalised: the target output is at the ID embedding's scale; normalised: several
+    # times larger, i.e. made of the graph terms
+    assert plain.users[-1].norm(dim=-1).mean() < 3 * ego_norm
+    assert fixed.users[-1].norm(dim=-1).mean() > 3 * ego_norm
+
+
 # ======================================================================= common
 def all_encoders(d):
     return {

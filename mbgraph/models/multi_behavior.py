@@ -35,8 +35,11 @@ from .composed import MultiBehaviorModel
 
 #: encoder name -> ``(embedding_dim, num_behaviors, **kwargs) -> encoder``
 ENCODERS: Dict[str, Callable] = {
-    'mbcgcn': lambda d, k, **kw: CascadeEncoder(mode='mbcgcn', embedding_dim=d,
-                                                num_behaviors=k, **kw),
+    # normalize_output: unit-length behavior outputs, otherwise the sparse cascade terms are
+    # dwarfed by the initial embeddings and MB-CGCN falls below LightGCN (our reading)
+    'mbcgcn': lambda d, k, **kw: CascadeEncoder(**{'normalize_output': True, **kw},
+                                                mode='mbcgcn', embedding_dim=d,
+                                                num_behaviors=k),
     'crgcn': lambda d, k, **kw: CascadeEncoder(mode='crgcn', embedding_dim=d, num_behaviors=k,
                                                **kw),
     # PKEF's best layer counts are (4, 1, 1): four on the first behavior, one on the others

@@ -37,8 +37,21 @@ output and its output is the residual sum of that input and the last propagation
     \mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\,\mathbf{e}^{k,l}, \quad
     \mathbf{e}^{k,*} = \mathbf{e}^{k,0} + g(\mathbf{e}^{k,L_k}),
 
-with :math:`g` the identity (``normalize=False``) or, as the authors' code, the row-wise L2
-normalisation (``normalize=True``). CRGCN adds no parameter besides the embeddings.
+with :math:`g` the row-wise L2 normalisation (``normalize=True``, the default: the authors'
+released code, which we take as the published method) or the identity (``normalize=False``,
+the bare equation). CRGCN adds no parameter besides the embeddings.
+
+**Scale (why the normalisation matters).** The initial embeddings are Xavier-initialised
+(row norms about 0.2 to 0.3 here) and :math:`\hat{\mathbf{A}}_k^L\mathbf{e}` of random
+rows is smaller still, and zero for a node without behavior-:math:`k` edges. Unnormalised,
+every cascade output is dominated by the raw ID embedding :math:`\mathbf{e}^{(0)}`, so the
+bilinear BPR fits it like matrix factorisation on the (sparse) target: the validation metric
+peaks after one to three epochs and then falls, below LightGCN. Unit-norm propagated terms
+make the collaborative (graph) signal dominate and equalise its scale across nodes of
+different degree. MB-CGCN's ``normalize_output=True`` applies the same L2 normalisation to
+each :math:`\mathbf{e}^{k,*}` (before the transformation and the sum); its encoder default
+stays the bare equations (``False``), and ``weight_init='identity'`` starts each
+:math:`\mathbf{W}^k` at the identity instead of Xavier (the authors' code).
 
 In both, :math:`\hat{\mathbf{A}}_k = \mathrm{norm}(\mathbf{A}_k)` is behavior :math:`k`'s
 cached operator (``norm='symmetric'``: LightGCN's
@@ -62,6 +75,7 @@ LayerSpec = Union[int, Sequence[int]]
 MODES = ('mbcgcn', 'crgcn')
 LINKS = ('transform', 'residual')
 COMBINES = ('mean', 'sum', 'last')
+WEIGHT_INITS = ('xavier', 'identity')
 
 
 def check_choice(name: str, value: str, options: Sequence[str]) -> str:
@@ -188,7 +202,13 @@ class CascadeEncoder(PerBehaviorEncoder):
             behavior's output by :math:`\sum_k \mathbf{e}^{k,*}`. ``None``: ``True`` for
             ``'mbcgcn'``, ``False`` for ``'crgcn'``. (default: :obj:`None`)
         normalize (bool, optional): CRGCN only: L2-normalise :math:`\mathbf{e}^{k,L_k}`
-            before the residual sum (the authors' code). (default: :obj:`False`)
+            before the residual sum (the authors' code). ``None``: ``True`` for ``'crgcn'``.
+            (default: :obj:`None`)
+        normalize_output (bool, optional): MB-CGCN only: L2-normalise every
+            :math:`\mathbf{e}^{k,*}` (rows) before it feeds the next behavior and the target's
+            sum. (default: :obj:`False`)
+        weight_init (str, optional): MB-CGCN ``link='transform'`` only: ``'xavier'`` (the
+            authors' code) or ``'identity'``. (default: :obj:`'xavier'`)
         embedding_dim (int, optional): :math:`d`, needed by ``link='transform'``.
         num_behaviors (int, optional): :math:`K`, needed by ``link='transform'`` when
             ``num_layers`` is a single ``int``.
@@ -203,8 +223,9 @@ class CascadeEncoder(PerBehaviorEncoder):
     def __init__(self, num_layers: LayerSpec = 2, mode: str = 'mbcgcn',
                  norm: str = 'symmetric', link: Optional[str] = None,
                  combine: Optional[str] = None, aggregate_target: Optional[bool] = None,
-                 normalize: bool = False, embedding_dim: Optional[int] = None,
-                 num_behaviors: Optional[int] = None):
+                 normalize: Optional[bool] = None, embedding_dim: Optional[int] = None,
+                 num_behaviors: Optional[int] = None, normalize_output: bool = False,
+                 weight_init: str = 'xavier'):
         super().__init__(num_layers, num_behaviors)
         self.mode = check_choice('mode', mode, MODES)
         self.norm = check_choice('norm', norm, NORMS)
@@ -213,16 +234,23 @@ class CascadeEncoder(PerBehaviorEncoder):
                 if value is not None:
                     raise ValueError(f"{name}={value!r} applies to mode='mbcgcn' only; CRGCN "
                                      f"sums its input and its last propagation layer")
+            if normalize_output:
+                raise ValueError("normalize_output=True applies to mode='mbcgcn' only; CRGCN "
+                                 "uses normalize")
             self.link = None
             self.combine = 'last'
+            normalize = True if normalize is None else normalize
         else:
             if normalize:
                 raise ValueError("normalize=True applies to mode='crgcn' only")
+            normalize = False
             self.link = check_choice('link', link or 'transform', LINKS)
             self.combine = check_choice('combine', combine or 'mean', COMBINES)
         self.aggregate_target = (mode == 'mbcgcn') if aggregate_target is None \
             else bool(aggregate_target)
         self.normalize = bool(normalize)
+        self.normalize_output = bool(normalize_output)
+        self.weight_init = check_choice('weight_init', weight_init, WEIGHT_INITS)
         self.embedding_dim = embedding_dim
         if self.link == 'transform':
             if embedding_dim is None or embedding_dim <= 0:
@@ -242,7 +270,11 @@ class CascadeEncoder(PerBehaviorEncoder):
     def reset_parameters(self) -> None:
         if self.weight is not None:
             for w in self.weight.view(-1, *self.weight.shape[-2:]):
-                nn.init.xavier_uniform_(w)
+                if self.weight_init == 'identity':
+                    with torch.no_grad():
+                        w.copy_(torch.eye(w.size(0), dtype=w.dtype, device=w.device))
+                else:
+                    nn.init.xavier_uniform_(w)
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
@@ -262,6 +294,8 @@ class CascadeEncoder(PerBehaviorEncoder):
                 x = out
             else:
                 out = combine_layers(hs, self.combine)
+                if self.normalize_output:
+                    out = F.normalize(out, dim=-1)
                 if k + 1 < len(behaviors):
                     if self.link == 'residual':
                         x = hs[-1] + hs[0]  # PKEF eq 10
@@ -278,6 +312,10 @@ class CascadeEncoder(PerBehaviorEncoder):
                  f'norm={self.norm!r}']
         if self.mode == 'mbcgcn':
             parts += [f'link={self.link!r}', f'combine={self.combine!r}']
+            if self.normalize_output:
+                parts.append('normalize_output=True')
+            if self.weight is not None and self.weight_init != 'xavier':
+                parts.append(f'weight_init={self.weight_init!r}')
         else:
             parts.append(f'normalize={self.normalize}')
         parts.append(f'aggregate_target={self.aggregate_target}')
