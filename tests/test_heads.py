@@ -462,6 +462,129 @@ def test_dfme_stop_gradient_eq14(tiny, fit_graph):
         assert gu[k].abs().sum() > 0
 
 
+def test_dfme_gate_starts_uniform_whatever_the_scale(tiny):
+    # COGCN's target embeddings are ~250 times the initial ones: a Xavier gate on them is a
+    # hard, random choice per pair; the default zero-initialised gate starts at g^k = 1/K
+    emb = random_emb(seed=16)
+    big = BehaviorEmbeddings(emb.behaviors, 100 * emb.users, 100 * emb.items)
+    users, items = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 3, 0, 2])
+    head = DFMEHead(3, 3)
+    assert all(w.abs().sum() == 0 for w in head.gate.weights)
+    out = head.precompute(big, BehaviorAdjacency(tiny))
+    fit_u, fit_v = (t.detach() for t in out.extras['dfme'])
+    for k, b in enumerate(BEHAVIORS):
+        g = head.gate_weights(big.users[k][users], big.items[k][items], k)
+        assert torch.allclose(g, torch.full_like(g, 1 / 3))
+        # every expert, the task's own included, keeps its 1/K share of the score
+        expected = (fit_u[k][:, users] * fit_v[k][:, items]).sum(0).mean(-1) / 3
+        assert torch.allclose(head(out, users, items, b), expected, rtol=1e-5)
+    torch.manual_seed(0)
+    xavier = DFMEHead(3, 3, gate_init='xavier')
+    g = xavier.gate_weights(big.users[2][users], big.items[2][items], 2)
+    assert g.max(-1).values.min() > 0.9                  # saturated: one expert per pair
+
+
+def test_dfme_copf_defaults_at_initialisation():
+    # the regression: on COGCN's embeddings the old defaults (Xavier gate, inner-product
+    # contrastive term averaged next to the BPR mean) saturated the target gate and gave the
+    # contrastive term tens of times BPR's gradient on the initial embeddings (the new: ~1/50)
+    from mbgraph.losses import bpr_loss
+    from mbgraph.models import build_model
+    data = synthetic(num_users=300, num_items=200, seed=0)
+    batch = next(BPRSampler(data, batch_size=256, seed=0).batches(0))
+
+    def at_init(**kw):
+        torch.manual_seed(0)
+        model = build_model('copf', data, embedding_dim=16, **kw)
+        emb = model.embeddings()
+        bpr = sum(model.lambdas[b] * bpr_loss(*model.head(
+            emb, t[0], t[1:].t(), b).unbind(1)) for b, t in batch.items())
+        cl = model.head.loss_terms(emb, batch)['contrastive']
+        params = [model.user_emb.weight, model.item_emb.weight]
+        norm = lambda loss: torch.cat([g.flatten() for g in torch.autograd.grad(
+            loss, params, retain_graph=True)]).norm()
+        users, items = batch['buy'][0], batch['buy'][1]
+        gate = model.head.gate_weights(emb.users[2][users], emb.items[2][items], 2)
+        return float(norm(cl) / norm(bpr)), gate.detach()
+
+    ratio, gate = at_init()
+    assert ratio < 0.2
+    assert torch.allclose(gate, torch.full_like(gate, 1 / 3))
+    old_ratio, old_gate = at_init(**{'head.cosine': False, 'head.cl_norm': 'batch',
+                                     'head.gate_init': 'xavier'})
+    assert old_ratio > 10
+    assert old_gate.max(-1).values.mean() > 0.8
+
+
+@pytest.mark.parametrize('target_in_batch', [True, False])
+def test_dfme_contrastive_weighed_as_eq16_17(target_in_batch):
+    # eq 16 sums BPR over the triples and eq 8 averages over the anchors: next to the model's
+    # BPR mean over the batch's B triples (per behavior), eq 17's term is gamma / B times the mean
+    emb = random_emb(num_users=5, num_items=6, seed=17)
+    if target_in_batch:
+        batch = {'cart': torch.tensor([[4], [4], [4]]),
+                 'buy': torch.tensor([[0, 3, 0], [1, 5, 2], [4, 2, 4]])}
+        b = 3
+    else:       # lambda_K = 0: the other behaviors' triples
+        batch = {'view': torch.tensor([[0, 1], [2, 3], [4, 5]]),
+                 'cart': torch.tensor([[2, 3], [1, 0], [5, 5]])}
+        b = 2
+    head = DFMEHead(3, 3, gamma=0.7)
+    assert head.cosine and head.cl_norm == 'triples'
+    got = head.loss_terms(emb, batch)['contrastive']
+    mean = DFMEHead(3, 3, gamma=0.7, cosine=True, cl_norm='batch').loss_terms(emb, batch)
+    assert got.item() == pytest.approx(mean['contrastive'].item() / b, rel=1e-6)
+
+
+def test_dfme_expert_order_own_first_by_hand(tiny):
+    # the code stacks the task's own expert first: the shared gate's output 0 always weighs it
+    emb = random_emb(seed=18)
+    head = DFMEHead(3, 3, expert_order='own_first')
+    set_params(head, seed=19)
+    out = head.precompute(emb, BehaviorAdjacency(tiny))
+    fit_u, fit_v = (t.detach() for t in out.extras['dfme'])
+    (wg,), (bg,) = head.gate.weights, head.gate.biases
+    users, items = torch.tensor([0, 2, 1]), torch.tensor([1, 3, 2])
+    outputs = {0: [0, 1, 2], 1: [1, 0, 2], 2: [1, 2, 0]}    # behavior j -> gate output
+    assert DFMEHead(3, 3).gate_outputs(1) == [0, 1, 2]      # eq 13-14: output j, behavior j
+    for k, b in enumerate(BEHAVIORS):
+        assert head.gate_outputs(k) == outputs[k]
+        got = head(out, users, items, b)
+        for n, (uu, ii) in enumerate(zip(users.tolist(), items.tolist())):
+            s = softmax((torch.cat([emb.users[k][uu], emb.items[k][ii]]) @ wg[0]
+                         + bg[0]).tolist())
+            o = sum(s[outputs[k][j]] * fit_u[k, j][uu] * fit_v[k, j][ii] for j in range(3))
+            assert got[n].item() == pytest.approx(float(o.mean()), abs=1e-6)
+
+
+def test_dfme_normalized_gate_input():
+    emb = random_emb(seed=20)
+    head = DFMEHead(3, 3, gate_input='normalized')
+    set_params(head, seed=21)
+    (wg,), (bg,) = head.gate.weights, head.gate.biases
+    users, items = torch.tensor([0, 2, 1]), torch.tensor([1, 3, 2])
+    for k in range(3):
+        eu, ev = emb.users[k][users], emb.items[k][items]
+        g = head.gate_weights(eu, ev, k)
+        x = torch.cat([eu / eu.norm(dim=-1, keepdim=True), ev / ev.norm(dim=-1, keepdim=True)],
+                      dim=-1)
+        assert torch.allclose(g, (x @ wg[0] + bg[0]).softmax(-1), atol=1e-6)
+        assert torch.allclose(head.gate_weights(50 * eu, 50 * ev, k), g, atol=1e-6)
+
+
+def test_dfme_new_options_checked_and_shown():
+    for kw, msg in (({'cl_norm': 'users'}, "unknown cl_norm 'users'"),
+                    ({'gate_init': 'ones'}, "unknown gate_init 'ones'"),
+                    ({'gate_input': 'raw'}, "unknown gate_input 'raw'"),
+                    ({'expert_order': 'task'}, "unknown expert_order 'task'")):
+        with pytest.raises(ValueError, match=msg):
+            DFMEHead(3, 3, **kw)
+    text = repr(DFMEHead(3, 3))
+    for part in ("cl_norm='triples'", 'cosine=True', "gate_init='zeros'",
+                 "gate_input='embeddings'", "expert_order='behavior'"):
+        assert part in text
+
+
 # ---------------------------------------------------------------------- every head
 HEADS = {
     'shared_bottom': lambda d, k: SharedBottomHead(d, k, bottom_channels=8, tower_channels=4),
@@ -475,6 +598,10 @@ HEADS = {
     'dfme': lambda d, k: DFMEHead(d, k),
     'dfme_code': lambda d, k: DFMEHead(d, k, fit_graph='task', output_scale=0.1, cosine=True,
                                        gate_per_task=True, score_scale=300.0),
+    'dfme_own_first': lambda d, k: DFMEHead(d, k, expert_order='own_first', cl_norm='total',
+                                            gate_init='xavier'),
+    'dfme_normalized': lambda d, k: DFMEHead(d, k, gate_input='normalized', gate_per_task=True,
+                                             expert_order='own_first'),
 }
 
 

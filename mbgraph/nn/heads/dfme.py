@@ -15,8 +15,26 @@ section 4.3, eq 8-15) with its contrastive loss (eq 8, 17).
 The anchors :math:`u` are the users (items: positives and negatives) of the batch's
 target-behavior triples, as in the authors' code (all users of the graph as anchors would be
 :math:`O(|U|^2)`); the denominator runs over all users (``negatives='all'``, the paper and the
-code) or the batch's (``negatives='batch'``). :math:`\varphi` is the inner product (the
-paper's example); ``cosine=True`` is the code's cosine similarity.
+code) or the batch's (``negatives='batch'``). :math:`\varphi` is the cosine similarity, the
+code's (``cosine=True``, the default), or the inner product, the paper's example ("e.g.,
+inner product"; ``cosine=False``). The inner product makes eq 8 grow with
+:math:`\lVert \mathbf{e}^{K,*} \rVert \lVert \mathbf{e}^{k,*} \rVert / \tau`: on COGCN's
+embeddings (target norms ~57 at initialisation) its logits are ~:math:`10^3`, the softmax over
+the users is a hard maximum and the term outweighs BPR at any of the weights below (on small
+synthetic data, HR@10 0.23 against 0.35 with the cosine).
+
+**Weight of the contrastive term against BPR** (``cl_norm``). Eq 16 *sums* the BPR terms
+over the training triples, eq 8 *averages* the contrastive term over the users, and eq 17 adds
+the two with :math:`\gamma = 1`. :class:`~mbgraph.models.composed.MultiBehaviorModel` averages
+each behavior's BPR terms over the batch's :math:`B` triples, i.e. divides the batch's eq 16
+by :math:`B`; dividing the batch's eq 17 by the same :math:`B` leaves the contrastive term as
+:math:`\frac{\gamma}{B}` times its mean over the anchors (``cl_norm='triples'``, the default).
+``cl_norm='batch'`` (the plain anchor mean next to the BPR mean) weighs it :math:`B` times
+more than eq 17 does (2048 times with the CLI's batch); ``cl_norm='total'`` is the code's sum
+over the anchors divided by :math:`|U|`, next to BPR logits that the code multiplies by
+``mult`` = 300 and sums over :math:`d` (:math:`300 d` = 19200 times eq 15's average). With
+eq 15's average and no multiplier, ``'batch'`` lets the contrastive gradients swamp the ranking
+loss: COPF on the synthetic data fell from HR@10 0.62 (``contrastive=False``) to 0.18.
 
 **Behavior-specific experts** (eq 9): :math:`\mathbf{e}^k = \mathbf{e}_u^{k,*} \circ
 \mathbf{e}_v^{k,*}`.
@@ -36,9 +54,10 @@ paper's example); ``cosine=True`` is the code's cosine similarity.
 :math:`\mathbf{r}^{k',0} \in \mathbb{R}^d` is a learnable behavior embedding, :math:`\mathbf{W}^l
 \in \mathbb{R}^{d \times d}` are shared by the behaviors. The graph is behavior :math:`k'`'s
 (eq 10 and appendix A.3: "capture the effective information about behavior :math:`k'`");
-``fit_graph='task'`` is the code's reading, task :math:`k`'s own graph. The paper asks for small
-:math:`\alpha, \beta` without values; the defaults are the code's (:math:`\alpha = 0.001` on
-the task's own embeddings, :math:`\beta = 0.1` on the other behavior's).
+``fit_graph='task'`` is the code's reading, task :math:`k`'s own graph. The defaults of
+:math:`\alpha, \beta` are the code's (:math:`\alpha = 0.001` on the task's own embeddings,
+:math:`\beta = 0.1` on the other behavior's; section 5.5.3's :math:`\alpha = 0.1`,
+:math:`\beta = 0.001` are the same numbers under eq 14's indices, see below).
 
 **Aggregation** (eq 13-15): a softmax gate on the task's own embeddings weighs the task's
 specific expert and the fitting experts of the other behaviors; in every auxiliary task the
@@ -54,9 +73,42 @@ target behavior's term is cut from the backward pass; the tower averages the vec
 
 (eq 14 writes the fitting expert of task :math:`k` and behavior :math:`j` as
 :math:`\mathbf{e}^{j,k}`; we follow eq 10 and appendix A.3, :math:`\mathbf{e}^{k,j} =
-f_k(\cdot)`.) The stop-gradient covers the gated product, as eq 14 writes it; the code stops
-the expert only, and its index bug never applies it (see REFERENCE_NOTES). The code multiplies
-the scores by 300 before the BPR softplus (``score_scale=300``; default 1).
+f_k(\cdot)`. Read with eq 14's indices, task :math:`k`'s input for behavior :math:`j` is
+:math:`(\alpha\,\mathbf{e}^{j,*} + \beta\,\mathbf{e}^{k,*})/2` on :math:`\mathbf{A}_k`: the
+paper's :math:`\alpha` weighs the other behavior, and section 5.5.3's :math:`\alpha = 0.1`,
+:math:`\beta = 0.001` are then exactly the code's, ``fit_graph='task'`` with this class's
+``alpha`` = 0.001 on the task's embeddings and ``beta`` = 0.1 on the other behavior's.)
+The stop-gradient covers the gated product, as eq 14 writes it; the code stops the expert
+only, and its index bug never applies it (see REFERENCE_NOTES). The code multiplies the
+scores by 300 before the BPR softplus (``score_scale=300``; default 1) and sums them over
+:math:`d` instead of eq 15's average.
+
+**Gate initialisation** (``gate_init``). The gate's logits scale with the embeddings it
+reads, and COGCN's are far from unit scale: with eq 5's operators the target behavior's
+embeddings have norms ~250 times the initial embeddings' (57 against 0.2 on the synthetic
+data at initialisation) while the first behavior's stay below 1. A Xavier-initialised
+:math:`\mathbf{W}_g` (``gate_init='xavier'``, what the paper and the code do) then gives the
+target task logits of standard deviation ~10: its softmax is saturated from the first step, a
+hard and random choice per (user, item) pair between the task's own expert and the fitting
+experts, whose scores are ~:math:`10^{-4}` of the own expert's (:math:`\alpha, \beta \ll 1`).
+The target score becomes that routing rather than :math:`\mathbf{e}^K`, BPR drives the own
+expert's weight to 0 (:math:`10^{-26}` after training), and the own expert gets no gradient
+any more. In the code the embeddings are small enough for Xavier to start near the uniform
+gate; ``gate_init='zeros'`` (the default) starts every task at :math:`\mathbf{g}^k = 1/K`
+whatever the encoder's scale, and the gate learns from there. Adam still moves the logits by
+about the learning rate times :math:`\lVert \mathbf{e}_u^{k,*} \| \mathbf{e}_v^{k,*}
+\rVert_1` per step, so on such embeddings the target task's gate learns far faster than the
+others and can still shut its own expert out before that expert is any good (seen on small
+data at learning rate 0.01). ``gate_input='normalized'`` feeds the gate the L2-normalised
+embeddings instead, which makes it indifferent to the encoder's scale (neither the paper nor
+the code: eq 13 reads the embeddings as they are, ``gate_input='embeddings'``, the default).
+
+**Gate outputs and experts** (``expert_order``). Eq 13-14 index the shared gate's outputs by
+behavior: :math:`g^k(j)` weighs behavior :math:`j`'s expert, so the output that weighs the
+task's own expert moves with the task (``expert_order='behavior'``, the default). The code
+stacks the task's own expert first and the other behaviors' after it in behavior order, so
+the shared gate's first output always weighs the task's own expert
+(``expert_order='own_first'``).
 
 **Ablations of COPF table 3**: ``contrastive=False`` (w/o con.), ``forward_fit=False`` (w/o
 for.: the other behaviors' specific experts :math:`\mathbf{e}^j` replace the fitting experts),
@@ -70,6 +122,7 @@ import math
 from typing import Any, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...losses import info_nce
@@ -97,13 +150,16 @@ class DFMEHead(MTLHead):
             (default: ``1.0``)
         tau (float, optional): temperature :math:`\tau`. (default: ``0.1``)
         gamma (float, optional): weight :math:`\gamma` of the contrastive loss. (default: ``1.0``)
-        cosine (bool, optional): cosine similarity for :math:`\varphi`. (default: ``False``)
+        cosine (bool, optional): cosine similarity for :math:`\varphi` (the code); ``False``
+            is the inner product (the paper's example). (default: ``True``)
         negatives (str, optional): ``'all'`` or ``'batch'`` (eq 8's denominator).
             (default: ``'all'``)
-        cl_norm (str, optional): what the sum over the anchors is divided by: ``'batch'``,
-            their number (a mean over the anchors, as eq 8 averages over its users), or
+        cl_norm (str, optional): what the sum over the anchors is divided by:
+            ``'triples'``, their number times the number :math:`B` of the batch's triples
+            per behavior (eq 16 sums BPR over the triples, eq 8 averages over the users; see
+            the module docstring), ``'batch'``, their number (a mean over the anchors), or
             ``'total'``, :math:`|U|` (:math:`|V|`) whatever the batch (the code: each batch
-            carries its share of the all-user sum). (default: ``'batch'``)
+            carries its share of the all-user sum). (default: ``'triples'``)
         contrastive (bool, optional): eq 8 on (``False`` = w/o con.). (default: ``True``)
         forward_fit (bool, optional): fitting experts on (``False`` = w/o for.).
             (default: ``True``)
@@ -116,6 +172,18 @@ class DFMEHead(MTLHead):
             :math:`\mathbf{W}_g`. (default: ``False``)
         score_scale (float, optional): factor on the scores (the code's ``mult``: ``300``).
             (default: ``1.0``)
+        gate_init (str, optional): initial gate weights :math:`\mathbf{W}_g`: ``'zeros'``
+            (every task starts at the uniform gate :math:`1/K`) or ``'xavier'`` (the paper
+            and the code; saturates on large embeddings, see the module docstring).
+            (default: ``'zeros'``)
+        gate_input (str, optional): what eq 13's gate reads: ``'embeddings'``
+            (:math:`\mathbf{e}_u^{k,*} \| \mathbf{e}_v^{k,*}`, eq 13) or ``'normalized'``
+            (each L2-normalised: indifferent to the encoder's scale).
+            (default: ``'embeddings'``)
+        expert_order (str, optional): which expert each gate output weighs: ``'behavior'``
+            (output :math:`j`, behavior :math:`j`: eq 13-14) or ``'own_first'`` (output 0 the
+            task's own expert, then the other behaviors in order: the code).
+            (default: ``'behavior'``)
 
     Shapes:
         - **input:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
@@ -131,10 +199,12 @@ class DFMEHead(MTLHead):
     def __init__(self, embedding_dim: int, num_behaviors: int, alpha: float = 0.001,
                  beta: float = 0.1, num_layers: int = 1, fit_graph: str = 'other',
                  output_scale: float = 1.0, tau: float = 0.1, gamma: float = 1.0,
-                 cosine: bool = False, negatives: str = 'all', cl_norm: str = 'batch',
+                 cosine: bool = True, negatives: str = 'all', cl_norm: str = 'triples',
                  contrastive: bool = True,
                  forward_fit: bool = True, backward_fit: bool = True, all_sg: bool = False,
-                 fitting: bool = True, gate_per_task: bool = False, score_scale: float = 1.0):
+                 fitting: bool = True, gate_per_task: bool = False, score_scale: float = 1.0,
+                 gate_init: str = 'zeros', gate_input: str = 'embeddings',
+                 expert_order: str = 'behavior'):
         super().__init__(embedding_dim, num_behaviors)
         if num_layers < 1:
             raise ValueError(f'DFMEHead needs num_layers >= 1 fitting layers, got {num_layers}')
@@ -142,8 +212,17 @@ class DFMEHead(MTLHead):
             raise ValueError(f"unknown fit_graph {fit_graph!r}; expected 'other' or 'task'")
         if negatives not in ('all', 'batch'):
             raise ValueError(f"unknown negatives {negatives!r}; expected 'all' or 'batch'")
-        if cl_norm not in ('batch', 'total'):
-            raise ValueError(f"unknown cl_norm {cl_norm!r}; expected 'batch' or 'total'")
+        if cl_norm not in ('triples', 'batch', 'total'):
+            raise ValueError(f"unknown cl_norm {cl_norm!r}; expected 'triples', 'batch' or "
+                             f"'total'")
+        if gate_init not in ('zeros', 'xavier'):
+            raise ValueError(f"unknown gate_init {gate_init!r}; expected 'zeros' or 'xavier'")
+        if gate_input not in ('embeddings', 'normalized'):
+            raise ValueError(f"unknown gate_input {gate_input!r}; expected 'embeddings' or "
+                             f"'normalized'")
+        if expert_order not in ('behavior', 'own_first'):
+            raise ValueError(f"unknown expert_order {expert_order!r}; expected 'behavior' or "
+                             f"'own_first'")
         if tau <= 0:
             raise ValueError(f'temperature tau must be > 0, got {tau}')
         if all_sg and not (backward_fit and fitting):
@@ -163,6 +242,9 @@ class DFMEHead(MTLHead):
         self.all_sg = all_sg
         self.gate_per_task = gate_per_task
         self.score_scale = float(score_scale)
+        self.gate_init = gate_init
+        self.gate_input = gate_input
+        self.expert_order = expert_order
         d = embedding_dim
         self.behavior_emb = nn.Parameter(torch.empty(num_behaviors, d))        # r^{k',0}
         self.layer_weight = nn.Parameter(torch.empty(self.num_layers - 1, d, d))  # W^1..W^{L-1}
@@ -175,7 +257,11 @@ class DFMEHead(MTLHead):
         for p in (self.behavior_emb, *self.layer_weight):
             bound = math.sqrt(6.0 / (p.size(0) + p.size(1)))
             nn.init.uniform_(p, -bound, bound)
-        self.gate.reset_parameters()
+        self.gate.reset_parameters()           # Xavier weights, zero biases
+        if self.gate_init == 'zeros':          # g^k = 1/K at the start (module docstring)
+            with torch.no_grad():
+                for w in self.gate.weights:
+                    w.zero_()
 
     # ------------------------------------------------------------------ eq 10-12
     def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
@@ -241,11 +327,26 @@ class DFMEHead(MTLHead):
             return [j != k for j in range(self.num_behaviors)]
         return [j == target and k != target for j in range(self.num_behaviors)]
 
+    def gate_outputs(self, k: int) -> List[int]:
+        r"""For each behavior :math:`j`, the gate output of task ``k`` that weighs its expert
+        (``expert_order``)."""
+        if self.expert_order == 'behavior':
+            return list(range(self.num_behaviors))
+        return [0 if j == k else (j + 1 if j < k else j) for j in range(self.num_behaviors)]
+
+    def _gate_features(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) if self.gate_input == 'normalized' else x
+
     def gate_weights(self, eu_k: Tensor, ev_k: Tensor, k: int) -> Tensor:
-        r"""Eq 13's :math:`\mathbf{g}^k`: ``[*, K]``."""
+        r"""Eq 13's :math:`\mathbf{g}^k`: ``[*, K]``, entry :math:`j` weighing behavior
+        :math:`j`'s expert."""
+        eu_k, ev_k = self._gate_features(eu_k), self._gate_features(ev_k)
         shape = torch.broadcast_shapes(eu_k.shape, ev_k.shape)
         x = torch.cat([eu_k.expand(shape), ev_k.expand(shape)], dim=-1)
-        return self.gate(x, group=k if self.gate_per_task else 0).softmax(dim=-1)
+        logits = self.gate(x, group=k if self.gate_per_task else 0)
+        if self.expert_order != 'behavior':
+            logits = logits[..., self.gate_outputs(k)]
+        return logits.softmax(dim=-1)
 
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:
@@ -272,21 +373,28 @@ class DFMEHead(MTLHead):
         d = self.embedding_dim
         grp = k if self.gate_per_task else 0
         weight, bias = self.gate.weights[0][grp], self.gate.biases[0][grp]   # [2d, K], [K]
+        if self.expert_order != 'behavior':                    # columns in behavior order
+            order = self.gate_outputs(k)
+            weight, bias = weight[:, order], bias[order]
         u = fit_u[k][:, users]                                               # [K, B, d]
-        user_logits = (emb.users[k][users] @ weight[:d]).unsqueeze(1) + bias  # [B, 1, K]
+        user_logits = (self._gate_features(emb.users[k][users]) @ weight[:d]).unsqueeze(1) \
+            + bias                                                           # [B, 1, K]
         out = []
         for start in range(0, emb.items.size(1), self.chunk_size):
             v = fit_v[k][:, start:start + self.chunk_size]                   # [K, C, d]
             dots = torch.bmm(u, v.transpose(1, 2))                           # [K, B, C]
-            gate = (user_logits + (emb.items[k][start:start + self.chunk_size]
-                                   @ weight[d:]).unsqueeze(0)).softmax(dim=-1)
+            item_x = self._gate_features(emb.items[k][start:start + self.chunk_size])
+            gate = (user_logits + (item_x @ weight[d:]).unsqueeze(0)).softmax(dim=-1)
             out.append((gate * dots.permute(1, 2, 0)).sum(-1) * (self.score_scale / d))
         return torch.cat(out, dim=1)
 
     # ------------------------------------------------------------------ eq 8, 17
-    def contrastive_loss(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor) -> Tensor:
+    def contrastive_loss(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
+                         num_triples: int = 1) -> Tensor:
         r""":math:`\sum_{k<K} (\mathcal{L}_{cl,U}^{K,k} + \mathcal{L}_{cl,V}^{K,k})` with
-        anchors ``users`` and ``items`` (unique ids), unweighted."""
+        anchors ``users`` and ``items`` (unique ids), normalised as ``cl_norm`` says
+        (``num_triples``: the batch's triples per behavior, :math:`B` of ``'triples'``), not
+        weighted by :math:`\gamma`."""
         target = self.num_behaviors - 1
         total = emb.users.new_zeros(())
         for k in range(target):
@@ -297,6 +405,8 @@ class DFMEHead(MTLHead):
                 if self.cl_norm == 'total':  # sum over the anchors / |U| (|V|)
                     term = term * (ids.numel() / table.size(1))
                 total = total + term
+        if self.cl_norm == 'triples':        # eq 17 over eq 16's sum, divided by B
+            total = total / max(int(num_triples), 1)
         return total
 
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
@@ -313,7 +423,9 @@ class DFMEHead(MTLHead):
                              f'behaviors {emb.behaviors} (keys: {list(batch)})')
         users = torch.cat([t[0] for t in triples]).unique()
         items = torch.cat([t[1:].reshape(-1) for t in triples]).unique()
-        return {'contrastive': self.gamma * self.contrastive_loss(emb, users, items)}
+        num_triples = max(t[0].numel() for t in triples)        # B, the BPR mean's divisor
+        return {'contrastive': self.gamma * self.contrastive_loss(emb, users, items,
+                                                                  num_triples)}
 
     def extra_repr(self) -> str:
         return (f'embedding_dim={self.embedding_dim}, num_behaviors={self.num_behaviors}, '
@@ -324,4 +436,6 @@ class DFMEHead(MTLHead):
                 f'contrastive={self.contrastive}, '
                 f'forward_fit={self.forward_fit}, backward_fit={self.backward_fit}, '
                 f'all_sg={self.all_sg}, fitting={self.fitting}, '
-                f'gate_per_task={self.gate_per_task}, score_scale={self.score_scale}')
+                f'gate_per_task={self.gate_per_task}, score_scale={self.score_scale}, '
+                f'gate_init={self.gate_init!r}, gate_input={self.gate_input!r}, '
+                f'expert_order={self.expert_order!r}')
