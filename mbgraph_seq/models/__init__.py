@@ -10,12 +10,16 @@ from typing import Callable, Dict
 
 from .dpcpl import DPCPL
 from .ebm import EBM
+from .hmar import HMAR
+from .pomrec import PoMRec
 from .sasrec import SASRec, SequenceRecommender
 
 SEQ_MODELS: Dict[str, Callable] = {
     'sasrec': SASRec,
     'ebm': EBM,
     'dpcpl': DPCPL,
+    'hmar': HMAR,
+    'pomrec': PoMRec,
 }
 
-__all__ = ['SEQ_MODELS', 'SequenceRecommender', 'SASRec', 'EBM', 'DPCPL']
+__all__ = ['SEQ_MODELS', 'SequenceRecommender', 'SASRec', 'EBM', 'DPCPL', 'HMAR', 'PoMRec']
