@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import logging
 import sys
 import time
@@ -250,7 +249,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from .data.datasets import DATASETS, describe
+    from .data.datasets import describe
     names = args.dataset or ['synthetic']
     if not args.dataset and args.data_root:
         names = [n for n in _found_datasets(args.data_root)] or names

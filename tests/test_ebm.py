@@ -2,42 +2,14 @@
 per-block matrix products; parameter counts; the behavior mixer; eq 4; training."""
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import cyclic_walks as synthetic
 from mbgraph.training import Trainer
-from mbgraph_seq.data import SequenceDataset
 from mbgraph_seq.models import EBM, SEQ_MODELS
 from mbgraph_seq.nn.filter import BehaviorMinerLayer, ChunkedComplexMLP, EfficientFilterLayer
-
-
-def synthetic(num_users=40, num_items=30, length=16, seed=0, max_len=12):
-    """Every user walks the items in a cycle (next item = item + 1); behaviors random, the last
-    three events and one earlier are buys (the target)."""
-    rng = np.random.default_rng(seed)
-    u, i, b, t = [], [], [], []
-    for user in range(num_users):
-        start = rng.integers(num_items)
-        beh = rng.choice(3, size=length, p=[0.5, 0.2, 0.3])
-        beh[[2, -3, -2, -1]] = 2
-        u += [user] * length
-        i += ((start + np.arange(length)) % num_items).tolist()
-        b += beh.tolist()
-        t += list(range(length))
-    return SequenceDataset.from_log(np.array(u), np.array(i), np.array(b), np.array(t),
-                                    ['click', 'cart', 'buy'], num_users=num_users,
-                                    num_items=num_items, max_len=max_len)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and contention on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def complex_weights(mlp):

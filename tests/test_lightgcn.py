@@ -1,9 +1,6 @@
-import math
-
 import pytest
 import torch
 
-from mbgraph.data import make_multiplex
 from mbgraph.models import LightGCN, LightGCN_M, build_model
 
 

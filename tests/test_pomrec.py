@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import cyclic_walks
 from mbgraph.evaluation import SampledEvaluator
 from mbgraph.training import Trainer
 from mbgraph_seq.data import SequenceBatch, SequenceDataset
@@ -301,20 +302,8 @@ def test_max_len_crops_to_the_most_recent_events():
 # --------------------------------------------------------------------------------------------
 
 def synthetic_sequences(num_users=60, num_items=40, length=14, max_len=12, seed=0):
-    """Every user walks the items in order (next = current + 1 mod I) from a random start;
-    behaviors cycle a, b, c; the target is c."""
-    rng = np.random.default_rng(seed)
-    users, items, behaviors, times = [], [], [], []
-    for u in range(num_users):
-        start = int(rng.integers(num_items))
-        for t in range(length):
-            users.append(u)
-            items.append((start + t) % num_items)
-            behaviors.append(t % 3)
-            times.append(t)
-    return SequenceDataset.from_log(np.array(users), np.array(items), np.array(behaviors),
-                                    np.array(times), ['a', 'b', 'c'], num_users=num_users,
-                                    num_items=num_items, max_len=max_len, seed=seed)
+    return cyclic_walks(num_users, num_items, length, seed, max_len, behaviors='cycle',
+                        pass_seed=True)
 
 
 def test_pomrec_training_decreases_the_loss_and_ranks():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mbgraph.data import edge_type, make_multiplex
+from mbgraph.data import edge_type
 from mbgraph.data.sampling import BPRSampler, InteractionSet, sample_negatives
 
 

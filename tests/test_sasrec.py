@@ -6,38 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import cyclic_walks as synthetic
 from mbgraph.training import Trainer
-from mbgraph_seq.data import SequenceBatch, SequenceDataset
+from mbgraph_seq.data import SequenceBatch
 from mbgraph_seq.models import SEQ_MODELS, SASRec
 from mbgraph_seq.nn.transformer import causal_attention_mask
 from mbgraph_seq.train import train_sequence_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP overhead (and contention on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def synthetic(num_users=40, num_items=30, length=16, seed=0, max_len=12):
-    """Cyclic item walks (next item = item + 1) with random behaviors; buys (the target) at
-    position 2 and the last three positions."""
-    rng = np.random.default_rng(seed)
-    u, i, b, t = [], [], [], []
-    for user in range(num_users):
-        start = rng.integers(num_items)
-        beh = rng.choice(3, size=length, p=[0.5, 0.2, 0.3])
-        beh[[2, -3, -2, -1]] = 2
-        u += [user] * length
-        i += ((start + np.arange(length)) % num_items).tolist()
-        b += beh.tolist()
-        t += list(range(length))
-    return SequenceDataset.from_log(np.array(u), np.array(i), np.array(b), np.array(t),
-                                    ['click', 'cart', 'buy'], num_users=num_users,
-                                    num_items=num_items, max_len=max_len)
 
 
 def test_attention_mask():

@@ -13,7 +13,7 @@ The :class:`~mbgraph.training.Trainer` and the evaluators use nothing else.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn

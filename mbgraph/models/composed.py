@@ -10,7 +10,7 @@ r"""Any encoder x any head: :class:`MultiBehaviorModel`.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor

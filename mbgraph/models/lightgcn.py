@@ -2,7 +2,7 @@ r"""LightGCN (He et al., SIGIR 2020) on the target behavior, and LightGCN_M on a
 merged into one graph (the baseline of COPF table 6)."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Tuple
 
 from torch import Tensor
 from torch_geometric.data import HeteroData

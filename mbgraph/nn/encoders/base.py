@@ -9,7 +9,7 @@ behavior axis in the data's behavior order. An encoder never samples and never s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from torch import Tensor, nn
 
