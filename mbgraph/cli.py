@@ -147,7 +147,7 @@ def cmd_train_sequence(args) -> int:
             args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
             out_dir=out, seed=args.seed, batch_size=min(args.batch_size, 256), lr=args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
-            patience=args.patience, **kwargs)
+            patience=args.patience, eval_every=args.eval_every, **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
     metrics.update({'dataset': args.dataset, 'environment': environment(),

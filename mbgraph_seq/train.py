@@ -63,14 +63,15 @@ def _evaluate(model, dataset: SequenceDataset, num_negatives: int, seed: int, de
 
 def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, *, epochs: int,
          lr: float, weight_decay: float, patience: int, device, out_dir: Optional[Path],
-         seed: int, progress: bool, num_negatives_eval: int, config: Dict[str, Any]
-         ) -> Dict[str, Any]:
+         seed: int, progress: bool, num_negatives_eval: int, config: Dict[str, Any],
+         eval_every: int = 1) -> Dict[str, Any]:
     val = SampledEvaluator(val_dataset.split_pairs('val'), val_dataset.num_items,
                            val_dataset.history_pairs(), num_negatives=num_negatives_eval,
                            seed=seed, split='val')
     trainer = Trainer(model, source, val, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                      monitor='ndcg@10', patience=patience, device=device, out_dir=out_dir,
-                      seed=seed, progress=progress, config=config)
+                      monitor='ndcg@10', patience=patience, eval_every=eval_every,
+                      device=device, out_dir=out_dir, seed=seed, progress=progress,
+                      config=config)
     summary = trainer.fit()
     summary['history'] = trainer.history
     return summary
@@ -81,7 +82,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                          out_dir: Optional[Union[str, Path]] = None, seed: int = 0,
                          batch_size: int = 256, lr: float = 1e-3,
                          num_negatives_eval: int = 99, progress: bool = True,
-                         patience: int = 10, weight_decay: float = 0.0,
+                         patience: int = 10, eval_every: int = 1, weight_decay: float = 0.0,
                          num_negatives: int = 1, prefixes: Optional[Union[int, str]] = 'auto',
                          pretrain_epochs: Optional[int] = None, pretrain_ratio: float = 0.6,
                          pretrained: Optional[Union[str, Path]] = None,
@@ -105,6 +106,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
             999: PoMRec).
         progress: tqdm bars.
         patience: early-stopping patience (validation evaluations).
+        eval_every: validate every this many epochs (DPCPL validates every epoch).
         num_negatives: training negatives per target.
         prefixes: training layout (see :class:`~mbgraph_seq.data.SequenceTrainSource`);
             ``'auto'`` uses the model's ``train_layout``.
@@ -144,7 +146,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         source = dataset.train_source(batch_size, num_negatives, seed, prefixes=layout(model),
                                       target_only=model.target_only)
         summary = _fit(model, dataset, source, dataset, epochs=epochs, lr=lr,
-                       weight_decay=weight_decay, patience=patience, device=device,
+                       eval_every=eval_every, weight_decay=weight_decay, patience=patience, device=device,
                        out_dir=out_dir, seed=seed, progress=progress,
                        num_negatives_eval=num_negatives_eval, config=config)
         metrics = {'model': name, **_evaluate(model, dataset, num_negatives_eval, seed, device),
