@@ -58,6 +58,13 @@ class BehaviorEmbeddings:
         return self.behaviors[-1]
 
 
+def reset_children(module: nn.Module) -> None:
+    """Call ``reset_parameters()`` on every direct child of ``module`` that has one."""
+    for m in module.children():
+        if hasattr(m, 'reset_parameters'):
+            m.reset_parameters()
+
+
 class MultiBehaviorEncoder(nn.Module):
     """Base class: ``forward(ego, adjacency) -> BehaviorEmbeddings``; ``loss_terms`` adds
     encoder-specific losses (default none)."""
@@ -69,6 +76,4 @@ class MultiBehaviorEncoder(nn.Module):
         return {}
 
     def reset_parameters(self) -> None:
-        for m in self.children():
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset_children(self)

@@ -18,7 +18,7 @@ from typing import Any, Dict
 import torch
 from torch import Tensor, nn
 
-from ..encoders.base import BehaviorEmbeddings
+from ..encoders.base import BehaviorEmbeddings, reset_children
 
 
 class MultiTaskHead(nn.Module):
@@ -45,9 +45,7 @@ class MultiTaskHead(nn.Module):
         return {}
 
     def reset_parameters(self) -> None:
-        for m in self.children():
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset_children(self)
 
 
 def gather_pairs(emb: BehaviorEmbeddings, k: int, users: Tensor, items: Tensor):
