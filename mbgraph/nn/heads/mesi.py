@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..encoders.base import BehaviorEmbeddings
 from .mmoe import mix_experts
-from .shared_bottom import MTLHead, StackedMLP, _channels, gather_stacked, pair_dim, pair_features
+from .shared_bottom import MTLHead, StackedMLP, gather_stacked, pair_dim, pair_features
 
 
 class MESIHead(MTLHead):
@@ -49,16 +49,13 @@ class MESIHead(MTLHead):
                  tower_channels: Union[int, Sequence[int]] = (32,), pair: str = 'hadamard',
                  act: str = 'relu', dropout: float = 0.0):
         super().__init__(embedding_dim, num_behaviors)
-        experts = _channels(expert_channels)
-        if not experts:
-            raise ValueError('MESIHead needs at least one expert layer')
+        experts = self._layers(expert_channels, 'expert')
         self.pair = pair
         in_dim = pair_dim(embedding_dim, pair)
         self.experts = StackedMLP(num_behaviors, [in_dim, *experts], act, act_last=True,
                                   dropout=dropout)
         self.gates = StackedMLP(num_behaviors, [in_dim, num_behaviors], act=None)
-        self.towers = StackedMLP(num_behaviors, [experts[-1], *_channels(tower_channels), 1],
-                                 act, dropout=dropout)
+        self.towers = self._towers(experts[-1], tower_channels, act, dropout)
 
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:

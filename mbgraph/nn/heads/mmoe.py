@@ -17,7 +17,7 @@ from typing import Sequence, Union
 from torch import Tensor
 
 from ..encoders.base import BehaviorEmbeddings
-from .shared_bottom import (MTLHead, BehaviorMixture, StackedMLP, _channels, gather_stacked,
+from .shared_bottom import (MTLHead, BehaviorMixture, StackedMLP, gather_stacked,
                             pair_dim, pair_features)
 
 
@@ -57,9 +57,7 @@ class MMoEHead(MTLHead):
         super().__init__(embedding_dim, num_behaviors)
         if num_experts < 1:
             raise ValueError(f'MMoEHead needs num_experts >= 1, got {num_experts}')
-        experts = _channels(expert_channels)
-        if not experts:
-            raise ValueError('MMoEHead needs at least one expert layer')
+        experts = self._layers(expert_channels, 'expert')
         self.pair = pair
         self.num_experts = int(num_experts)
         in_dim = pair_dim(embedding_dim, pair)
@@ -67,8 +65,7 @@ class MMoEHead(MTLHead):
         self.experts = StackedMLP(num_experts, [in_dim, *experts], act, act_last=True,
                                   dropout=dropout)
         self.gates = StackedMLP(num_behaviors, [in_dim, num_experts], act=None)
-        self.towers = StackedMLP(num_behaviors, [experts[-1], *_channels(tower_channels), 1],
-                                 act, dropout=dropout)
+        self.towers = self._towers(experts[-1], tower_channels, act, dropout)
 
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:

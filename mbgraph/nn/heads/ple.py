@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..encoders.base import BehaviorEmbeddings
 from .mmoe import mix_experts
-from .shared_bottom import (MTLHead, BehaviorMixture, StackedMLP, _channels, gather_stacked,
+from .shared_bottom import (MTLHead, BehaviorMixture, StackedMLP, gather_stacked,
                             pair_dim, pair_features)
 
 
@@ -107,9 +107,7 @@ class PLEHead(MTLHead):
         if num_specific < 1 or num_shared < 1 or num_levels < 1:
             raise ValueError(f'PLEHead needs num_specific >= 1, num_shared >= 1 and '
                              f'num_levels >= 1, got {num_specific}, {num_shared}, {num_levels}')
-        experts = _channels(expert_channels)
-        if not experts:
-            raise ValueError('PLEHead needs at least one expert layer')
+        experts = self._layers(expert_channels, 'expert')
         self.pair = pair
         self.num_specific, self.num_shared, self.num_levels = num_specific, num_shared, num_levels
         self.mixture = BehaviorMixture(num_behaviors, learn_weights)
@@ -118,8 +116,7 @@ class PLEHead(MTLHead):
             ExtractionLevel(dims[l], experts, num_behaviors, num_specific, num_shared,
                             last=(l == num_levels - 1), act=act, dropout=dropout)
             for l in range(num_levels))
-        self.towers = StackedMLP(num_behaviors, [experts[-1], *_channels(tower_channels), 1],
-                                 act, dropout=dropout)
+        self.towers = self._towers(experts[-1], tower_channels, act, dropout)
 
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:

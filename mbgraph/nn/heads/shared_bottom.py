@@ -250,6 +250,19 @@ class MTLHead(MultiTaskHead):
             if m is not self and hasattr(m, 'reset_parameters'):
                 m.reset_parameters()
 
+    def _layers(self, value: Union[int, Sequence[int]], what: str) -> List[int]:
+        """Layer sizes from ``value``, at least one (the error names the head and ``what``)."""
+        channels = _channels(value)
+        if not channels:
+            raise ValueError(f'{self.__class__.__name__} needs at least one {what} layer')
+        return channels
+
+    def _towers(self, in_channels: int, tower_channels: Union[int, Sequence[int]], act,
+                dropout: float) -> 'StackedMLP':
+        """One MLP tower :math:`h^k` per behavior, ``in_channels -> tower_channels -> 1``."""
+        return StackedMLP(self.num_behaviors, [in_channels, *_channels(tower_channels), 1], act,
+                          dropout=dropout)
+
     def _index(self, emb: BehaviorEmbeddings, behavior: str) -> int:
         check_embeddings(emb, self.num_behaviors, self.embedding_dim, self.__class__.__name__)
         return emb.index(behavior)
@@ -291,14 +304,11 @@ class SharedBottomHead(MTLHead):
                  learn_weights: bool = True, act: str = 'relu', dropout: float = 0.0):
         super().__init__(embedding_dim, num_behaviors)
         self.pair = pair
-        bottom = _channels(bottom_channels)
-        towers = _channels(tower_channels)
-        if not bottom:
-            raise ValueError('SharedBottomHead needs at least one bottom layer')
+        bottom = self._layers(bottom_channels, 'bottom')
         self.mixture = BehaviorMixture(num_behaviors, learn_weights)
         self.bottom = StackedMLP(1, [pair_dim(embedding_dim, pair), *bottom], act,
                                  act_last=True, dropout=dropout)
-        self.towers = StackedMLP(num_behaviors, [bottom[-1], *towers, 1], act, dropout=dropout)
+        self.towers = self._towers(bottom[-1], tower_channels, act, dropout)
 
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:
