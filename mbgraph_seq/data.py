@@ -55,7 +55,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from mbgraph.data.multiplex import make_multiplex
-from mbgraph.data.sampling import InteractionSet, sample_negatives
+from mbgraph.data.sampling import InteractionSet, batch_bounds, sample_negatives
 
 log = logging.getLogger(__name__)
 
@@ -788,7 +788,8 @@ class SequenceTrainSource:
 
     def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[SequenceBatch]:
         """Yield the batches of ``epoch``; with ``world_size > 1`` each rank gets the rows
-        ``rank::world_size`` of every global batch."""
+        ``rank::world_size`` of every global batch (bounds as
+        :func:`mbgraph.data.sampling.batch_bounds`)."""
         g = self.generator(epoch)
         samples = self._epoch_samples(g)
         # the negatives of the whole epoch in one vectorised draw, in sample order
@@ -806,18 +807,18 @@ class SequenceTrainSource:
             epoch_neg[target] = drawn
         else:
             epoch_neg = drawn
-        for start in range(0, samples.size, self.batch_size):
-            chunk = samples[start:start + self.batch_size]
+        for start, end in batch_bounds(samples.size, self.batch_size, world_size):
+            chunk = samples[start:end]
             if self.prefixes is None:
                 rows = torch.from_numpy(chunk)
                 items, beh = self.items[rows], self.behaviors[rows]
                 times, pos, pos_b = self.timestamps[rows], self.pos[rows], self.pos_behaviors[rows]
-                neg = epoch_neg[start:start + self.batch_size]
+                neg = epoch_neg[start:end]
                 rows = chunk
             else:
                 rows, items, beh, times, pos, pos_b = self._prefix_batch(chunk)
                 neg = torch.zeros(*pos.shape, self.num_negatives, dtype=torch.long)
-                neg[:, -1] = epoch_neg[start:start + self.batch_size]
+                neg[:, -1] = epoch_neg[start:end]
             users = torch.from_numpy(self.users_np[rows])
             batch = SequenceBatch(users=users, items=items, behaviors=beh, mask=items > 0,
                                   pos=pos, pos_behaviors=pos_b, neg=neg, timestamps=times,

@@ -311,7 +311,7 @@ def test_unique_pair_negatives_are_rejected_by_hand():
     data = make_multiplex(num_users=1, num_items=4, behaviors=['view', 'cart'],
                           edges={'view': torch.tensor([[0, 0], [0, 2]]),
                                  'cart': torch.tensor([[0, 0], [1, 2]])})
-    sampler = UniquePairSampler(data, ['view'], batch_size=1, num_samples=1, seed=0,
+    sampler = UniquePairSampler(data, ['view'], batch_size=2, num_samples=2, seed=0,
                                 pairs=[('cart', 'view')], unique_batch_size=400)
     (batch,) = list(sampler.batches(0))
     t = batch['unique'][('cart', 'view')]

@@ -10,7 +10,7 @@ r"""Vectorised training-pair sampling.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -67,6 +67,29 @@ def sample_negatives(users: Tensor, positives: InteractionSet, num_items: int,
     return neg
 
 
+def batch_bounds(num_samples: int, batch_size: int, world_size: int = 1) -> List[Tuple[int, int]]:
+    """``[start, end)`` of the global batches of an epoch of ``num_samples`` samples.
+
+    Batches hold ``batch_size`` samples, the last one the rest. Split over ``world_size``
+    ranks (each rank takes ``rank::world_size`` of a batch), a last batch of fewer than
+    ``world_size`` samples would leave a rank with nothing (a NaN mean loss, and a rank that
+    skips a step the others' gradient all-reduce waits for), so it is merged into the batch
+    before it: nothing is dropped.
+    """
+    if world_size < 1:
+        raise ValueError(f'world_size must be >= 1, got {world_size}')
+    if batch_size < world_size:
+        raise ValueError(f'a global batch of {batch_size} cannot give each of {world_size} '
+                         'ranks a share: raise the batch size or use fewer processes')
+    if num_samples < world_size:
+        raise ValueError(f'an epoch of {num_samples} samples cannot give each of '
+                         f'{world_size} ranks a share: use fewer processes')
+    bounds = [(s, min(s + batch_size, num_samples)) for s in range(0, num_samples, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
+        bounds[-2:] = [(bounds[-2][0], num_samples)]
+    return bounds
+
+
 class BPRSampler:
     """BPR triples for every behavior in ``behaviors``, ``batch_size`` per behavior and batch.
 
@@ -108,6 +131,10 @@ class BPRSampler:
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
 
+    def num_batches(self, world_size: int = 1) -> int:
+        """Global batches per epoch when split over ``world_size`` ranks."""
+        return len(batch_bounds(self.num_samples, self.batch_size, world_size))
+
     def generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
 
@@ -126,13 +153,16 @@ class BPRSampler:
             out[b] = torch.stack([users, pos, neg])
         return out
 
-    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[Dict[str, Tensor]]:
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1,
+                device: Optional[torch.device] = None) -> Iterator[Dict[str, Tensor]]:
         """Yield the batches of ``epoch``; with ``world_size > 1`` each rank gets the disjoint
-        slice ``rank::world_size`` of every global batch."""
+        slice ``rank::world_size`` of every global batch (see :func:`batch_bounds`).
+        ``device``: move the epoch's triples there once, before the first batch."""
         triples = self.epoch_triples(epoch)
-        for start in range(0, self.num_samples, self.batch_size):
-            yield {b: t[:, start:start + self.batch_size][:, rank::world_size]
-                   for b, t in triples.items()}
+        if device is not None:      # one copy per epoch, none inside the training steps
+            triples = {b: t.to(device) for b, t in triples.items()}
+        for start, end in batch_bounds(self.num_samples, self.batch_size, world_size):
+            yield {b: t[:, start:end][:, rank::world_size] for b, t in triples.items()}
 
 
 def _unique_negatives(users: Tensor, positives: Tensor, aux: InteractionSet,
@@ -251,12 +281,21 @@ class UniquePairSampler(BPRSampler):
             out[(kp, k)] = torch.stack([users, pos, neg])
         return out
 
-    def batches(self, epoch: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1,
+                device: Optional[torch.device] = None) -> Iterator[dict]:
         """The :class:`BPRSampler` batches of ``epoch``, each with ``'unique'`` added."""
         unique = self.epoch_unique(epoch)
+        if device is not None:
+            unique = {pair: t.to(device) for pair, t in unique.items()}
         step = self.unique_batch_size
-        for i, batch in enumerate(super().batches(epoch, rank, world_size)):
-            batch['unique'] = {pair: t[:, i * step:(i + 1) * step][:, rank::world_size]
+        if step < world_size:
+            raise ValueError(f'unique_batch_size {step} is smaller than the {world_size} ranks: '
+                             'some ranks would get no unique-loss triples')
+        last = self.num_batches(world_size) - 1
+        for i, batch in enumerate(super().batches(epoch, rank, world_size, device)):
+            # a merged last batch (see batch_bounds) takes the rest of the unique triples too
+            end = (i + 1) * step if i < last else None
+            batch['unique'] = {pair: t[:, i * step:end][:, rank::world_size]
                                for pair, t in unique.items()}
             yield batch
 
