@@ -11,6 +11,10 @@ median training epoch, ``eval_seconds`` = one full test evaluation pass, peak me
 configuration and the environment), ``OUT/log.jsonl``, ``OUT/checkpoint.pt`` and
 ``OUT/best.pt``, and prints a results table. Bad arguments (unknown model, dataset or behavior,
 missing files) print one clear message and exit with status 2.
+
+Data-parallel training over several processes (see :mod:`mbgraph.distributed`)::
+
+    torchrun --nproc_per_node 2 -m mbgraph train --model lightgcn --dataset synthetic
 """
 from __future__ import annotations
 
@@ -124,14 +128,11 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
     raise UsageError(f'sequence models run on synthetic or ml-latest-small, not {dataset!r}')
 
 
-def cmd_train_sequence(args) -> int:
+def cmd_train_sequence(args, device: torch.device) -> int:
     """Sequence models (mbgraph_seq) through the same Trainer and metrics.json."""
     from mbgraph_seq.train import train_sequence_model
-    from .training import environment, resolve_device, write_metrics
-    try:
-        device = resolve_device(args.device)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
+    from .distributed import is_main_process
+    from .training import environment, write_metrics
     if args.behaviors is not None:
         raise UsageError('--behaviors selects graph behaviors; sequence models use every '
                          'behavior of the log')
@@ -147,11 +148,13 @@ def cmd_train_sequence(args) -> int:
             args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
             out_dir=out, seed=args.seed, batch_size=min(args.batch_size, 256), lr=args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
-            patience=args.patience, eval_every=args.eval_every, **kwargs)
+            patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
+    if not is_main_process():
+        return 0
     metrics.update({'dataset': args.dataset, 'environment': environment(),
-                    'date': time.strftime('%Y-%m-%d')})
+                    'date': time.strftime('%Y-%m-%d'), **_launch_facts(args)})
     path = write_metrics(out / 'metrics.json', metrics)
     test, full = metrics['test'], metrics.get('test_full', {})
     row = {'model': args.model, 'dataset': args.dataset,
@@ -164,22 +167,40 @@ def cmd_train_sequence(args) -> int:
     return 0
 
 
+def _launch_facts(args) -> Dict[str, Any]:
+    from .distributed import rank_and_world_size
+    return {'world_size': rank_and_world_size()[1], 'amp': bool(args.amp)}
+
+
 def cmd_train(args) -> int:
+    """``mbgraph train``; under ``torchrun`` every process runs it and joins the process group
+    (NCCL on CUDA, Gloo on CPU) first; rank 0 alone prints and writes files."""
+    from .distributed import cleanup, init_from_env
+    from .training import resolve_device
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f'--threads must be >= 1, got {args.threads}')
         torch.set_num_threads(args.threads)
-    if args.model.lower() in _sequence_models():
-        args.model = args.model.lower()
-        return cmd_train_sequence(args)
-    from .evaluation import FullRankingEvaluator
-    from .training import Trainer, environment, resolve_device, write_metrics
-    ks = [int(k) for k in _split_list(args.ks)]
-    behaviors = _split_list(args.behaviors)
     try:
         device = resolve_device(args.device)
-    except ValueError as e:
+        _, _, device = init_from_env(device)
+    except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from e
+    try:
+        if args.model.lower() in _sequence_models():
+            args.model = args.model.lower()
+            return cmd_train_sequence(args, device)
+        return _train_graph(args, device)
+    finally:
+        cleanup()
+
+
+def _train_graph(args, device: torch.device) -> int:
+    from .distributed import is_main_process
+    from .evaluation import FullRankingEvaluator
+    from .training import Trainer, environment, write_metrics
+    ks = [int(k) for k in _split_list(args.ks)]
+    behaviors = _split_list(args.behaviors)
     data = load_data(args.dataset, args.data_root, behaviors, args.seed)
     kwargs = model_kwargs(args)
     torch.manual_seed(args.seed)
@@ -195,15 +216,18 @@ def cmd_train(args) -> int:
     trainer = Trainer(model, sampler, val, epochs=args.epochs, lr=args.lr,
                       lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
                       eval_every=args.eval_every, device=device, out_dir=out, seed=args.seed,
-                      progress=not args.no_progress, config=config)
+                      progress=not args.no_progress, config=config, amp=args.amp)
     summary = trainer.fit(resume=args.resume)
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
-    test = test_eval.evaluate(model, device)
+    test = test_eval.evaluate(model, device)     # split over ranks under torchrun
+    if not is_main_process():
+        return 0
     metrics = {'model': args.model, 'dataset': args.dataset, 'test': test,
                'val': summary.pop('best_val'), **summary,
                'eval_seconds': test_eval.last_seconds, 'protocol': 'full ranking, training '
                'target items masked', 'test_users': int(test_eval.users.numel()),
-               'config': config, 'environment': environment(), 'date': time.strftime('%Y-%m-%d')}
+               'config': config, 'environment': environment(), 'date': time.strftime('%Y-%m-%d'),
+               **_launch_facts(args)}
     path = write_metrics(out / 'metrics.json', metrics)
     row = {'model': args.model, 'dataset': args.dataset, **test,
            'best epoch': metrics['best_epoch'], 'epochs': metrics['epochs_run'],
@@ -289,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--behaviors', help='comma-separated behavior order to use, target last '
                    '(e.g. cart,buy); default: all of the dataset')
     t.add_argument('--epochs', type=int, default=100)
-    t.add_argument('--batch-size', type=int, default=2048, help='BPR triples per behavior')
+    t.add_argument('--batch-size', type=int, default=2048,
+                   help='BPR triples per behavior and step, over all ranks under torchrun')
     t.add_argument('--lr', type=float, default=1e-3)
     t.add_argument('--lr-decay', type=float, default=None,
                    help='multiply the learning rate by this after each epoch')
@@ -312,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                    'thread can be several times faster than oversubscribed cores')
     t.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
     t.add_argument('--no-progress', action='store_true', help='no progress bars')
+    t.add_argument('--amp', action='store_true',
+                   help='mixed precision: torch.autocast with float16 + gradient scaling on '
+                        'CUDA, bfloat16 on CPU; sparse propagation, FFT and log-det stay float32')
     seq = t.add_argument_group('sequence models (sasrec, ebm, dpcpl, hmar, pomrec)')
     seq.add_argument('--stage', default='both', choices=['both', 'pretrain', 'prompt'],
                      help='DPCPL: pre-train EBM, prompt-tune, or both')

@@ -27,6 +27,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.metrics import (LinkPredHitRatio, LinkPredMetricCollection, LinkPredNDCG,
                                      LinkPredRecall)
 
+from . import distributed as dist_utils
 from .data.multiplex import (SPLITS, edge_type, num_users_items, split_edge_index,
                              target_behavior)
 from .data.sampling import InteractionSet, sample_negatives
@@ -71,8 +72,17 @@ class _Evaluator:
             yield start, users, self.rows[sel] - start, self.items[sel]
 
     @torch.no_grad()
-    def evaluate(self, model, device=None) -> Dict[str, float]:
-        """Metrics of ``model`` as ``{'hr@10': ..., 'ndcg@10': ...}`` (floats)."""
+    def evaluate(self, model, device=None, distributed: Optional[bool] = None
+                 ) -> Dict[str, float]:
+        """Metrics of ``model`` as ``{'hr@10': ..., 'ndcg@10': ...}`` (floats).
+
+        Inside a ``torch.distributed`` process group of several ranks (``distributed=None``
+        detects it) every rank scores every ``world_size``-th batch of users and the metrics'
+        sums and counts are added up over ranks, so all ranks return the metrics of the whole
+        split (a collective: every rank must call it)."""
+        if distributed is None:
+            distributed = dist_utils.is_distributed()
+        rank, world = dist_utils.rank_and_world_size() if distributed else (0, 1)
         was_training = model.training
         model.eval()
         if hasattr(model, 'prepare_eval'):
@@ -81,13 +91,23 @@ class _Evaluator:
         collection = metric_collection(self.ks, self.metric_names).to(device)
         t0 = time.perf_counter()
         try:
-            for start, users, rows, items in self._batches():
+            for i, (start, users, rows, items) in enumerate(self._batches()):
+                if i % world != rank:
+                    continue
                 pred, labels = self._rank(model, start, users.to(device), rows.to(device),
                                           items.to(device))
                 collection.update(pred, labels)
         finally:
             model.train(was_training)
-        out = {name: float(v) for name, v in collection.compute().items()}
+        if world > 1:
+            # PyG's link-prediction metrics are a sum (accum) over a count (total) of users
+            names = list(collection.keys())
+            state = torch.stack([torch.stack([collection[n].accum.double(),
+                                              collection[n].total.double()]) for n in names])
+            state = dist_utils.all_reduce_sum(state)
+            out = {n: float(a / t) if t > 0 else 0.0 for n, (a, t) in zip(names, state.tolist())}
+        else:
+            out = {name: float(v) for name, v in collection.compute().items()}
         self.last_seconds = time.perf_counter() - t0
         return out
 

@@ -14,6 +14,13 @@ It runs epochs with a tqdm progress bar, stops early on the validation metric, k
 weights, writes a JSON-lines log and checkpoints, and resumes from a checkpoint so that the
 resumed run continues exactly as the uninterrupted one would have.
 
+Inside a ``torch.distributed`` process group (``torchrun``; see :mod:`mbgraph.distributed`)
+the same Trainer trains data-parallel: the model is wrapped in ``DistributedDataParallel``,
+each rank takes its shard of every global batch, evaluation is split over ranks and reduced,
+and only rank 0 writes files or shows progress bars. ``amp=True`` trains under
+``torch.autocast`` (float16 with a gradient scaler on CUDA, bfloat16 on CPU); the sparse
+propagation products stay in float32 (see :meth:`mbgraph.data.adjacency.SparseOperator.matmul`).
+
 Example::
 
     >>> from mbgraph.data.datasets import synthetic
@@ -46,8 +53,10 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import distributed as dist_utils
 from .losses import check_finite
 
 log = logging.getLogger(__name__)
@@ -83,6 +92,23 @@ def move_to(batch: Any, device: torch.device) -> Any:
     if hasattr(batch, 'to'):
         return batch.to(device)
     return batch
+
+
+class _LossForward(torch.nn.Module):
+    """``forward(batch) = model.loss(batch)``: DistributedDataParallel synchronises gradients
+    of what its ``forward`` computed, and the model contract's entry point is ``loss``."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype ``--amp`` uses: float16 on CUDA, bfloat16 on CPU."""
+    return torch.float16 if device.type == 'cuda' else torch.bfloat16
 
 
 def peak_memory_mb(device: torch.device) -> Dict[str, float]:
@@ -143,6 +169,15 @@ class Trainer:
         max_grad_norm: clip gradients to this norm (``None``: no clipping).
         config: JSON-able description of the run, stored in checkpoints (the CLI stores
             what it needs to rebuild the model).
+        amp: train under ``torch.autocast`` (float16 + ``GradScaler`` on CUDA, bfloat16 on CPU).
+        distributed: wrap the model in ``DistributedDataParallel`` and shard batches and
+            evaluation over the ranks of the current process group; ``None`` (default): do so
+            when a process group of more than one rank is initialised.
+        find_unused_parameters: handed to ``DistributedDataParallel`` (models whose loss does
+            not touch every parameter in every step need it; it costs a graph traversal).
+        sync_every: on CUDA, read the running loss back to the host (and check it is finite)
+            every this many steps instead of every step, so the steps in between queue kernels
+            without waiting for the device.
     """
 
     def __init__(self, model: torch.nn.Module, batches, val_evaluator=None, *,
@@ -152,7 +187,9 @@ class Trainer:
                  patience: int = 10, eval_every: int = 1, device='cpu',
                  out_dir: Optional[Union[str, Path]] = None, seed: int = 0,
                  progress: bool = True, max_grad_norm: Optional[float] = None,
-                 config: Optional[Dict[str, Any]] = None):
+                 config: Optional[Dict[str, Any]] = None, amp: bool = False,
+                 distributed: Optional[bool] = None, find_unused_parameters: bool = True,
+                 sync_every: int = 10):
         if epochs < 0:
             raise ValueError(f'epochs must be >= 0, got {epochs}')
         if eval_every < 1 or patience < 1:
@@ -171,11 +208,30 @@ class Trainer:
         self.monitor = monitor
         self.patience = int(patience)
         self.eval_every = int(eval_every)
+        if sync_every < 1:
+            raise ValueError(f'sync_every must be >= 1, got {sync_every}')
+        if distributed is None:
+            distributed = dist_utils.is_distributed()
+        elif distributed and not dist_utils.is_distributed():
+            raise RuntimeError('distributed=True but no torch.distributed process group of more '
+                               'than one rank is initialised (launch with torchrun and call '
+                               'mbgraph.distributed.init_from_env first)')
+        self.rank, self.world_size = dist_utils.rank_and_world_size() if distributed else (0, 1)
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.max_grad_norm = max_grad_norm
         self.config = dict(config or {})
-        self.rank, self.world_size = 0, 1
+        self.amp = bool(amp)
+        self.sync_every = 1 if self.device.type != 'cuda' else int(sync_every)
+        self.scaler = (torch.amp.GradScaler('cuda') if self.amp and self.device.type == 'cuda'
+                       else None)
+        self.loss_module: torch.nn.Module = _LossForward(self.model)
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            self.loss_module = DistributedDataParallel(
+                self.loss_module,
+                device_ids=[self.device] if self.device.type == 'cuda' else None,
+                find_unused_parameters=find_unused_parameters)
         # state that a checkpoint carries
         self.epoch = 0                      # epochs completed
         self.best_val: Optional[Dict[str, float]] = None
@@ -187,35 +243,81 @@ class Trainer:
         self.eval_seconds: List[float] = []
 
     # ------------------------------------------------------------------ training
+    def _epoch_batches(self, epoch: int):
+        source = self.batches
+        if self.device.type != 'cpu':
+            try:        # sources that can move a whole epoch to the device at once
+                return source.batches(epoch, self.rank, self.world_size, device=self.device)
+            except TypeError:
+                pass
+        return source.batches(epoch, self.rank, self.world_size)
+
+    def _num_batches(self) -> int:
+        if hasattr(self.batches, 'num_batches'):
+            return self.batches.num_batches(self.world_size)
+        return len(self.batches)
+
     def train_epoch(self, epoch: int) -> Dict[str, float]:
-        """One pass over the batch source; returns mean loss (and parts)."""
+        """One pass over the batch source; returns mean loss (and parts), averaged over ranks.
+
+        The loss is checked for NaN/inf every ``sync_every`` steps (every step on CPU), on
+        every rank at once when distributed, so that a diverged rank stops all of them."""
         self.model.train()
-        sums: Dict[str, float] = {}
-        n = 0
-        bar = tqdm(self.batches.batches(epoch, self.rank, self.world_size),
-                   total=len(self.batches), desc=f'epoch {epoch}', leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+        sums: Dict[str, Tensor] = {}
+        n = checked = 0
+        bar = tqdm(self._epoch_batches(epoch), total=self._num_batches(), desc=f'epoch {epoch}',
+                   leave=False, disable=not self.progress, dynamic_ncols=True)
+        autocast = torch.autocast(self.device.type, dtype=amp_dtype(self.device),
+                                  enabled=self.amp)
         for i, batch in enumerate(bar):
             batch = move_to(batch, self.device)
-            out = self.model.loss(batch)
+            with autocast:
+                out = self.loss_module(batch)
             loss, parts = (out if isinstance(out, tuple) else (out, {}))
-            check_finite(loss, f'epoch {epoch}, batch {i}')
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
             if self.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-            self.optimizer.step()
             n += 1
-            sums['loss'] = sums.get('loss', 0.0) + float(loss.detach())
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f'{sums["loss"] / n:.4f}')
+            for k, v in (('loss', loss), *parts.items()):
+                v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
+                sums[k] = sums[k] + v if k in sums else v
+            if n - checked >= self.sync_every:
+                self._check_finite(sums['loss'], epoch, checked, i)
+                checked = n
+                if i % 10 == 0 or self.sync_every > 1:
+                    bar.set_postfix(loss=f'{float(sums["loss"]) / n:.4f}')
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
         if n == 0:
             raise ValueError('the batch source yielded no batches: the training split is empty')
+        if checked < n:
+            self._check_finite(sums['loss'], epoch, checked, n - 1)
         if self.scheduler is not None:
             self.scheduler.step()
-        return {k: v / n for k, v in sums.items()}
+        names = sorted(sums)
+        means = torch.stack([sums[k].to(self.device) for k in names]) / n
+        if self.world_size > 1:
+            means = dist_utils.all_reduce_sum(means) / self.world_size
+        return {k: float(v) for k, v in zip(names, means.tolist())}
+
+    def _check_finite(self, loss_sum: Tensor, epoch: int, first: int, last: int) -> None:
+        bad = not bool(torch.isfinite(loss_sum))
+        if self.world_size > 1:
+            bad = dist_utils.any_rank(bad, self.device)
+        if bad:
+            where = (f'batch {last}' if first == last else f'batches {first}-{last}')
+            check_finite(loss_sum if not torch.isfinite(loss_sum) else
+                         torch.tensor(float('nan')),
+                         f'epoch {epoch}, {where}' + (f' (on some of the {self.world_size} '
+                                                      'ranks)' if self.world_size > 1 else ''))
 
     def fit(self, resume: Union[bool, str, Path] = False) -> Dict[str, Any]:
         """Train until ``epochs`` or early stopping; restore the best weights.

@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from mbgraph.distributed import is_main_process
 from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
 from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, \
     write_metrics
@@ -64,14 +65,14 @@ def _evaluate(model, dataset: SequenceDataset, num_negatives: int, seed: int, de
 def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, *, epochs: int,
          lr: float, weight_decay: float, patience: int, device, out_dir: Optional[Path],
          seed: int, progress: bool, num_negatives_eval: int, config: Dict[str, Any],
-         eval_every: int = 1) -> Dict[str, Any]:
+         eval_every: int = 1, amp: bool = False) -> Dict[str, Any]:
     val = SampledEvaluator(val_dataset.split_pairs('val'), val_dataset.num_items,
                            val_dataset.history_pairs(), num_negatives=num_negatives_eval,
                            seed=seed, split='val')
     trainer = Trainer(model, source, val, epochs=epochs, lr=lr, weight_decay=weight_decay,
                       monitor='ndcg@10', patience=patience, eval_every=eval_every,
                       device=device, out_dir=out_dir, seed=seed, progress=progress,
-                      config=config)
+                      config=config, amp=amp)
     summary = trainer.fit()
     summary['history'] = trainer.history
     return summary
@@ -85,7 +86,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                          patience: int = 10, eval_every: int = 1, weight_decay: float = 0.0,
                          num_negatives: int = 1, prefixes: Optional[Union[int, str]] = 'auto',
                          pretrain_epochs: Optional[int] = None, pretrain_ratio: float = 0.6,
-                         pretrained: Optional[Union[str, Path]] = None,
+                         pretrained: Optional[Union[str, Path]] = None, amp: bool = False,
                          **model_kwargs) -> Dict[str, Any]:
     """Train ``name`` on ``dataset`` and return metrics shaped like mbgraph's ``metrics.json``.
 
@@ -113,6 +114,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         pretrain_epochs: DPCPL pre-training epochs (default ``epochs``).
         pretrain_ratio: DPCPL's share of each history used for pre-training (0.6).
         pretrained: DPCPL ``stage='prompt'``: the saved backbone.
+        amp: train under ``torch.autocast`` (see :class:`mbgraph.training.Trainer`).
         **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
             ``num_layers``, ``num_blocks``, ``dropout``, ...).
 
@@ -148,7 +150,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         summary = _fit(model, dataset, source, dataset, epochs=epochs, lr=lr,
                        eval_every=eval_every, weight_decay=weight_decay, patience=patience, device=device,
                        out_dir=out_dir, seed=seed, progress=progress,
-                       num_negatives_eval=num_negatives_eval, config=config)
+                       num_negatives_eval=num_negatives_eval, config=config, amp=amp)
         metrics = {'model': name, **_evaluate(model, dataset, num_negatives_eval, seed, device),
                    'val': summary['best_val'], **_summary_fields(summary), **_count(model),
                    'protocol': protocol}
@@ -159,10 +161,10 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                                num_negatives=num_negatives, prefixes=prefixes,
                                num_negatives_eval=num_negatives_eval, progress=progress,
                                pretrain_epochs=pretrain_epochs, pretrain_ratio=pretrain_ratio,
-                               pretrained=pretrained, config=config, **model_kwargs)
+                               pretrained=pretrained, config=config, amp=amp, **model_kwargs)
         metrics['protocol'] = {**protocol, 'pretrain_ratio': pretrain_ratio}
     metrics['peak_rss_mb'] = peak_memory_mb(device)['peak_rss_mb']
-    if out_dir is not None:
+    if out_dir is not None and is_main_process():
         write_metrics(out_dir / 'metrics.json', metrics)
     return metrics
 
@@ -173,7 +175,7 @@ def _summary_fields(summary: Dict[str, Any]) -> Dict[str, Any]:
 
 def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, seed, batch_size,
                  lr, weight_decay, patience, num_negatives, prefixes, num_negatives_eval,
-                 progress, pretrain_epochs, pretrain_ratio, pretrained, config,
+                 progress, pretrain_epochs, pretrain_ratio, pretrained, config, amp=False,
                  **model_kwargs) -> Dict[str, Any]:
     pre, fine = dataset.pretrain_finetune_split(pretrain_ratio)
     ebm_kwargs = {k: v for k, v in model_kwargs.items() if k in _EBM_ARGS}
@@ -193,10 +195,10 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                        weight_decay=weight_decay, patience=patience, device=device,
                        out_dir=None if out_dir is None else out_dir / 'pretrain', seed=seed,
                        progress=progress, num_negatives_eval=num_negatives_eval,
-                       config={**config, 'stage': 'pretrain'})
+                       config={**config, 'stage': 'pretrain'}, amp=amp)
         pre_metrics = {'val': summary['best_val'], **_summary_fields(summary),
                        'seconds': time.perf_counter() - t0, **_count(backbone)}
-        if ebm_path is not None:
+        if ebm_path is not None and is_main_process():
             ebm_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs}, ebm_path)
         if stage == 'pretrain':
@@ -227,7 +229,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                    patience=patience, device=device,
                    out_dir=None if out_dir is None else out_dir / 'prompt', seed=seed,
                    progress=progress, num_negatives_eval=num_negatives_eval,
-                   config={**config, 'stage': 'prompt'})
+                   config={**config, 'stage': 'prompt'}, amp=amp)
     counts = model.parameter_counts()
     metrics.update(_evaluate(model, fine, num_negatives_eval, seed, device))
     metrics.update({'val': summary['best_val'], **_summary_fields(summary),

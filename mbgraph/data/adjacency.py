@@ -155,6 +155,14 @@ class _CachedTransposeSpMM(torch.autograd.Function):
         return torch.sparse.mm(ctx.a_t, grad.contiguous()), None, None
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:   # torch < 2.4: one flag per device type
+        return (torch.is_autocast_cpu_enabled() if device_type == 'cpu'
+                else torch.is_autocast_enabled())
+
+
 class SparseOperator:
     r"""A constant sparse :math:`N \times N` operator kept in CSR together with its CSR
     transpose; ``op @ x`` multiplies a dense ``[N, d]`` (or ``[N]``) tensor.
@@ -228,6 +236,12 @@ class SparseOperator:
         if x.device != self.device:
             raise ValueError(f'x is on {x.device} but the operator is on {self.device}; move '
                              f'the operators once with adj.to(device) (or op.to(device))')
+        if _autocast_enabled(x.device.type):
+            # under torch.autocast (``--amp``) the propagation stays in the operator's float32:
+            # sparse kernels have no bfloat16 path on CPU, and summing hundreds of neighbour
+            # messages in float16 / bfloat16 loses the small normalised weights
+            with torch.autocast(x.device.type, enabled=False):
+                return self.matmul(x.to(self.dtype) if x.is_floating_point() else x)
         if x.dtype != self.dtype:
             raise ValueError(f'x has dtype {x.dtype} but the operator has {self.dtype}; build '
                              f'the adjacency with dtype={x.dtype} or use op.to(dtype=...)')

@@ -147,8 +147,12 @@ class EfficientFilterLayer(nn.Module):
     def filter(self, x: Tensor) -> Tensor:
         """:math:`\\tilde S = \\mathcal F^{-1}(\\mathrm{MLP}(\\mathcal F(S)))` (``[B, L, d]``)."""
         length = x.size(1)
-        spec = torch.fft.rfft(x, dim=1, norm='ortho')
-        return torch.fft.irfft(self.fusion(spec), n=length, dim=1, norm='ortho')
+        # float32 even under torch.autocast (--amp): there is no bfloat16 FFT on CPU, half
+        # precision cuFFT takes power-of-two lengths only, and the spectrum's complex MLP
+        # has no low-precision complex path
+        with torch.autocast(x.device.type, enabled=False):
+            spec = torch.fft.rfft(x.float(), dim=1, norm='ortho')
+            return torch.fft.irfft(self.fusion(spec), n=length, dim=1, norm='ortho')
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, last_only: bool = False
                 ) -> Tensor:

@@ -47,9 +47,13 @@ def coding_rate(z: Tensor, eps2: float, count: Optional[int] = None) -> Tensor:
         raise ValueError(f'eps2 must be > 0, got {eps2}')
     rows, m = z.size(-2), z.size(-1)
     n = rows if count is None else int(count)
-    gram = z @ z.transpose(-1, -2)
-    eye = torch.eye(rows, dtype=z.dtype, device=z.device)
-    return 0.5 * torch.logdet(eye + (m / (n * eps2)) * gram)
+    # float32 under torch.autocast (--amp) too: log det has no low-precision kernel, and a
+    # bfloat16 Gram matrix would make it inaccurate
+    with torch.autocast(z.device.type, enabled=False):
+        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        gram = z @ z.transpose(-1, -2)
+        eye = torch.eye(rows, dtype=z.dtype, device=z.device)
+        return 0.5 * torch.logdet(eye + (m / (n * eps2)) * gram)
 
 
 def compactness_loss(factors: Tensor, prompts: Tensor, num_factors: int, num_layers: int,
