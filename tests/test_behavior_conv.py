@@ -205,3 +205,27 @@ def test_sparse_inputs_reject_edge_weight():
     adj_t = to_torch_csr_tensor(to_homogeneous_edge_index(data, 'buy').flip(0), size=(7, 7))
     with pytest.raises(ValueError, match='edge_weight'):
         BehaviorConv()(x, adj_t, torch.ones(4))
+
+
+def test_to_hetero_pair_input_says_what_to_do():
+    """to_hetero passes (x_src, x_dst) on bipartite edge types: a clear error, not an
+    AttributeError from deep inside."""
+    from torch_geometric.data import HeteroData
+    from torch_geometric.nn import to_hetero
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = BehaviorConv(normalize='symmetric')
+
+        def forward(self, x, edge_index):
+            return self.conv(x, edge_index)
+
+    data = HeteroData()
+    data['user'].x = torch.randn(3, 4)
+    data['item'].x = torch.randn(2, 4)
+    data['user', 'buy', 'item'].edge_index = torch.tensor([[0, 2], [1, 0]])
+    data['item', 'rev_buy', 'user'].edge_index = torch.tensor([[1, 0], [0, 2]])
+    net = to_hetero(Net(), data.metadata())
+    with pytest.raises(TypeError, match='to_homogeneous'):
+        net(data.x_dict, data.edge_index_dict)

@@ -90,6 +90,14 @@ class BehaviorConv(MessagePassing):
         self._cached_adj_t = None
 
     def forward(self, x: Tensor, edge_index: Adj, edge_weight: OptTensor = None) -> Tensor:
+        if not isinstance(x, Tensor):
+            # e.g. torch_geometric.nn.to_hetero, which passes (x_src, x_dst) on bipartite types
+            raise TypeError(f'BehaviorConv takes one node feature matrix x [N, F] of a '
+                            f'homogeneous graph, got {type(x).__name__}; flatten a HeteroData '
+                            f'with data.to_homogeneous() or '
+                            f'mbgraph.data.adjacency.to_homogeneous_edge_index (bipartite '
+                            f'(x_src, x_dst) inputs, as torch_geometric.nn.to_hetero passes, '
+                            f'are not supported)')
         if isinstance(edge_index, SparseOperator):
             if edge_weight is not None:
                 raise ValueError('edge_weight cannot be combined with a SparseOperator, whose '
