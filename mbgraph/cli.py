@@ -64,10 +64,19 @@ def load_data(dataset: str, data_root: Optional[str], behaviors: Optional[List[s
         raise UsageError(f'unknown dataset {dataset!r}; known datasets: '
                          f'{", ".join(sorted(DATASETS))}')
     from .data.multiplex import select_behaviors
+    if dataset == 'csv' and data_root is None:
+        raise UsageError("dataset 'csv' needs --data-root FILE: a delimited log with user, "
+                         "item, behavior[, timestamp] columns")
     kwargs = {}
     if behaviors is not None and dataset in MBGMN_DATASETS:
         kwargs['behaviors'] = behaviors     # read only those behavior files
     try:
+        if dataset == 'csv' and behaviors is not None:
+            try:    # the file's behaviors in a known order, of which --behaviors is a subset
+                return select_behaviors(load_dataset(dataset, data_root, seed=seed), behaviors)
+            except ValueError:
+                # names without a known order: --behaviors gives the order of all of them
+                return load_dataset(dataset, data_root, seed=seed, behaviors=behaviors)
         data = load_dataset(dataset, data_root, seed=seed, **kwargs)
         return data if behaviors is None else select_behaviors(data, behaviors)
     except (ValueError, FileNotFoundError) as e:
@@ -111,11 +120,20 @@ def _sequence_models():
     return SEQ_MODELS
 
 
-def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: int):
+def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: int,
+                   behaviors: Optional[List[str]] = None):
     from mbgraph_seq.data import SequenceDataset
+    if behaviors is not None and dataset != 'csv':
+        raise UsageError('--behaviors selects graph behaviors; sequence models use every '
+                         'behavior of the log (for a csv log it gives their order)')
     try:
         if dataset == 'synthetic':
             return SequenceDataset.synthetic(max_len=max_len, seed=seed)
+        if dataset == 'csv':
+            if data_root is None:
+                raise UsageError("dataset 'csv' needs --data-root FILE: a delimited log with "
+                                 "user, item, behavior, timestamp columns")
+            return SequenceDataset.from_csv(data_root, behaviors, max_len=max_len, seed=seed)
         if dataset in ('ml-latest-small', 'movielens'):
             if data_root is None:
                 raise UsageError(f'dataset {dataset!r} needs --data-root (the folder holding '
@@ -125,7 +143,8 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
             return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(str(e)) from e
-    raise UsageError(f'sequence models run on synthetic or ml-latest-small, not {dataset!r}')
+    raise UsageError(f'sequence models run on synthetic, ml-latest-small or csv, not '
+                     f'{dataset!r}')
 
 
 def cmd_train_sequence(args, device: torch.device) -> int:
@@ -133,10 +152,17 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     from mbgraph_seq.train import train_sequence_model
     from .distributed import is_main_process
     from .training import environment, write_metrics
-    if args.behaviors is not None:
-        raise UsageError('--behaviors selects graph behaviors; sequence models use every '
-                         'behavior of the log')
-    dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed)
+    graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
+                                           ('--resume', args.resume or None))
+                  if value is not None]
+    if args.ks != '10':
+        graph_only.append('--ks')
+    if graph_only:
+        raise UsageError(f'{", ".join(graph_only)} appl{"ies" if len(graph_only) == 1 else "y"} '
+                         f'to graph models only; sequence models are evaluated at K = 10 and '
+                         f'20 and train with a constant learning rate')
+    dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed,
+                             _split_list(args.behaviors))
     kwargs = _parse_set(args.set)
     if args.dim is not None:
         kwargs['dim'] = args.dim
@@ -146,7 +172,7 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     try:
         metrics = train_sequence_model(
             args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
-            out_dir=out, seed=args.seed, batch_size=min(args.batch_size, 256), lr=args.lr,
+            out_dir=out, seed=args.seed, batch_size=args.batch_size or 256, lr=args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
             patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
     except (TypeError, ValueError) as e:
@@ -208,10 +234,10 @@ def _train_graph(args, device: torch.device) -> int:
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     config = {'model': args.model, 'dataset': args.dataset, 'data_root': args.data_root,
               'behaviors': data.behaviors, 'model_kwargs': kwargs, 'seed': args.seed,
-              'epochs': args.epochs, 'batch_size': args.batch_size, 'lr': args.lr,
+              'epochs': args.epochs, 'batch_size': args.batch_size or 2048, 'lr': args.lr,
               'lr_decay': args.lr_decay, 'patience': args.patience, 'ks': ks,
               'device': str(device)}
-    sampler = model.batch_source(data, batch_size=args.batch_size, seed=args.seed)
+    sampler = model.batch_source(data, batch_size=config['batch_size'], seed=args.seed)
     val = FullRankingEvaluator(data, 'val', ks=ks) if _has_split(data, 'val') else None
     trainer = Trainer(model, sampler, val, epochs=args.epochs, lr=args.lr,
                       lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
@@ -313,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--behaviors', help='comma-separated behavior order to use, target last '
                    '(e.g. cart,buy); default: all of the dataset')
     t.add_argument('--epochs', type=int, default=100)
-    t.add_argument('--batch-size', type=int, default=2048,
-                   help='BPR triples per behavior and step, over all ranks under torchrun')
+    t.add_argument('--batch-size', type=int, default=None,
+                   help='graph models: BPR triples per behavior and step (default 2048); '
+                        'sequence models: sequences per step (default 256); over all ranks '
+                        'under torchrun')
     t.add_argument('--lr', type=float, default=1e-3)
     t.add_argument('--lr-decay', type=float, default=None,
                    help='multiply the learning rate by this after each epoch')

@@ -47,6 +47,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -366,6 +367,26 @@ class SequenceDataset:
                             num_items=len(ml['item_raw_id']), max_len=max_len,
                             user_raw_id=ml['user_raw_id'], item_raw_id=ml['item_raw_id'],
                             name='ml-latest-small', **kw)
+
+    @classmethod
+    def from_csv(cls, path: Union[str, os.PathLike], behaviors: Optional[Sequence[str]] = None,
+                 max_len: int = 50, *, sep: Optional[str] = None,
+                 columns: Sequence[Union[str, int]] = ('user', 'item', 'behavior', 'timestamp'),
+                 **kw) -> 'SequenceDataset':
+        """A delimited ``user, item, behavior, timestamp`` log (read by
+        :func:`mbgraph.data.datasets.read_interaction_log`: raw ids remapped, behavior order
+        from ``behaviors`` or a known order) as sequences. Sequences need the time column: a
+        log without one raises ``ValueError``. ``kw`` goes to :meth:`from_log`."""
+        from mbgraph.data.datasets import read_interaction_log
+        log_ = read_interaction_log(path, behaviors, sep=sep, columns=columns)
+        if log_['timestamp'] is None:
+            raise ValueError(f'{path}: sequence models need a timestamp column (columns '
+                             f'{list(columns)}); the file has none')
+        return cls.from_log(log_['user'], log_['item'], log_['behavior'], log_['timestamp'],
+                            log_['behaviors'], num_users=len(log_['user_raw_id']),
+                            num_items=len(log_['item_raw_id']), max_len=max_len,
+                            user_raw_id=log_['user_raw_id'], item_raw_id=log_['item_raw_id'],
+                            name=kw.pop('name', Path(path).stem), **kw)
 
     @classmethod
     def synthetic(cls, num_users: int = 1000, num_items: int = 600, max_len: int = 50,

@@ -72,4 +72,50 @@ def test_train_sequence_model_through_the_same_cli(tmp_path, capsys):
 def test_sequence_model_bad_dataset_exit_2(tmp_path, capsys):
     assert main(['train', '--model', 'sasrec', '--dataset', 'taobao', '--out', str(tmp_path),
                  '--no-progress']) == 2
-    assert 'sequence models run on synthetic or ml-latest-small' in capsys.readouterr().err
+    assert 'sequence models run on synthetic, ml-latest-small or csv' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('flags, named', [(['--reg', '0.1'], '--reg'),
+                                          (['--lr-decay', '0.9'], '--lr-decay'),
+                                          (['--ks', '5,10'], '--ks'), (['--resume'], '--resume')])
+def test_graph_only_options_are_refused_for_sequence_models(flags, named, tmp_path, capsys):
+    assert main(['train', '--model', 'sasrec', '--out', str(tmp_path), '--no-progress',
+                 *flags]) == 2
+    assert f'{named} applies to graph models only' in capsys.readouterr().err
+
+
+def _write_log(path, names):
+    rows = ['user,item,behavior,timestamp']
+    t = 0
+    for u in range(30):
+        for k in range(6):
+            for b in names:
+                t += 1
+                rows.append(f'u{u},i{(u * 7 + k * 3) % 25},{b},{t}')
+    path.write_text('\n'.join(rows) + '\n')
+    return path
+
+
+def test_csv_with_unknown_behavior_names_takes_the_order_from_behaviors(tmp_path, capsys):
+    log = _write_log(tmp_path / 'log.csv', ['click', 'fav', 'purchase'])
+    assert main(['train', '--model', 'lightgcn', '--dataset', 'csv', '--data-root', str(log),
+                 '--epochs', '1', '--out', str(tmp_path / 'g')]) == 2
+    assert 'pass behaviors=' in capsys.readouterr().err
+    assert main(['train', '--model', 'lightgcn', '--dataset', 'csv', '--data-root', str(log),
+                 '--behaviors', 'click,fav,purchase', '--epochs', '1', '--no-progress',
+                 '--out', str(tmp_path / 'g')]) == 0
+    metrics = json.loads((tmp_path / 'g' / 'metrics.json').read_text())
+    assert metrics['config']['behaviors'] == ['click', 'fav', 'purchase']
+    capsys.readouterr()
+    # and the sequence models read the same log
+    assert main(['train', '--model', 'sasrec', '--dataset', 'csv', '--data-root', str(log),
+                 '--behaviors', 'click,fav,purchase', '--epochs', '1', '--dim', '8',
+                 '--negatives', '10', '--no-progress', '--out', str(tmp_path / 's')]) == 0
+    assert '| sasrec | csv ' in capsys.readouterr().out
+    seq = json.loads((tmp_path / 's' / 'metrics.json').read_text())
+    assert seq['dataset'] == 'csv' and 0.0 <= seq['test']['hr@10'] <= 1.0
+
+
+def test_csv_without_data_root_names_the_option(tmp_path, capsys):
+    assert main(['train', '--model', 'lightgcn', '--dataset', 'csv', '--out', str(tmp_path)]) == 2
+    assert "dataset 'csv' needs --data-root FILE" in capsys.readouterr().err

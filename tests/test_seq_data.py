@@ -282,3 +282,19 @@ def test_synthetic_sequences_keep_the_cascade_order():
             last[item] = behavior
             checked += 1
     assert checked > 0
+
+
+def test_from_csv_reads_the_graph_loaders_log_and_needs_timestamps(tmp_path):
+    path = tmp_path / 'log.csv'
+    path.write_text('user,item,behavior,timestamp\n'
+                    'b,x,view,3\nb,y,buy,5\na,x,view,1\na,y,buy,2\na,z,buy,4\na,x,buy,9\n')
+    ds = SequenceDataset.from_csv(path, ['view', 'buy'], max_len=5, min_target=3)
+    assert list(ds.behavior_names) == ['view', 'buy']
+    assert list(ds.user_raw_id) == ['a', 'b'] and list(ds.item_raw_id) == ['x', 'y', 'z']
+    # user 'a' in time order: x view (1), y buy (2), z buy (4), x buy (9)
+    a = slice(ds.ptr[0], ds.ptr[1])
+    assert ds.items[a].tolist() == [0, 1, 2, 0] and ds.behaviors[a].tolist() == [0, 1, 1, 1]
+    bare = tmp_path / 'bare.csv'
+    bare.write_text('user,item,behavior\na,x,view\na,y,buy\n')
+    with pytest.raises(ValueError, match='need a timestamp column'):
+        SequenceDataset.from_csv(bare, ['view', 'buy'])

@@ -411,13 +411,15 @@ def _sniff_sep(path: Path, encoding: str) -> str:
                          'content; pass sep=...') from None
 
 
-def load_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = None,
+def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = None,
                          sep: Optional[str] = None,
                          columns: Sequence[Union[str, int]] = ('user', 'item', 'behavior',
                                                                'timestamp'),
-                         header: Union[str, bool, None] = 'infer', *, seed: int = 0,
-                         name: Optional[str] = None, encoding: str = 'utf-8') -> HeteroData:
-    """Load a delimited interaction log with one (user, item, behavior[, timestamp]) per row.
+                         header: Union[str, bool, None] = 'infer',
+                         encoding: str = 'utf-8') -> dict:
+    """Read a delimited interaction log with one (user, item, behavior[, timestamp]) per row
+    into arrays, in file order (what :func:`load_interaction_log` builds a graph from and
+    :meth:`mbgraph_seq.data.SequenceDataset.from_csv` builds sequences from).
 
     Args:
         path: the file.
@@ -431,16 +433,12 @@ def load_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
             the order given (user = column 0, ...).
         header: ``'infer'`` (the first row is a header when it contains the user, item and
             behavior names of ``columns``), ``True`` or ``False``.
-        seed: seed of the random split when there are no timestamps.
-        name: dataset name (default: the file stem).
 
-    Raw ids are remapped to ``0..n-1`` (see the module docstring: ``data['user'].raw_id``,
-    ``data['item'].raw_id``). Split: leave-one-out on the target behavior for users with at
-    least 3 distinct target items -- by timestamp when the file has one (ties keep file order),
-    otherwise in a seeded random order: the last interaction is the test pair, the one before
-    it the validation pair; other users keep all their interactions in training. A repeated
-    target (user, item) pair counts at its first occurrence. Bad rows (missing fields, a
-    non-numeric timestamp) raise ``ValueError`` naming the file and line.
+    Returns a dict with numpy arrays ``'user'``, ``'item'`` (raw ids remapped to ``0..n-1`` in
+    sorted raw-id order), ``'behavior'`` (int code into ``'behaviors'``), ``'timestamp'``
+    (float64, or ``None`` when the file has no timestamp column), and ``'behaviors'`` (the
+    order), ``'user_raw_id'``, ``'item_raw_id'``. Bad rows (missing fields, a non-numeric
+    timestamp) raise ``ValueError`` naming the file and line.
     """
     path = Path(path)
     if not path.is_file():
@@ -540,12 +538,43 @@ def load_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
     i = np.fromiter((item_map[x] for x in items), dtype=np.int64, count=len(items))
     code = {b: k for k, b in enumerate(order)}
     b = np.fromiter((code[x] for x in acts), dtype=np.int64, count=len(acts))
+    return {'user': u, 'item': i, 'behavior': b,
+            'timestamp': np.asarray(times, dtype=np.float64) if it is not None else None,
+            'behaviors': order, 'user_raw_id': user_raw, 'item_raw_id': item_raw}
+
+
+def load_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = None,
+                         sep: Optional[str] = None,
+                         columns: Sequence[Union[str, int]] = ('user', 'item', 'behavior',
+                                                               'timestamp'),
+                         header: Union[str, bool, None] = 'infer', *, seed: int = 0,
+                         name: Optional[str] = None, encoding: str = 'utf-8') -> HeteroData:
+    """Load a delimited interaction log with one (user, item, behavior[, timestamp]) per row.
+
+    Args:
+        path, behaviors, sep, columns, header, encoding: as :func:`read_interaction_log`.
+        seed: seed of the random split when there are no timestamps.
+        name: dataset name (default: the file stem).
+
+    Raw ids are remapped to ``0..n-1`` (see the module docstring: ``data['user'].raw_id``,
+    ``data['item'].raw_id``). Split: leave-one-out on the target behavior for users with at
+    least 3 distinct target items -- by timestamp when the file has one (ties keep file order),
+    otherwise in a seeded random order: the last interaction is the test pair, the one before
+    it the validation pair; other users keep all their interactions in training. A repeated
+    target (user, item) pair counts at its first occurrence. Bad rows (missing fields, a
+    non-numeric timestamp) raise ``ValueError`` naming the file and line.
+    """
+    path = Path(path)
+    log_ = read_interaction_log(path, behaviors, sep, columns, header, encoding)
+    u, i, b, order = log_['user'], log_['item'], log_['behavior'], log_['behaviors']
+    user_raw, item_raw = log_['user_raw_id'], log_['item_raw_id']
     num_users, num_items = len(user_raw), len(item_raw)
+    times, it = log_['timestamp'], (None if log_['timestamp'] is None else 3)
 
     target = len(order) - 1
     tgt = np.flatnonzero(b == target)
     if it is not None:
-        key = np.asarray(times, dtype=np.float64)[tgt]
+        key = times[tgt]
         how = 'by timestamp'
     else:
         key = np.random.default_rng(seed).random(tgt.size)
@@ -950,5 +979,6 @@ def describe(data: HeteroData) -> str:
 __all__ = [
     'DATASETS', 'KNOWN_ORDERS', 'MBGMN_BEHAVIORS', 'RestrictedUnpickler',
     'RestrictedUnpicklingError', 'describe', 'load_dataset', 'load_interaction_log',
-    'load_mbgmn', 'load_movielens', 'read_movielens_log', 'safe_unpickle', 'synthetic',
+    'load_mbgmn', 'load_movielens', 'read_interaction_log', 'read_movielens_log',
+    'safe_unpickle', 'synthetic',
 ]
