@@ -31,6 +31,7 @@ Example (two CPU processes on one machine)::
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from typing import Optional, Tuple, Union
@@ -112,8 +113,14 @@ def init_from_env(device: Union[str, torch.device] = 'cpu',
 
 
 def cleanup() -> None:
-    """Leave the process group (no-op outside one)."""
+    """Leave the process group (no-op outside one).
+
+    Objects that still hold the group (a ``DistributedDataParallel`` reducer kept alive by a
+    reference cycle) are collected first: freed after the group is destroyed, they would
+    destroy the Gloo group from a Python destructor, holding the GIL, while its worker thread
+    waits for the GIL to release a tensor -- a deadlock seen in the tests."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch.multiprocessing as mp
 
 from mbgraph.data.datasets import synthetic
 from mbgraph.data.sampling import BPRSampler, UniquePairSampler, batch_bounds
+from mbgraph.distributed import cleanup
 from mbgraph.evaluation import FullRankingEvaluator
 from mbgraph.models import build_model
 from mbgraph.training import Trainer
@@ -49,24 +51,39 @@ def _train(name, out_dir, distributed):
     return model, trainer
 
 
+def _train_and_save(rank, name, tmp):
+    model, trainer = _train(name, Path(tmp) / f'out_rank{rank}', distributed=None)
+    assert (trainer.rank, trainer.world_size) == (rank, WORLD)
+    test = FullRankingEvaluator(_data(), 'test').evaluate(model)
+    torch.save({'params': {k: v.detach().clone() for k, v in model.state_dict().items()},
+                'val': trainer.best_val, 'test': test, 'loss': trainer.history[-1]['loss']},
+               Path(tmp) / f'result_rank{rank}.pt')
+
+
 def _worker(rank, name, tmp):
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'file://{tmp}/rendezvous', rank=rank,
                             world_size=WORLD)
     try:
-        model, trainer = _train(name, Path(tmp) / f'out_rank{rank}', distributed=None)
-        assert (trainer.rank, trainer.world_size) == (rank, WORLD)
-        test = FullRankingEvaluator(_data(), 'test').evaluate(model)
-        torch.save({'params': {k: v.detach().clone() for k, v in model.state_dict().items()},
-                    'val': trainer.best_val, 'test': test, 'loss': trainer.history[-1]['loss']},
-                   Path(tmp) / f'result_rank{rank}.pt')
+        _train_and_save(rank, name, tmp)    # the DDP wrapper is freed before the group
     finally:
-        dist.destroy_process_group()
+        cleanup()
+
+
+def _spawn(fn, args, timeout=240):
+    """``mp.spawn`` that fails the test instead of hanging it."""
+    ctx = mp.spawn(fn, args=args, nprocs=WORLD, join=False)
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f'the {WORLD} processes did not finish within {timeout} s')
 
 
 @pytest.mark.parametrize('name', ['lightgcn', 'mbcgcn', 'pkef'])
 def test_two_gloo_processes_equal_one_process(name, tmp_path):
-    mp.spawn(_worker, args=(name, str(tmp_path)), nprocs=WORLD, join=True)
+    _spawn(_worker, (name, str(tmp_path)))
     ref_model, ref_trainer = _train(name, tmp_path / 'single', distributed=False)
     ref = ref_model.state_dict()
     ref_test = FullRankingEvaluator(_data(), 'test').evaluate(ref_model)
