@@ -472,3 +472,13 @@ def test_real_movielens():
     assert 0 < data['user', 'tag', 'item'].edge_index.size(1) <= 3683
     log = read_movielens_log(SHARED_DATA / 'ml-latest-small')
     assert len(log['user']) == 100836 + 3683
+
+
+def test_mbgmn_root_named_after_another_dataset_is_refused(tmp_path):
+    taobao = write_mbgmn(tmp_path / 'taobao-mbgmn')
+    assert load_dataset('taobao', taobao).name == 'taobao'          # the root itself
+    assert load_dataset('taobao', tmp_path).name == 'taobao'        # root/taobao-mbgmn
+    with pytest.raises(FileNotFoundError, match="named after 'taobao'"):
+        load_dataset('beibei', taobao)                              # not silently Taobao
+    generic = write_mbgmn(tmp_path / 'my_files')
+    assert load_dataset('beibei', generic).name == 'beibei'         # a neutral name is fine

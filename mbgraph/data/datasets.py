@@ -852,6 +852,13 @@ def _resolve_mbgmn_dir(root: Optional[PathLike], name: str) -> Path:
     candidates = [root / name, root / f'{name}-mbgmn', root]
     for c in candidates:
         if c.is_dir() and any(p.is_file() for p in c.glob('trn_*')):
+            # the files do not say which dataset they are: a folder named after another
+            # dataset is that one's (e.g. --dataset beibei --data-root .../taobao-mbgmn)
+            other = [d for d in MBGMN_BEHAVIORS if d != name and d in c.name.lower()]
+            if c == root and other:
+                raise FileNotFoundError(
+                    f'dataset {name!r}: {c} holds MB-GMN files but is named after {other[0]!r}; '
+                    f'pass the folder that holds {name}/ or {name}-mbgmn/')
             return c
     raise FileNotFoundError(
         f'dataset {name!r}: no MB-GMN files (trn_<behavior>, tst_int) in any of '
