@@ -1,0 +1,176 @@
+r"""``python -m benchmarks``: run the benchmark suites and render their tables.
+
+::
+
+    python -m benchmarks list                       # suites, their tables and runs
+    python -m benchmarks run quick                  # synthetic data, a few minutes on 2 cores
+    python -m benchmarks run graph --data-root ../shared/data --seeds 3
+    python -m benchmarks run seq --data-root ../shared/data --only dpcpl
+    python -m benchmarks run speed --data-root ../shared/data --max-len 1024
+    python -m benchmarks table graph                # re-render tables and plots, no training
+
+Results go to ``RESULTS/<suite>/`` (default ``results/``): one ``<run id>.json`` per finished
+run, ``tables.md`` (also printed) and ``curves_<table>.png``; the ``speed`` suite adds
+``speed.md``, ``speed_*.json`` and the scaling plots. Finished runs are skipped on re-run and
+an interrupted run resumes from its last epoch (see :mod:`benchmarks.runner`).
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import ConfigError, list_suites, load_suite
+from .runner import load_results, plan, run_suite
+from .tables import write_outputs
+
+
+def _suite_results(args) -> Path:
+    return Path(args.results) / Path(args.suite).name
+
+
+def cmd_list(args) -> int:
+    suites = [args.suite] if args.suite else list_suites()
+    for suite in suites:
+        tables = load_suite(suite)
+        runs = plan(tables, seeds=args.seeds, epochs=args.epochs, only=args.only)
+        print(f'{suite}: {len(tables)} tables, {len(runs)} runs'
+              + (' (+ the speed micro-benchmarks)' if suite == 'speed' else ''))
+        for t in tables:
+            n = sum(1 for p in runs if any(tid == t.id for tid, _ in p.tables))
+            print(f'  {t.id:<14} {t.title}  [{", ".join(t.datasets)}; {len(t.rows)} rows; '
+                  f'{n} runs]')
+            if args.verbose:
+                for row in t.rows:
+                    sets = ' '.join(f'{k}={v!r}' for k, v in row.set.items())
+                    print(f'      {row.name:<28} {row.model} {sets}')
+    return 0
+
+
+def cmd_run(args) -> int:
+    tables = load_suite(args.suite)
+    results = _suite_results(args)
+    start = time.perf_counter()
+    counts = run_suite(tables, results, Path(args.suite).name, data_root=args.data_root,
+                       device=args.device, seeds=args.seeds, epochs=args.epochs,
+                       only=args.only, threads=args.threads, dry_run=args.dry_run,
+                       progress=not args.no_progress)
+    if args.suite == 'speed' and (not args.only or 'micro' in args.only):
+        from . import speed
+        if args.dry_run:
+            print('then the speed micro-benchmarks: ' + speed.describe(args))
+        else:
+            speed.run_micro(args, results)
+    if args.dry_run:
+        return 0
+    text, plots = write_outputs(tables, load_results(results), results, Path(args.suite).name,
+                                seeds=args.seeds, epochs=args.epochs)
+    print()
+    print(text)
+    if args.suite == 'speed':
+        from . import speed
+        print(speed.render(results))
+    print(f'wrote {results / "tables.md"}' + ''.join(f', {p}' for p in plots))
+    print(f'suite {Path(args.suite).name}: {counts["done"]} run, {counts["skipped"]} skipped (finished '
+          f'earlier), {counts["failed"]} failed'
+          + (f', datasets not found: {", ".join(counts["missing_data"])}'
+             if counts['missing_data'] else '')
+          + f'; {time.perf_counter() - start:.0f} s')
+    return 1 if counts['failed'] else 0
+
+
+def cmd_table(args) -> int:
+    tables = load_suite(args.suite)
+    results = _suite_results(args)
+    found = load_results(results)
+    if not found and not (results / 'speed.md').is_file():
+        print(f'no results under {results}: run `python -m benchmarks run {args.suite}` first',
+              file=sys.stderr)
+    text, plots = write_outputs(tables, found, results, Path(args.suite).name,
+                                seeds=args.seeds, epochs=args.epochs)
+    print(text)
+    if args.suite == 'speed':
+        from . import speed
+        extra = speed.render(results)
+        if extra:
+            print(extra)
+    print(f'wrote {results / "tables.md"}' + ''.join(f', {p}' for p in plots))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='python -m benchmarks',
+                                description=__doc__.split('\n\n')[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='command', required=True)
+
+    def common(s, training: bool):
+        s.add_argument('--results', default='results',
+                       help='results folder; each suite writes RESULTS/SUITE (default results)')
+        s.add_argument('--seeds', type=int, default=None,
+                       help='seeds per run (0..N-1), overriding the config files')
+        s.add_argument('--epochs', type=int, default=None,
+                       help='epochs per run, overriding the config files (for smoke runs: '
+                       'they get their own run ids)')
+        s.add_argument('--only', default=None, metavar='PATTERN',
+                       help='keep runs whose id, table id, row name or model matches '
+                       '(shell pattern; comma-separated; a bare word matches anywhere)')
+        if training:
+            s.add_argument('--data-root', default=None,
+                           help='folder holding the datasets (e.g. ../shared/data); datasets '
+                           'not found there are reported and skipped')
+            s.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N | auto')
+            s.add_argument('--threads', type=int, default=None,
+                           help='torch CPU threads per run (1 is often fastest on a busy '
+                           'machine)')
+            s.add_argument('--dry-run', action='store_true',
+                           help='print the runs and their commands, run nothing')
+            s.add_argument('--no-progress', action='store_true', help='no progress bars')
+            s.add_argument('--max-len', type=int, default=None,
+                           help='speed suite: longest sequence of the EBM vs self-attention '
+                           'scaling (default 1024 on CPU, 4096 on CUDA)')
+
+    r = sub.add_parser('run', help='run a suite (only what is not finished yet)')
+    r.add_argument('suite', help='quick | graph | seq | speed, or a folder of config files')
+    common(r, True)
+    r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser('table', help='render tables.md and the plots from RESULTS/SUITE')
+    t.add_argument('suite')
+    common(t, False)
+    t.set_defaults(func=cmd_table)
+
+    ls = sub.add_parser('list', help='list the suites, their tables and runs')
+    ls.add_argument('suite', nargs='?', default=None)
+    ls.add_argument('-v', '--verbose', action='store_true', help='also the rows')
+    common(ls, False)
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == 'run':
+        # `kill PID` stops the runner like Ctrl-C: the running subprocess is terminated too
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f'benchmarks: error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('\nbenchmarks: interrupted; the same command continues where this stopped '
+              '(finished runs are skipped, the interrupted one resumes from its checkpoint)',
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

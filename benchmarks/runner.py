@@ -1,0 +1,294 @@
+r"""Run a suite: every (row, dataset, seed) of its tables as one ``mbgraph train`` subprocess.
+
+For a run with id ``RID`` in suite ``S`` (see :mod:`benchmarks.config`):
+
+* the subprocess writes its checkpoints, ``log.jsonl`` and ``metrics.json`` to
+  ``RESULTS/S/runs/RID/`` (it is started with ``--resume``, so a run interrupted by Ctrl-C, a
+  crash or a closed session continues from its last finished epoch);
+* when it exits with status 0 the runner writes ``RESULTS/S/RID.json``: the run's
+  configuration, the command, the whole ``metrics.json`` (test metrics, ``epoch_seconds``,
+  ``eval_seconds``, ``peak_rss_mb``, versions, git commit), the validation curve from
+  ``log.jsonl``, the wall-clock seconds, and drops ``checkpoint.pt`` (``best.pt`` stays);
+* a run whose ``RID.json`` exists is finished and skipped, so re-running a suite only runs what
+  is missing (a changed configuration has a new id);
+* a failed run writes ``RESULTS/S/RID.failed.json`` (command, status, the end of its stderr)
+  and the suite goes on; it is retried on the next invocation.
+
+Every subprocess gets its own process, so ``peak_rss_mb`` is that run's own peak.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from tqdm.auto import tqdm
+
+from .config import Row, Run, Table, expand, is_sequence_model
+
+MBGMN = ('taobao', 'beibei', 'tmall')
+
+
+def dataset_available(dataset: str, data_root: Optional[str],
+                      data_path: Optional[str] = None) -> Tuple[bool, str]:
+    """Whether ``dataset``'s files are where ``mbgraph train`` will look, and where that is."""
+    if dataset == 'synthetic':
+        return True, 'generated'
+    root = data_path or data_root
+    if root is None:
+        return False, 'no --data-root given'
+    root_path = Path(root)
+    if dataset == 'csv':
+        return root_path.is_file(), str(root_path)
+    if dataset in MBGMN:
+        names = (dataset, f'{dataset}-mbgmn')
+        # the root itself only when it is named after the dataset: the MB-GMN files do not
+        # say which dataset they are, and a suite lists several
+        candidates = [root_path / n for n in names] + ([root_path] if root_path.name in names
+                                                       else [])
+        for d in candidates:
+            if d.is_dir() and any(d.glob('trn_*')):
+                return True, str(d)
+        return False, f'no {dataset}/ or {dataset}-mbgmn/ with trn_* files under {root_path}'
+    if dataset in ('ml-latest-small', 'movielens'):
+        for d in (root_path / 'ml-latest-small', root_path):
+            if (d / 'ratings.csv').is_file():
+                return True, str(d)
+        return False, f'no ml-latest-small/ratings.csv under {root_path}'
+    return False, f'unknown dataset {dataset!r}'
+
+
+@dataclass
+class Planned:
+    """A run of a suite with the table rows that show it."""
+    run: Run
+    tables: List[Tuple[str, str]]   # (table id, row name)
+
+
+def plan(tables: Sequence[Table], seeds: Optional[int] = None, epochs: Optional[int] = None,
+         only: Optional[str] = None) -> List[Planned]:
+    """Every distinct run of ``tables`` (a run asked for by several tables appears once).
+
+    ``only`` keeps the runs whose id, table id, row name or model matches the shell pattern
+    (``fnmatch``; several patterns separated by commas; a bare word matches as ``*word*``)."""
+    patterns = None
+    if only:
+        patterns = [p if any(c in p for c in '*?[') else f'*{p}*'
+                    for p in (s.strip() for s in only.split(',')) if p]
+    seen: Dict[str, Planned] = {}
+    for table in tables:
+        for row, run in expand(table, seeds=seeds, epochs=epochs):
+            if patterns is not None:
+                keys = (run.id, table.id, row.name, run.model, f'{table.id}/{row.name}')
+                if not any(fnmatch.fnmatch(k.lower(), p.lower()) for p in patterns
+                           for k in keys):
+                    continue
+            if run.id in seen:
+                seen[run.id].tables.append((table.id, row.name))
+            else:
+                seen[run.id] = Planned(run, [(table.id, row.name)])
+    return list(seen.values())
+
+
+def result_path(results: Path, run: Run) -> Path:
+    return results / f'{run.id}.json'
+
+
+def read_curve(run_dir: Path) -> List[Dict[str, Any]]:
+    """``[{epoch, loss, val: {...}}]`` from the run's ``log.jsonl`` (DPCPL: the prompt-tuning
+    stage's, with the pre-training stage's under ``stage='pretrain'`` first)."""
+    curve = []
+    for stage, path in (('pretrain', run_dir / 'pretrain' / 'log.jsonl'),
+                        ('prompt', run_dir / 'prompt' / 'log.jsonl'),
+                        (None, run_dir / 'log.jsonl')):
+        if not path.is_file():
+            continue
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            point = {'epoch': rec.get('epoch'), 'loss': rec.get('loss'),
+                     'epoch_seconds': rec.get('epoch_seconds')}
+            if 'val' in rec:
+                point['val'] = rec['val']
+            if stage is not None:
+                point['stage'] = stage
+            curve.append(point)
+    return curve
+
+
+def _write_json(path: Path, obj: Dict[str, Any]) -> None:
+    tmp = path.with_suffix('.json.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def _epochs_done(run_dir: Path) -> int:
+    """Epochs finished so far: lines of the run's ``log.jsonl`` files (DPCPL has two)."""
+    n = 0
+    for path in (run_dir / 'log.jsonl', run_dir / 'pretrain' / 'log.jsonl',
+                 run_dir / 'prompt' / 'log.jsonl'):
+        try:
+            with open(path, 'rb') as f:
+                n += sum(1 for _ in f)
+        except OSError:
+            pass
+    return n
+
+
+def _total_epochs(run: Run) -> int:
+    epochs = int(run.hyper.get('epochs', 100))
+    if run.model == 'dpcpl' and run.hyper.get('stage', 'both') == 'both':
+        epochs += int(run.set.get('pretrain_epochs') or epochs)
+    return epochs
+
+
+def execute(planned: Planned, results: Path, *, data_root: Optional[str], device: str,
+            threads: Optional[int], progress: bool, suite: str,
+            echo=print) -> Dict[str, Any]:
+    """Run one subprocess to completion and write its result JSON; returns the result.
+
+    The subprocess's output goes to ``runs/RID/stdout.log`` and ``stderr.log``; the epoch
+    bar follows its ``log.jsonl``."""
+    run = planned.run
+    run_dir = results / 'runs' / run.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = run.command(data_root, run_dir, device=device, threads=threads, progress=False)
+    resumed = (run_dir / 'checkpoint.pt').is_file()
+    env = dict(os.environ)
+    if threads is not None:
+        env['OMP_NUM_THREADS'] = str(threads)
+    # the subprocess must import this checkout's mbgraph even when it is not installed
+    root = str(Path(__file__).resolve().parent.parent)
+    env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    start = time.perf_counter()
+    total = _total_epochs(run)
+    bar = tqdm(total=total, desc='  epochs', unit='epoch', leave=False, position=1,
+               disable=not progress, dynamic_ncols=True)
+    with open(run_dir / 'stdout.log', 'w') as out, open(run_dir / 'stderr.log', 'w') as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if progress:
+                    done = _epochs_done(run_dir)
+                    if done > bar.n:
+                        bar.update(min(done, total) - bar.n)
+        except BaseException:   # Ctrl-C: stop the run; its checkpoint resumes it next time
+            proc.terminate()
+            proc.wait()
+            raise
+        finally:
+            bar.close()
+    rc = proc.returncode
+    seconds = time.perf_counter() - start
+    base = {'run_id': run.id, 'suite': suite, 'config': run.effective(),
+            'tables': [{'table': t, 'row': r} for t, r in planned.tables],
+            'command': cmd, 'device': device, 'threads': threads, 'resumed': resumed,
+            'wall_seconds': seconds, 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
+    failed = results / f'{run.id}.failed.json'
+    metrics_path = run_dir / 'metrics.json'
+    if rc != 0 or not metrics_path.is_file():
+        err_text = (run_dir / 'stderr.log').read_text(errors='replace')[-4000:]
+        _write_json(failed, {**base, 'returncode': rc, 'stderr_tail': err_text,
+                             'stdout': (run_dir / 'stdout.log').read_text(errors='replace')
+                             [-2000:]})
+        last = [ln for ln in err_text.strip().splitlines() if ln.strip()][-1:] or \
+            ['(no output)']
+        echo(f'FAILED {run.id} (exit {rc}): {last[0].strip()[-300:]}  '
+             f'(full output: {run_dir / "stderr.log"})')
+        return {**base, 'returncode': rc}
+    metrics = json.loads(metrics_path.read_text())
+    result = {**base, 'metrics': metrics, 'curve': read_curve(run_dir)}
+    _write_json(result_path(results, run), result)
+    failed.unlink(missing_ok=True)
+    for stale in [run_dir / 'checkpoint.pt', *run_dir.glob('*/checkpoint.pt')]:
+        stale.unlink(missing_ok=True)   # only needed to resume; best.pt stays
+    return result
+
+
+def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
+              data_root: Optional[str] = None, device: str = 'cpu',
+              seeds: Optional[int] = None, epochs: Optional[int] = None,
+              only: Optional[str] = None, threads: Optional[int] = None,
+              dry_run: bool = False, progress: bool = True, echo=print) -> Dict[str, Any]:
+    """Run what is missing of ``tables``; returns counts (done, skipped, failed, missing data)."""
+    results = Path(results)
+    runs = plan(tables, seeds=seeds, epochs=epochs, only=only)
+    missing: Dict[str, str] = {}
+    todo, skipped = [], 0
+    for p in runs:
+        ok, where = dataset_available(p.run.dataset, data_root, p.run.hyper.get('data_path'))
+        if not ok:
+            missing.setdefault(p.run.dataset, where)
+            continue
+        if result_path(results, p.run).is_file():
+            skipped += 1
+            continue
+        todo.append(p)
+    for dataset, why in sorted(missing.items()):
+        n = sum(p.run.dataset == dataset for p in runs)
+        echo(f'skipping dataset {dataset!r} ({n} runs): {why}')
+    echo(f'{len(runs)} runs in suite {suite!r}: {skipped} finished (skipped), '
+         f'{len(todo)} to run' + (f', {sum(1 for p in runs if p.run.dataset in missing)} '
+                                   'without data' if missing else ''))
+    if dry_run:
+        for p in todo:
+            rows = ', '.join(f'{t}/{r}' for t, r in p.tables)
+            echo(f'  {p.run.id}  [{rows}]')
+            echo('    ' + ' '.join(_quote(a) for a in
+                                   p.run.command(data_root, results / 'runs' / p.run.id,
+                                                 device=device, threads=threads)[1:]))
+        return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': 0,
+                'failed': 0, 'missing_data': sorted(missing)}
+    results.mkdir(parents=True, exist_ok=True)
+    done = failed = 0
+    bar = tqdm(todo, desc=f'suite {suite}', unit='run', disable=not progress or not todo,
+               dynamic_ncols=True, position=0)
+    for p in bar:
+        bar.set_postfix_str(p.run.id)
+        out = execute(p, results, data_root=data_root, device=device, threads=threads,
+                      progress=progress, suite=suite, echo=tqdm.write if progress else echo)
+        if out.get('returncode', 0) != 0:
+            failed += 1
+        else:
+            done += 1
+            test = out['metrics'].get('test', {})
+            msg = (f'done {p.run.id}: ' + ', '.join(f'{k} {v:.4f}' for k, v in test.items()
+                                                    if k.endswith('@10'))
+                   + f' ({out["wall_seconds"]:.0f} s)')
+            (tqdm.write if progress else echo)(msg)
+    bar.close()
+    return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': done,
+            'failed': failed, 'missing_data': sorted(missing)}
+
+
+def _quote(arg: str) -> str:
+    import shlex
+    return shlex.quote(arg)
+
+
+def load_results(results: Path) -> Dict[str, Dict[str, Any]]:
+    """run id -> result JSON, for every finished run under ``results``."""
+    out = {}
+    for path in Path(results).glob('*.json'):
+        if path.name.endswith('.failed.json') or path.name.startswith('speed_'):
+            continue
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if 'run_id' in obj and 'metrics' in obj:
+            out[obj['run_id']] = obj
+    return out
+
+
+__all__ = ['plan', 'run_suite', 'execute', 'load_results', 'dataset_available', 'read_curve',
+           'Planned', 'is_sequence_model', 'Row']

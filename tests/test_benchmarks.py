@@ -1,0 +1,312 @@
+"""The benchmark suite: config files, run ids, the subprocess runner, tables, plots, speed."""
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.__main__ import main
+from benchmarks.config import ConfigError, expand, list_suites, load_suite, load_table
+from benchmarks.runner import load_results, plan, run_suite
+from benchmarks.speed import (fit_slope, saved_activation_bytes, scaling_slopes,
+                              sequence_scaling)
+from benchmarks.tables import format_cell, plot_curves, render_table
+
+MINIMAL = """
+[table]
+id = "t"
+title = "T"
+datasets = ["synthetic"]
+seeds = 2
+
+[hyper]
+epochs = 5
+lr = 1e-3
+
+[[row]]
+name = "LightGCN"
+model = "lightgcn"
+paper = { synthetic = [0.5, 0.25] }
+
+[[row]]
+name = "PKEF vanilla"
+model = "pkef"
+set = { "encoder.fusion" = "vanilla" }
+"""
+
+
+def write(tmp_path, text, name='t.toml'):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ------------------------------------------------------------------------------ config files
+
+def test_every_shipped_suite_loads():
+    assert {'quick', 'graph', 'seq', 'speed'} <= set(list_suites())
+    for suite in ('quick', 'graph', 'seq', 'speed'):
+        tables = load_suite(suite)
+        assert tables and all(t.rows for t in tables)
+
+
+def _rows(suite, sequence):
+    from benchmarks.config import is_sequence_model
+    seen = {}
+    for table in load_suite(suite):
+        for row in table.rows:
+            if is_sequence_model(row.model) == sequence:
+                seen.setdefault((row.model, repr(sorted(row.set.items()))), row)
+    return list(seen.values())
+
+
+GRAPH_ROWS = _rows('graph', False) + _rows('speed', False) + _rows('quick', False)
+
+
+@pytest.mark.parametrize('row', GRAPH_ROWS, ids=lambda r: f'{r.model}-{r.name}')
+def test_every_graph_row_trains_a_step(row):
+    """Each graph row of the shipped configs builds and takes one training step on tiny
+    three- and four-behavior data (the papers' Taobao/Beibei and Tmall settings)."""
+    from mbgraph.data.datasets import synthetic
+    from mbgraph.models import build_model
+    for behaviors in (('view', 'cart', 'buy'), ('view', 'fav', 'cart', 'buy')):
+        data = synthetic(num_users=60, num_items=40, behaviors=behaviors, views_per_user=20,
+                         funnel=0.6)
+        torch.manual_seed(0)
+        model = build_model(row.model, data, embedding_dim=8, **row.set)
+        batch = next(iter(model.batch_source(data, batch_size=16, seed=0).batches(1)))
+        out = model.loss(batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize('row', _rows('seq', True) + _rows('speed', True) + _rows('quick', True),
+                         ids=lambda r: f'{r.model}-{r.name}')
+def test_every_sequence_row_builds(row):
+    """Each sequence row's model options are accepted by the model (the training options,
+    e.g. ``prefixes``, go to ``train_sequence_model`` and are checked by the config loader)."""
+    import inspect
+
+    from mbgraph_seq import train as seq_train
+    from mbgraph_seq.models import SEQ_MODELS
+    from helpers import cyclic_walks
+    train_opts = set(inspect.signature(seq_train.train_sequence_model).parameters)
+    kwargs = {k: v for k, v in row.set.items() if k not in train_opts}
+    model = SEQ_MODELS[row.model](cyclic_walks(), **kwargs)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_minimal_config_parses(tmp_path):
+    table = load_table(write(tmp_path, MINIMAL))
+    assert table.id == 't' and table.seeds == 2 and table.datasets == ['synthetic']
+    assert [r.name for r in table.rows] == ['LightGCN', 'PKEF vanilla']
+    assert table.rows[0].paper == {'synthetic': (0.5, 0.25)}
+    assert table.rows[1].set == {'encoder.fusion': 'vanilla'}
+    assert table.columns == ['test.hr@10', 'test.ndcg@10']
+
+
+@pytest.mark.parametrize('old,new,needle', [
+    ('lr = 1e-3', 'lr = 1e-3\nlearning_rate = 1', "'learning_rate'"),    # unknown [hyper] key
+    ('seeds = 2', 'seeds = 2\ncolour = "red"', "'colour'"),              # unknown [table] key
+    ('model = "lightgcn"', 'model = "lightgnc"', "'lightgnc'"),          # unknown model
+    ('"encoder.fusion" = "vanilla"', '"encoder.fusoin" = "vanilla"', "'fusoin'"),   # option
+    ('"encoder.fusion" = "vanilla"', '"head.nope" = 1', "'nope'"),
+    ('name = "PKEF vanilla"', 'name = "LightGCN"', 'duplicate row name'),
+])
+def test_config_errors_name_the_problem(tmp_path, old, new, needle):
+    assert old in MINIMAL
+    path = write(tmp_path, MINIMAL.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_table(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_sequence_model_options_are_checked(tmp_path):
+    text = MINIMAL.replace('model = "lightgcn"', 'model = "dpcpl"\nset = { num_factors = 4, '
+                           'num_blocks = 2, pretrain_epochs = 1 }')
+    assert load_table(write(tmp_path, text)).rows[0].set['num_factors'] == 4
+    bad = MINIMAL.replace('model = "lightgcn"', 'model = "sasrec"\nset = { num_factors = 4 }')
+    with pytest.raises(ConfigError, match="'num_factors'"):
+        load_table(write(tmp_path, bad))
+
+
+def test_sequence_rows_refuse_graph_only_settings(tmp_path):
+    text = MINIMAL.replace('model = "lightgcn"', 'model = "sasrec"')
+    assert load_table(write(tmp_path, text)).rows[0].model == 'sasrec'
+    bad = text.replace('lr = 1e-3', 'lr = 1e-3\nreg = 0.01')
+    with pytest.raises(ConfigError, match='reg applies to graph models only'):
+        load_table(write(tmp_path, bad))
+    bad = text.replace('datasets = ["synthetic"]', 'datasets = ["taobao"]').replace(
+        'paper = { synthetic', 'paper = { taobao')
+    with pytest.raises(ConfigError, match="not 'taobao'"):
+        load_table(write(tmp_path, bad))
+    assert '--resume' not in expand(load_table(write(tmp_path, text)))[0][1].command(None, 'o')
+
+
+def test_run_ids_are_stable_and_follow_the_config(tmp_path):
+    table = load_table(write(tmp_path, MINIMAL))
+    ids = [run.id for _, run in expand(table)]
+    assert ids == [run.id for _, run in expand(load_table(write(tmp_path, MINIMAL)))]
+    assert len(set(ids)) == 4                      # 2 rows x 2 seeds
+    assert ids[0].startswith('lightgcn-synthetic-s0-')
+    changed = load_table(write(tmp_path, MINIMAL.replace('lr = 1e-3', 'lr = 2e-3')))
+    assert not set(ids) & {run.id for _, run in expand(changed)}
+    # the row label and the table id are not part of the run: two tables share the run
+    renamed = load_table(write(tmp_path, MINIMAL.replace('id = "t"', 'id = "u"')
+                               .replace('name = "LightGCN"', 'name = "LGN"'), 'u.toml'))
+    assert [run.id for _, run in expand(renamed)] == ids
+    # a smoke override gets its own ids
+    assert not set(ids) & {run.id for _, run in expand(table, epochs=1)}
+    runs = plan([table, renamed])
+    assert len(runs) == 4 and len(runs[0].tables) == 2
+
+
+def test_command_line_of_a_run(tmp_path):
+    table = load_table(write(tmp_path, MINIMAL))
+    run = expand(table)[2][1]          # PKEF vanilla, seed 0
+    cmd = run.command('/data', Path('out'), threads=1)
+    assert cmd[1:4] == ['-m', 'mbgraph', 'train']
+    assert ["--set", "encoder.fusion='vanilla'"] == cmd[cmd.index('--set'):][:2]
+    assert '--resume' in cmd and '--data-root' not in cmd     # synthetic needs no data
+    assert cmd[cmd.index('--epochs') + 1] == '5' and cmd[cmd.index('--threads') + 1] == '1'
+
+
+# ------------------------------------------------------------------------------ tables, plots
+
+def _result(run, hr, ndcg, curve):
+    return {'run_id': run.id, 'config': run.effective(), 'wall_seconds': 1.0,
+            'metrics': {'test': {'hr@10': hr, 'ndcg@10': ndcg}, 'epoch_seconds': 0.5},
+            'curve': [{'epoch': e, 'loss': 1.0, 'val': {'ndcg@10': v}} for e, v in curve]}
+
+
+def test_table_renders_mean_and_std_over_seeds(tmp_path):
+    table = load_table(write(tmp_path, MINIMAL))
+    (_, r0), (_, r1), (_, p0), _ = expand(table)
+    results = {r0.id: _result(r0, 0.1, 0.05, [(1, 0.1), (2, 0.2)]),
+               r1.id: _result(r1, 0.3, 0.15, [(1, 0.3), (2, 0.4)]),
+               p0.id: _result(p0, 0.2, 0.1, [(1, 0.2)])}
+    text = render_table(table, results)
+    # HR: mean 0.2, sample std sqrt((0.1^2 + 0.1^2) / 1) = 0.1414; NDCG: 0.1 and 0.0707
+    assert '| LightGCN | 0.2000 ± 0.1414 | 0.1000 ± 0.0707 | 0.5000 / 0.2500 |' in text
+    # one seed of two finished: the value alone, and how many seeds it has
+    assert '| PKEF vanilla | 0.2000 (n=1) | 0.1000 (n=1) |  |' in text
+    assert 'synthetic HR@10' in text and 'synthetic paper' in text
+    assert '3 of 4 runs finished' in text
+    assert format_cell('test.hr@10', [], 2) == '-'
+    assert format_cell('tuned_share', [0.104], 1) == '10.40%'
+
+
+def test_training_curve_plot_is_written(tmp_path):
+    pytest.importorskip('matplotlib')
+    table = load_table(write(tmp_path, MINIMAL))
+    (_, r0), *_ = expand(table)
+    out = plot_curves(table, {r0.id: _result(r0, 0.1, 0.05, [(1, 0.1), (2, 0.2)])},
+                      tmp_path / 'curves_t.png')
+    assert out is not None and out.stat().st_size > 1000
+    assert plot_curves(table, {}, tmp_path / 'none.png') is None
+
+
+# ------------------------------------------------------------------------------ the runner
+
+TINY_LOG = 'user,item,behavior\n' + ''.join(
+    f'u{u},i{(u + k) % 7},{b}\n' for u in range(12) for k in range(5)
+    for b in (['view', 'buy'] if k % 2 == 0 else ['view']))
+
+
+def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
+    """One epoch of LightGCN on a 12-user CSV log through `python -m mbgraph train`."""
+    log = tmp_path / 'log.csv'
+    log.write_text(TINY_LOG)
+    suite = tmp_path / 'tiny'
+    suite.mkdir()
+    write(suite, f"""
+        [table]
+        id = "tiny"
+        datasets = ["csv", "taobao"]
+
+        [hyper]
+        epochs = 1
+        batch_size = 16
+        dim = 8
+
+        [dataset.csv]
+        data_path = "{log}"
+        behaviors = "view,buy"
+
+        [[row]]
+        name = "LightGCN"
+        model = "lightgcn"
+        """, 'tiny.toml')
+    tables = load_suite(str(suite))
+    results = tmp_path / 'results'
+    counts = run_suite(tables, results, 'tiny', data_root=None, threads=1, progress=False)
+    out = capsys.readouterr().out
+    assert counts['done'] == 1 and counts['failed'] == 0, out
+    assert counts['missing_data'] == ['taobao'] and "skipping dataset 'taobao'" in out
+    (path,) = results.glob('lightgcn-csv-s0-*.json')
+    result = json.loads(path.read_text())
+    assert result['config']['hyper']['epochs'] == 1
+    assert set(result['metrics']['test']) == {'hr@10', 'ndcg@10'}
+    assert result['metrics']['environment']['torch'] == torch.__version__
+    assert result['curve'][0]['epoch'] == 1 and result['metrics']['peak_rss_mb'] > 0
+    assert not (results / 'runs' / result['run_id'] / 'checkpoint.pt').exists()
+    again = run_suite(tables, results, 'tiny', data_root=None, progress=False)
+    assert again['skipped'] == 1 and again['done'] == 0
+    assert list(load_results(results)) == [result['run_id']]
+
+
+def test_datasets_are_found_by_name(tmp_path):
+    from benchmarks.runner import dataset_available
+    (tmp_path / 'taobao-mbgmn').mkdir()
+    (tmp_path / 'taobao-mbgmn' / 'trn_buy').write_bytes(b'')
+    assert dataset_available('taobao', str(tmp_path))[0]
+    assert dataset_available('taobao', str(tmp_path / 'taobao-mbgmn'))[0]
+    # files of one MB-GMN dataset never stand in for another
+    ok, why = dataset_available('beibei', str(tmp_path / 'taobao-mbgmn'))
+    assert not ok and 'beibei' in why
+    assert not dataset_available('ml-latest-small', str(tmp_path))[0]
+    assert dataset_available('synthetic', None)[0]
+    assert not dataset_available('csv', None)[0]
+
+
+def test_cli_list_table_and_errors(tmp_path, capsys):
+    assert main(['list']) == 0
+    assert 'quick' in capsys.readouterr().out
+    assert main(['run', 'no-such-suite', '--dry-run']) == 2
+    assert "unknown suite 'no-such-suite'" in capsys.readouterr().err
+    assert main(['run', 'quick', '--dry-run', '--results', str(tmp_path)]) == 0
+    assert 'to run' in capsys.readouterr().out
+    assert main(['table', 'quick', '--results', str(tmp_path)]) == 0
+    assert (tmp_path / 'quick' / 'tables.md').is_file()
+
+
+# ------------------------------------------------------------------------------ speed
+
+def test_fit_slope_recovers_the_exponent():
+    lengths = [64, 128, 256, 512]
+    assert fit_slope(lengths, [3e-6 * n ** 2 for n in lengths]) == pytest.approx(2.0)
+    assert fit_slope(lengths, [0.5 * n for n in lengths]) == pytest.approx(1.0)
+    # log2 times 0, 1, 3 at log2 lengths 0, 1, 2: least-squares slope (0*-1 + 3*1) / 2 = 1.5
+    assert fit_slope([1, 2, 4], [1, 2, 8]) == pytest.approx(1.5)
+    assert math.isnan(fit_slope([64], [1.0]))
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps():
+    a = torch.randn(10, requires_grad=True)
+    b = torch.randn(10, requires_grad=True)
+    _, n = saved_activation_bytes(lambda: a * b)     # mul saves both inputs: 2 x 10 x 4 bytes
+    assert n == 80
+    _, n = saved_activation_bytes(lambda: a + b)     # add saves nothing
+    assert n == 0
+
+
+def test_sequence_scaling_on_tiny_lengths():
+    rows = sequence_scaling([8, 16, 32], torch.device('cpu'), batch=2, dim=8, repeats=1)
+    assert len(rows) == 6 and all(r['seconds'] > 0 for r in rows)
+    attention = {r['length']: r['memory_mb'] for r in rows if 'attention' in r['encoder']}
+    assert attention[32] > attention[16] > attention[8]
+    slopes = scaling_slopes(rows)
+    assert len(slopes) == 2 and all(math.isfinite(s['memory_slope']) for s in slopes)
