@@ -46,8 +46,8 @@ def write(tmp_path, text, name='t.toml'):
 # ------------------------------------------------------------------------------ config files
 
 def test_every_shipped_suite_loads():
-    assert {'quick', 'graph', 'seq', 'speed'} <= set(list_suites())
-    for suite in ('quick', 'graph', 'seq', 'speed'):
+    assert {'quick', 'graph', 'seq', 'speed', 'taobao-budget'} <= set(list_suites())
+    for suite in list_suites():
         tables = load_suite(suite)
         assert tables and all(t.rows for t in tables)
 
