@@ -87,7 +87,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                          num_negatives: int = 1, prefixes: Optional[Union[int, str]] = 'auto',
                          pretrain_epochs: Optional[int] = None, pretrain_ratio: float = 0.6,
                          pretrained: Optional[Union[str, Path]] = None, amp: bool = False,
-                         **model_kwargs) -> Dict[str, Any]:
+                         tuning: str = 'prompt', **model_kwargs) -> Dict[str, Any]:
     """Train ``name`` on ``dataset`` and return metrics shaped like mbgraph's ``metrics.json``.
 
     Args:
@@ -115,6 +115,10 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         pretrain_ratio: DPCPL's share of each history used for pre-training (0.6).
         pretrained: DPCPL ``stage='prompt'``: the saved backbone.
         amp: train under ``torch.autocast`` (see :class:`mbgraph.training.Trainer`).
+        tuning: DPCPL only: ``'prompt'`` (the paper's customized prompt tuning of a frozen
+            backbone) or ``'full'`` (table 4's "fine-tuning" column: the pre-trained EBM itself,
+            every parameter trainable, fine-tuned on the same target-behavior objective, eq 13's
+            :math:`\mathcal{L}_{pred}`, without prompts).
         **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
             ``num_layers``, ``num_blocks``, ``dropout``, ...).
 
@@ -128,6 +132,10 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         raise ValueError(f'unknown sequence model {name!r}; known: {sorted(SEQ_MODELS)}')
     if stage not in STAGES:
         raise ValueError(f'unknown stage {stage!r}; expected one of {STAGES}')
+    if tuning not in ('prompt', 'full'):
+        raise ValueError(f"unknown tuning {tuning!r}; expected 'prompt' or 'full'")
+    if tuning != 'prompt' and name != 'dpcpl':
+        raise ValueError(f"tuning={tuning!r} applies to DPCPL only")
     if stage != 'both' and name != 'dpcpl':
         raise ValueError(f"stage={stage!r} applies to DPCPL only (model {name!r} trains in one "
                          "stage)")
@@ -135,6 +143,8 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
     out_dir = Path(out_dir) if out_dir is not None else None
     config = {'model': name, 'dataset': dataset.name, 'epochs': epochs, 'seed': seed,
               'batch_size': batch_size, 'lr': lr, 'stage': stage, **model_kwargs}
+    if name == 'dpcpl':
+        config['tuning'] = tuning
     protocol = {'sampled_negatives': num_negatives_eval, 'full_ranking': 'target training items '
                 'masked', 'split': 'leave-one-out on the last two target events',
                 'max_len': dataset.max_len}
@@ -161,9 +171,11 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                                num_negatives=num_negatives, prefixes=prefixes,
                                num_negatives_eval=num_negatives_eval, progress=progress,
                                pretrain_epochs=pretrain_epochs, pretrain_ratio=pretrain_ratio,
-                               pretrained=pretrained, config=config, amp=amp, **model_kwargs)
+                               pretrained=pretrained, config=config, amp=amp, tuning=tuning,
+                               **model_kwargs)
         metrics['protocol'] = {**protocol, 'pretrain_ratio': pretrain_ratio}
     metrics['peak_rss_mb'] = peak_memory_mb(device)['peak_rss_mb']
+    metrics['config'] = config
     if out_dir is not None and is_main_process():
         write_metrics(out_dir / 'metrics.json', metrics)
     return metrics
@@ -176,7 +188,7 @@ def _summary_fields(summary: Dict[str, Any]) -> Dict[str, Any]:
 def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, seed, batch_size,
                  lr, weight_decay, patience, num_negatives, prefixes, num_negatives_eval,
                  progress, pretrain_epochs, pretrain_ratio, pretrained, config, amp=False,
-                 **model_kwargs) -> Dict[str, Any]:
+                 tuning='prompt', **model_kwargs) -> Dict[str, Any]:
     pre, fine = dataset.pretrain_finetune_split(pretrain_ratio)
     ebm_kwargs = {k: v for k, v in model_kwargs.items() if k in _EBM_ARGS}
     prompt_kwargs = {k: v for k, v in model_kwargs.items() if k not in _EBM_ARGS}
@@ -221,6 +233,13 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                              f'{ebm_kwargs}: pass the same EBM hyperparameters')
         backbone.load_state_dict(state['model'])
     backbone = backbone.to(device)
+    if tuning == 'full':
+        return _full_fine_tuning(backbone, fine, metrics, batch_size=batch_size, lr=lr,
+                                 weight_decay=weight_decay, patience=patience, device=device,
+                                 out_dir=out_dir, seed=seed, progress=progress,
+                                 num_negatives=num_negatives, prefixes=prefixes,
+                                 num_negatives_eval=num_negatives_eval, epochs=epochs,
+                                 config=config, amp=amp)
     model = DPCPL(fine, backbone=backbone, **prompt_kwargs)
     src = fine.train_source(batch_size, num_negatives, seed + 1,
                             prefixes=model.train_layout if prefixes == 'auto' else prefixes,
@@ -235,7 +254,31 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
     metrics.update({'val': summary['best_val'], **_summary_fields(summary),
                     'tuned_parameters': counts['tuned'], 'total_parameters': counts['total'],
                     'backbone_parameters': counts['backbone'],
-                    'tuned_share': counts['tuned_share']})
+                    'tuned_share': counts['tuned_share'], 'tuning': 'prompt'})
+    return metrics
+
+
+def _full_fine_tuning(backbone: EBM, fine: SequenceDataset, metrics: Dict[str, Any], *,
+                      batch_size, lr, weight_decay, patience, device, out_dir, seed, progress,
+                      num_negatives, prefixes, num_negatives_eval, epochs, config,
+                      amp) -> Dict[str, Any]:
+    """DPCPL table 4's "fine-tuning": every parameter of the pre-trained EBM trained on the
+    fine-tuning side's target-behavior events (the objective prompt tuning uses)."""
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    src = fine.train_source(batch_size, num_negatives, seed + 1,
+                            prefixes=backbone.train_layout if prefixes == 'auto' else prefixes,
+                            target_only=True)
+    summary = _fit(backbone, fine, src, fine, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                   patience=patience, device=device,
+                   out_dir=None if out_dir is None else out_dir / 'finetune', seed=seed,
+                   progress=progress, num_negatives_eval=num_negatives_eval,
+                   config={**config, 'stage': 'finetune'}, amp=amp)
+    total = sum(p.numel() for p in backbone.parameters())
+    metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
+    metrics.update({'val': summary['best_val'], **_summary_fields(summary), 'tuning': 'full',
+                    'tuned_parameters': total, 'total_parameters': total,
+                    'backbone_parameters': total, 'tuned_share': 1.0})
     return metrics
 
 

@@ -204,3 +204,29 @@ def test_train_sequence_model_two_stages(tmp_path):
         train_sequence_model('dpcpl', ds, stage='prompt', out_dir=tmp_path / 'none', **kw)
     with pytest.raises(ValueError, match='unknown sequence model'):
         train_sequence_model('gru4rec', ds, **kw)
+
+
+def test_full_fine_tuning_trains_every_backbone_parameter(tmp_path):
+    """DPCPL table 4's comparison: tuning='full' fine-tunes the pre-trained EBM itself."""
+    ds = synthetic(num_users=24, length=12, max_len=8)
+    kw = dict(epochs=1, device='cpu', seed=0, batch_size=64, lr=1e-2, num_negatives_eval=9,
+              progress=False, dim=8, num_layers=1, num_blocks=2, prompt_dim=4, num_factors=2,
+              num_tokens=2)
+    train_sequence_model('dpcpl', ds, stage='pretrain', out_dir=tmp_path, **kw)
+    saved = torch.load(tmp_path / 'pretrain' / 'ebm.pt', weights_only=True)['model']
+    full = train_sequence_model('dpcpl', ds, stage='prompt', tuning='full', out_dir=tmp_path,
+                                **kw)
+    prompt = train_sequence_model('dpcpl', ds, stage='prompt', out_dir=tmp_path, **kw)
+    assert full['tuning'] == 'full' and prompt['tuning'] == 'prompt'
+    assert full['tuned_share'] == 1.0 and full['tuned_parameters'] == full['total_parameters']
+    assert prompt['tuned_parameters'] < full['tuned_parameters']
+    # every backbone parameter moved (prompt tuning leaves them as saved: tested above)
+    tuned = torch.load(tmp_path / 'finetune' / 'best.pt', weights_only=True)['model']
+    moved = [k for k in saved if not torch.equal(saved[k], tuned[k])]
+    trainable = [k for k, v in saved.items() if v.is_floating_point()]
+    assert len(moved) >= 0.9 * len(trainable)
+    with pytest.raises(ValueError, match="tuning='full' applies to DPCPL only"):
+        train_sequence_model('sasrec', ds, tuning='full', **{k: v for k, v in kw.items()
+                                                              if k in ('epochs', 'progress')})
+    with pytest.raises(ValueError, match='unknown tuning'):
+        train_sequence_model('dpcpl', ds, tuning='partial', **kw)
