@@ -118,7 +118,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         tuning: DPCPL only: ``'prompt'`` (the paper's customized prompt tuning of a frozen
             backbone) or ``'full'`` (table 4's "fine-tuning" column: the pre-trained EBM itself,
             every parameter trainable, fine-tuned on the same target-behavior objective, eq 13's
-            :math:`\mathcal{L}_{pred}`, without prompts).
+            L_pred, without prompts).
         **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
             ``num_layers``, ``num_blocks``, ``dropout``, ...).
 
