@@ -230,3 +230,36 @@ def test_full_fine_tuning_trains_every_backbone_parameter(tmp_path):
                                                               if k in ('epochs', 'progress')})
     with pytest.raises(ValueError, match='unknown tuning'):
         train_sequence_model('dpcpl', ds, tuning='partial', **kw)
+
+
+def test_without_progressive_prompts_the_first_layer_alone_gets_tokens():
+    """DPCPL table 5's w/o PG: prompt tokens enter the first layer's slots only; the later
+    layers read what the layer before computed there. Recomputed layer by layer by hand."""
+    ds = synthetic()
+    torch.manual_seed(0)
+    backbone = EBM(ds, dim=16, num_layers=3, num_blocks=2, dropout=0.0, prompt_slots=2)
+    model = DPCPL(ds, backbone=backbone, prompt_dim=8, num_factors=4, num_tokens=2,
+                  progressive=False)
+    assert model.prompts.L == 1                       # one layer of prompts generated
+    model.eval()
+    batch = next(iter(ds.train_source(batch_size=5, prefixes='all').batches(0)))
+    u, out = model(batch)
+    (tokens,) = out.tokens
+    # by hand: the slots get the tokens before layer 0 and are never overwritten after
+    x = backbone.event_embedding(batch)
+    B, C = x.size(0), 2
+    mask = torch.cat([torch.ones(B, C, dtype=torch.bool), batch.mask], 1)
+    beh = torch.cat([batch.behaviors.new_zeros(B, C), batch.behaviors], 1)
+    keep = torch.zeros_like(mask)
+    keep[:, :C] = True
+    x = torch.cat([tokens, x], 1)
+    for i, layer in enumerate(backbone.layers):
+        x = layer(x, beh, mask, keep, last_only=i == 2)
+    torch.testing.assert_close(u, x)
+    # the progressive model replaces the slots at every layer: a different representation
+    torch.manual_seed(0)
+    prog = DPCPL(ds, backbone=backbone, prompt_dim=8, num_factors=4, num_tokens=2).eval()
+    assert prog.prompts.L == 3
+    assert not torch.allclose(prog(batch)[0], u)
+    with pytest.raises(ValueError, match='first layer needs prompt tokens'):
+        backbone.encode(batch, [None, None, None])

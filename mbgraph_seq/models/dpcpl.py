@@ -42,6 +42,9 @@ class DPCPL(SequenceRecommender):
         compactness_weight: :math:`\\lambda` of eq 13 (paper grid 1e-3, 1e-2, 1e-1).
         lambda_e, lambda_p: the weights of eq 12.
         eps2_e, eps2_p: :math:`\\epsilon_e^2, \\epsilon_p^2` of eq 10-11 (paper grid 0.5, 1, 5).
+        progressive: prompts at the input of every layer (sec. 4.3.2's progressive
+            prompts); ``False`` generates prompt tokens for the first layer only and lets the
+            later layers carry the slots forward (table 5's "w/o PG").
         compactness_sign: ``+1`` adds :math:`\\lambda \\mathcal L_{compactness}` as eq 13 is
             written (it lowers each user's coding rate); ``-1`` subtracts it, the reading that
             maximises the coding rate, i.e. the diversity sec. 4.3.3 describes.
@@ -56,7 +59,7 @@ class DPCPL(SequenceRecommender):
                  prompt_dim: int = 32, num_factors: int = 8, num_tokens: Optional[int] = None,
                  compactness_weight: float = 1e-2, lambda_e: float = 1.0, lambda_p: float = 1.0,
                  eps2_e: float = 1.0, eps2_p: float = 1.0, compactness_sign: int = 1,
-                 **backbone_kwargs):
+                 progressive: bool = True, **backbone_kwargs):
         super().__init__(dataset)
         if backbone is None:
             backbone_kwargs.setdefault('prompt_slots', 8 if num_tokens is None else num_tokens)
@@ -82,12 +85,14 @@ class DPCPL(SequenceRecommender):
         self.backbone.eval()
         self.prompts = PromptGenerator(
             dataset.num_behaviors, dataset.num_statistics, dataset.num_attributes,
-            input_dim=backbone.dim, model_dim=backbone.dim, num_layers=backbone.num_layers,
+            input_dim=backbone.dim, model_dim=backbone.dim,
+            num_layers=backbone.num_layers if progressive else 1,
             prompt_dim=prompt_dim, num_factors=num_factors, num_tokens=num_tokens)
         self.compactness_weight = float(compactness_weight)
         self.lambda_e, self.lambda_p = float(lambda_e), float(lambda_p)
         self.eps2_e, self.eps2_p = float(eps2_e), float(eps2_p)
         self.compactness_sign = int(compactness_sign)
+        self.progressive = bool(progressive)
 
     def train(self, mode: bool = True) -> 'DPCPL':
         """Train mode for the prompt generator only: the frozen backbone stays in eval mode."""
@@ -121,7 +126,10 @@ class DPCPL(SequenceRecommender):
 
     def forward(self, batch: SequenceBatch) -> Tuple[Tensor, PromptOutput]:
         out = self.make_prompts(batch)
-        return self.backbone.encode(batch, out.tokens), out
+        tokens = list(out.tokens)
+        if not self.progressive:     # w/o PG: the first layer's slots only
+            tokens += [None] * (self.backbone.num_layers - 1)
+        return self.backbone.encode(batch, tokens), out
 
     def user_representation(self, batch: SequenceBatch) -> Tensor:
         return self.forward(batch)[0]

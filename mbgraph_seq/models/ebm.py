@@ -97,7 +97,9 @@ class EBM(SequenceRecommender):
             prompts: optional ``L`` tensors ``[B, C, d]``: the prompt tokens of every layer,
                 placed in ``C`` slots before the sequence (they replace the slots' content at
                 the input of each layer). With ``prompt_slots > 0`` they must have ``C =
-                prompt_slots``, and None means all-zero prompts.
+                prompt_slots``, and None means all-zero prompts. An entry of None after
+                the first keeps what the previous layer computed in the slots (prompts at
+                the input only: DPCPL's "w/o PG" variant).
         """
         x = self.dropout(self.event_embedding(batch))
         mask, behaviors = batch.mask, batch.behaviors
@@ -108,6 +110,8 @@ class EBM(SequenceRecommender):
         if prompts is not None:
             if len(prompts) != self.num_layers:
                 raise ValueError(f'expected {self.num_layers} layer prompts, got {len(prompts)}')
+            if prompts[0] is None:
+                raise ValueError('the first layer needs prompt tokens (None only after it)')
             B, C = x.size(0), prompts[0].size(1)
             if self.prompt_slots and C != self.prompt_slots:
                 raise ValueError(f'this EBM reserves {self.prompt_slots} prompt slots, got '
@@ -118,7 +122,7 @@ class EBM(SequenceRecommender):
             keep[:, :C] = True
             x = torch.cat([prompts[0].new_zeros(B, C, self.dim), x], 1)
         for layer_index, layer in enumerate(self.layers):
-            if prompts is not None:
+            if prompts is not None and prompts[layer_index] is not None:
                 x = torch.cat([prompts[layer_index], x[:, prompts[layer_index].size(1):]], 1)
             # the last layer only computes the position that is read out
             x = layer(x, behaviors, mask, keep, last_only=layer_index == self.num_layers - 1)
