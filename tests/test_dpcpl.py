@@ -263,3 +263,30 @@ def test_without_progressive_prompts_the_first_layer_alone_gets_tokens():
     assert not torch.allclose(prog(batch)[0], u)
     with pytest.raises(ValueError, match='first layer needs prompt tokens'):
         backbone.encode(batch, [None, None, None])
+
+
+def test_soft_prompts_are_the_same_trained_tokens_for_every_user():
+    """DPCPL table 5's w/o PS: no generator, one trainable [C, d] token block per layer."""
+    ds = synthetic()
+    torch.manual_seed(0)
+    backbone = EBM(ds, dim=16, num_layers=2, num_blocks=2, dropout=0.0, prompt_slots=3)
+    model = DPCPL(ds, backbone=backbone, num_tokens=3, personalized=False)
+    assert model.prompts is None and model.soft_prompts.shape == (2, 3, 16)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ['soft_prompts']
+    batch = next(iter(ds.train_source(batch_size=6, num_negatives=2, prefixes='all',
+                                      target_only=True).batches(0)))
+    model.eval()
+    u, out = model(batch)
+    assert out is None
+    by_hand = backbone.encode(batch, [model.soft_prompts[l].expand(6, 3, 16) for l in range(2)])
+    torch.testing.assert_close(u, by_hand)
+    model.train()
+    loss, parts = model.loss(batch)
+    assert parts["compactness"] == 0.0 and math.isclose(float(loss.detach()), parts["pred"], rel_tol=1e-6)
+    loss.backward()
+    assert model.soft_prompts.grad is not None and model.soft_prompts.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+    # soft prompts at the first layer only: w/o PS and w/o PG together
+    both = DPCPL(ds, backbone=backbone, num_tokens=3, personalized=False, progressive=False)
+    assert both.soft_prompts.shape == (1, 3, 16)
+    assert both.parameter_counts()['tuned'] == 3 * 16

@@ -45,6 +45,10 @@ class DPCPL(SequenceRecommender):
         progressive: prompts at the input of every layer (sec. 4.3.2's progressive
             prompts); ``False`` generates prompt tokens for the first layer only and lets the
             later layers carry the slots forward (table 5's "w/o PG").
+        personalized: customized prompts from the generator (eq 5-9); ``False`` uses soft
+            prompts instead, ``C`` tokens per prompted layer that are the same for every user,
+            randomly initialised (N(0, 0.02^2)) and trained (table 5's "w/o PS"). Soft prompts
+            have no prompt factors or layer prompts, so eq 12's compactness term is 0 then.
         compactness_sign: ``+1`` adds :math:`\\lambda \\mathcal L_{compactness}` as eq 13 is
             written (it lowers each user's coding rate); ``-1`` subtracts it, the reading that
             maximises the coding rate, i.e. the diversity sec. 4.3.3 describes.
@@ -59,7 +63,7 @@ class DPCPL(SequenceRecommender):
                  prompt_dim: int = 32, num_factors: int = 8, num_tokens: Optional[int] = None,
                  compactness_weight: float = 1e-2, lambda_e: float = 1.0, lambda_p: float = 1.0,
                  eps2_e: float = 1.0, eps2_p: float = 1.0, compactness_sign: int = 1,
-                 progressive: bool = True, **backbone_kwargs):
+                 progressive: bool = True, personalized: bool = True, **backbone_kwargs):
         super().__init__(dataset)
         if backbone is None:
             backbone_kwargs.setdefault('prompt_slots', 8 if num_tokens is None else num_tokens)
@@ -83,11 +87,17 @@ class DPCPL(SequenceRecommender):
         self.backbone = backbone
         self.backbone.requires_grad_(False)
         self.backbone.eval()
-        self.prompts = PromptGenerator(
-            dataset.num_behaviors, dataset.num_statistics, dataset.num_attributes,
-            input_dim=backbone.dim, model_dim=backbone.dim,
-            num_layers=backbone.num_layers if progressive else 1,
-            prompt_dim=prompt_dim, num_factors=num_factors, num_tokens=num_tokens)
+        prompted_layers = backbone.num_layers if progressive else 1
+        self.personalized = bool(personalized)
+        if self.personalized:
+            self.prompts = PromptGenerator(
+                dataset.num_behaviors, dataset.num_statistics, dataset.num_attributes,
+                input_dim=backbone.dim, model_dim=backbone.dim, num_layers=prompted_layers,
+                prompt_dim=prompt_dim, num_factors=num_factors, num_tokens=num_tokens)
+        else:
+            self.prompts = None
+            self.soft_prompts = nn.Parameter(
+                0.02 * torch.randn(prompted_layers, num_tokens, backbone.dim))
         self.compactness_weight = float(compactness_weight)
         self.lambda_e, self.lambda_p = float(lambda_e), float(lambda_p)
         self.eps2_e, self.eps2_p = float(eps2_e), float(eps2_p)
@@ -117,16 +127,21 @@ class DPCPL(SequenceRecommender):
     def item_weight(self) -> Tensor:
         return self.backbone.item_weight()
 
-    def make_prompts(self, batch: SequenceBatch) -> PromptOutput:
+    def make_prompts(self, batch: SequenceBatch) -> Optional[PromptOutput]:
         """Eq 5-9 for the users of ``batch`` (GRU inputs: the frozen backbone's eq-1 event
-        embeddings)."""
+        embeddings); None for soft prompts (``personalized=False``)."""
+        if not self.personalized:
+            return None
         with torch.no_grad():
             events = self.backbone.event_embedding(batch)
         return self.prompts(batch.features, events, batch.behaviors)
 
-    def forward(self, batch: SequenceBatch) -> Tuple[Tensor, PromptOutput]:
+    def forward(self, batch: SequenceBatch) -> Tuple[Tensor, Optional[PromptOutput]]:
         out = self.make_prompts(batch)
-        tokens = list(out.tokens)
+        if out is None:     # w/o PS: the same soft tokens for every user
+            tokens = [t.expand(batch.items.size(0), -1, -1) for t in self.soft_prompts.unbind(0)]
+        else:
+            tokens = list(out.tokens)
         if not self.progressive:     # w/o PG: the first layer's slots only
             tokens += [None] * (self.backbone.num_layers - 1)
         return self.backbone.encode(batch, tokens), out
@@ -141,6 +156,9 @@ class DPCPL(SequenceRecommender):
         rp = (u * items[pos]).sum(-1)
         rn = torch.einsum('bd,bnd->bn', u, items[neg])
         pred = F.softplus(rn - rp.unsqueeze(-1)).mean()
+        if out is None:
+            total = pred
+            return total, {'pred': float(pred.detach()), 'compactness': 0.0}
         comp = compactness_loss(out.factors, out.layer_prompts, self.prompts.N, self.prompts.L,
                                 self.eps2_e, self.eps2_p, self.lambda_e, self.lambda_p)
         total = pred + self.compactness_sign * self.compactness_weight * comp
