@@ -282,7 +282,8 @@ def test_soft_prompts_are_the_same_trained_tokens_for_every_user():
     torch.testing.assert_close(u, by_hand)
     model.train()
     loss, parts = model.loss(batch)
-    assert parts["compactness"] == 0.0 and math.isclose(float(loss.detach()), parts["pred"], rel_tol=1e-6)
+    assert parts['compactness'] == 0.0
+    assert math.isclose(float(loss.detach()), parts['pred'], rel_tol=1e-6)
     loss.backward()
     assert model.soft_prompts.grad is not None and model.soft_prompts.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.parameters())
