@@ -123,6 +123,23 @@ class SequenceBatch:
         rows = rows.to(self.users.device)
         return self._map(lambda t: t.index_select(0, rows))
 
+    def last_targets(self, model: str) -> Tuple[Tensor, Tensor, Tensor]:
+        """The one target per row (last column) of a prefix batch (``train_source(prefixes=
+        ...)``): ``pos`` ``[B]``, ``pos_behaviors`` ``[B]``, ``neg`` ``[B, n]`` (ids + 1), for
+        encoders that are not causal. ``model`` says why, in the error raised when the batch
+        has targets elsewhere (a full-sequence batch, whose later targets such an encoder
+        would see)."""
+        if bool((self.pos[:, :-1] > 0).any()):
+            raise ValueError(f'{model} is not causal: train it on prefix batches '
+                             "(dataset.train_source(prefixes='all' or an int)), whose only "
+                             'target is in the last column')
+        pos = self.pos[:, -1]
+        if not bool((pos > 0).all()):
+            raise ValueError('every row of a prefix batch needs a target in its last column')
+        if self.neg.size(-1) == 0:
+            raise ValueError('the batch has no negative items (neg has width 0)')
+        return pos, self.pos_behaviors[:, -1], self.neg[:, -1]
+
     def select_users(self, users: Tensor) -> 'SequenceBatch':
         """The rows of ``users`` (user ids) in a batch whose ``users`` are sorted and unique, as
         :meth:`SequenceDataset.eval_inputs` returns. Raises ``KeyError`` naming the users that

@@ -138,19 +138,8 @@ class EBM(SequenceRecommender):
 
     @staticmethod
     def last_targets(batch: SequenceBatch) -> Tuple[Tensor, Tensor, Tensor]:
-        """The one target per row (last column) of a prefix batch: ``pos`` ``[B]``,
-        ``pos_behaviors`` ``[B]``, ``neg`` ``[B, n]`` (ids + 1). Raises if the batch has targets
-        elsewhere (a full-sequence batch: the non-causal filter would see them)."""
-        if bool((batch.pos[:, :-1] > 0).any()):
-            raise ValueError('EBM\'s FFT filter is not causal: train it on prefix batches '
-                             "(dataset.train_source(prefixes='all' or an int)), whose only "
-                             'target is in the last column')
-        pos = batch.pos[:, -1]
-        if not bool((pos > 0).all()):
-            raise ValueError('every row of a prefix batch needs a target in its last column')
-        if batch.neg.size(-1) == 0:
-            raise ValueError('the batch has no negative items (neg has width 0)')
-        return pos, batch.pos_behaviors[:, -1], batch.neg[:, -1]
+        """:meth:`SequenceBatch.last_targets`: EBM's FFT filter reads later positions."""
+        return batch.last_targets("EBM's FFT filter")
 
     def pretrain_loss(self, u: Tensor, pos: Tensor, pos_behaviors: Tensor, neg: Tensor
                       ) -> Tuple[Tensor, Tensor]:

@@ -157,16 +157,7 @@ class PoMRec(SequenceRecommender):
     def loss(self, batch: SequenceBatch) -> Tuple[Tensor, Dict[str, float]]:
         r"""BPR (eq 11), :math:`-\log\sigma(y^i_{u,t} - y^j_{u,t})`, averaged over the batch's
         rows and their negatives; one target per row, in the last column."""
-        if bool((batch.pos[:, :-1] > 0).any()):
-            raise ValueError("PoMRec is not causal (its softmax covers the whole input): train "
-                             "it on prefix batches, dataset.train_source(prefixes='all' or an "
-                             'int), whose only target is in the last column')
-        pos = batch.pos[:, -1]
-        if not bool((pos > 0).all()):
-            raise ValueError('every row of a prefix batch needs a target in its last column')
-        neg = batch.neg[:, -1]
-        if neg.size(-1) == 0:
-            raise ValueError('the batch has no negative items (neg has width 0)')
+        pos, _, neg = batch.last_targets('PoMRec (its softmax covers the whole input)')
         e = self.encode(batch)                                                    # [B, d]
         items = self.item_weight()
         y_pos = (e * items[pos]).sum(-1)                                         # eq 4
