@@ -124,26 +124,11 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op outside a process group)."""
-    if is_distributed():
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (no-op outside a process group) and return it."""
     if is_distributed():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s ``obj`` on every rank (``obj`` itself outside a process group)."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
