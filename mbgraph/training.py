@@ -38,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -245,11 +246,10 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _epoch_batches(self, epoch: int):
         source = self.batches
-        if self.device.type != 'cpu':
-            try:        # sources that can move a whole epoch to the device at once
-                return source.batches(epoch, self.rank, self.world_size, device=self.device)
-            except TypeError:
-                pass
+        # sources that can move a whole epoch to the device at once
+        if self.device.type != 'cpu' and \
+                'device' in inspect.signature(source.batches).parameters:
+            return source.batches(epoch, self.rank, self.world_size, device=self.device)
         return source.batches(epoch, self.rank, self.world_size)
 
     def _num_batches(self) -> int:
@@ -309,13 +309,12 @@ class Trainer:
         return {k: float(v) for k, v in zip(names, means.tolist())}
 
     def _check_finite(self, loss_sum: Tensor, epoch: int, first: int, last: int) -> None:
-        bad = not bool(torch.isfinite(loss_sum))
-        if self.world_size > 1:
-            bad = dist_utils.any_rank(bad, self.device)
+        here = not bool(torch.isfinite(loss_sum))
+        bad = dist_utils.any_rank(here, self.device) if self.world_size > 1 else here
         if bad:
             where = (f'batch {last}' if first == last else f'batches {first}-{last}')
-            check_finite(loss_sum if not torch.isfinite(loss_sum) else
-                         torch.tensor(float('nan')),
+            # this rank's loss, or NaN when only another rank's loss is not finite
+            check_finite(loss_sum if here else torch.tensor(float('nan')),
                          f'epoch {epoch}, {where}' + (f' (on some of the {self.world_size} '
                                                       'ranks)' if self.world_size > 1 else ''))
 
