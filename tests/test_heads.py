@@ -585,6 +585,67 @@ def test_dfme_new_options_checked_and_shown():
         assert part in text
 
 
+@pytest.mark.parametrize('aggregation', ['none', 'sum', 'linear', 'vanilla', 'projection'])
+def test_dfme_table4_aggregations_by_hand(tiny, aggregation):
+    """COPF table 4: o^k = mean(e^k + sum_{j != k} f_kj(e^k, e^j)), written out per pair."""
+    emb = random_emb(seed=30)
+    head = DFMEHead(3, 3, aggregation=aggregation, score_scale=2.0)
+    set_params(head, seed=31)
+    out = head.precompute(emb, BehaviorAdjacency(tiny))
+    assert 'dfme' not in out.extras                       # no fitting experts
+    users, items = torch.tensor([0, 2, 1, 2]), torch.tensor([1, 3, 0, 2])
+    for k, b in enumerate(BEHAVIORS):
+        got = head(out, users, items, b)
+        for n, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
+            e = [[emb.users[j][u][c].item() * emb.items[j][i][c].item() for c in range(3)]
+                 for j in range(3)]
+            total = list(e[k])
+            for j in range(3):
+                if j == k:
+                    continue
+                p = j if j < k else j - 1
+                if aggregation == 'none':
+                    f = [0.0] * 3
+                elif aggregation == 'sum':
+                    f = e[j]
+                elif aggregation == 'linear':
+                    w = head.fusion_weight[k, p]
+                    f = [sum(w[a][c].item() * e[j][c] for c in range(3)) for a in range(3)]
+                elif aggregation == 'projection':
+                    coef = sum(x * y for x, y in zip(e[j], e[k])) / sum(x * x for x in e[k])
+                    f = [coef * x for x in e[k]]
+                else:
+                    feats = [e[k], e[j], [x - y for x, y in zip(e[k], e[j])],
+                             [x * y for x, y in zip(e[k], e[j])]]
+                    flat = [x for feat in feats for x in feat]
+                    w, bias = head.fusion_weight[k, p], head.fusion_bias[k, p]
+                    g = softmax([sum(w[r][c].item() * flat[c] for c in range(12))
+                                 + bias[r].item() for r in range(4)])
+                    f = [sum(g[r] * feats[r][c] for r in range(4)) for c in range(3)]
+                total = [x + y for x, y in zip(total, f)]
+            want = 2.0 * sum(total) / 3
+            assert got[n].item() == pytest.approx(want, rel=1e-5, abs=1e-6), (b, n)
+
+
+def test_dfme_table4_aggregations_parameters_and_errors():
+    counts = {a: sum(p.numel() for p in DFMEHead(4, 3, aggregation=a).parameters())
+              for a in ('gated', 'none', 'sum', 'linear', 'vanilla', 'projection')}
+    assert counts['none'] == counts['sum'] == counts['projection'] == 0
+    assert counts['linear'] == 3 * 2 * 4 * 4                  # W_kj per (task, other behavior)
+    assert counts['vanilla'] == 3 * 2 * (4 * 16 + 4)          # PKEF eq 13's gate per (k, j)
+    assert counts['gated'] == 3 * 4 + 8 * 3 + 3               # r^{k',0}, W_g, b_g
+    assert "aggregation='vanilla'" in repr(DFMEHead(3, 3, aggregation='vanilla'))
+    with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
+        DFMEHead(3, 3, aggregation='mean')
+    for kw in ({'all_sg': True}, {'gate_per_task': True}):
+        with pytest.raises(ValueError, match="aggregation='sum' replaces"):
+            DFMEHead(3, 3, aggregation='sum', **kw)
+    # the contrastive term of eq 8 stays in every scheme
+    emb = random_emb(seed=32, requires_grad=True)
+    batch = {'buy': torch.tensor([[0, 2], [1, 3], [0, 0]])}
+    assert set(DFMEHead(3, 3, aggregation='none').loss_terms(emb, batch)) == {'contrastive'}
+
+
 # ---------------------------------------------------------------------- every head
 HEADS = {
     'shared_bottom': lambda d, k: SharedBottomHead(d, k, bottom_channels=8, tower_channels=4),
@@ -602,6 +663,11 @@ HEADS = {
                                             gate_init='xavier'),
     'dfme_normalized': lambda d, k: DFMEHead(d, k, gate_input='normalized', gate_per_task=True,
                                              expert_order='own_first'),
+    'dfme_none': lambda d, k: DFMEHead(d, k, aggregation='none'),
+    'dfme_sum': lambda d, k: DFMEHead(d, k, aggregation='sum', score_scale=3.0),
+    'dfme_linear': lambda d, k: DFMEHead(d, k, aggregation='linear'),
+    'dfme_vanilla': lambda d, k: DFMEHead(d, k, aggregation='vanilla'),
+    'dfme_projection': lambda d, k: DFMEHead(d, k, aggregation='projection'),
 }
 
 
@@ -657,7 +723,8 @@ class _PerBehaviorLightGCN(MultiBehaviorEncoder):
         return BehaviorEmbeddings(self.behaviors, x[:, :self.num_users], x[:, self.num_users:])
 
 
-@pytest.mark.parametrize('name', ['shared_bottom', 'mmoe', 'ple', 'mesi', 'pme', 'dfme'])
+@pytest.mark.parametrize('name', ['shared_bottom', 'mmoe', 'ple', 'mesi', 'pme', 'dfme',
+                                  'dfme_vanilla'])
 def test_head_trains_in_multi_behavior_model(name):
     data = synthetic(num_users=300, num_items=200)
     torch.manual_seed(0)
@@ -675,7 +742,7 @@ def test_head_trains_in_multi_behavior_model(name):
     assert second['loss'] < first['loss']
     if name == 'pme':
         assert 'unique' in first
-    if name == 'dfme':
+    if name.startswith('dfme'):
         assert 'contrastive' in first
     model.eval()
     scores = model.score(torch.tensor([0, 5]))

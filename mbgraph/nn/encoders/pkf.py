@@ -76,6 +76,34 @@ FUSIONS = ('projection', 'vanilla', 'sum', 'linear', 'none')
 GATE_INPUTS = ('concat', 'cascade')
 
 
+def fuse(fusion: str, base: Tensor, other: Tensor, weight: Optional[Tensor] = None,
+         bias: Optional[Tensor] = None, projection_scale: float = 1.0,
+         gate_input: str = 'concat', eps: float = 1e-12) -> Optional[Tensor]:
+    r"""One fusion function of the module docstring, :math:`\mathbf{f}(\mathbf{base},
+    \mathbf{other})` over the last axis (``base`` is :math:`\mathbf{e}_{cas}`, ``other``
+    :math:`\mathbf{e}_{par}`; any broadcastable leading shape). ``weight`` is
+    :math:`\mathbf{W}` (``[d, d]`` for ``'linear'``, ``[4, 4d]`` or ``[4, d]`` for
+    ``'vanilla'``), ``bias`` the vanilla gate's ``[4]``. ``None`` for ``'none'``. Also used by
+    :class:`~mbgraph.nn.heads.dfme.DFMEHead` for COPF table 4's aggregation schemes."""
+    if fusion == 'none':
+        return None
+    if fusion == 'sum':
+        return other
+    if fusion == 'linear':
+        return other @ weight.t()
+    if fusion == 'projection':
+        coef = (other * base).sum(-1, keepdim=True) / (
+            base.pow(2).sum(-1, keepdim=True) + eps)
+        return projection_scale * coef * base
+    if fusion != 'vanilla':
+        raise ValueError(f'unknown fusion {fusion!r}; expected one of {list(FUSIONS)}')
+    base, other = torch.broadcast_tensors(base, other)
+    feats = torch.stack([base, other, base - other, base * other], dim=-2)   # [..., 4, d]
+    gate_in = feats.flatten(-2) if gate_input == 'concat' else base
+    w = torch.softmax(gate_in @ weight.t() + bias, dim=-1)                   # [..., 4]
+    return (w.unsqueeze(-1) * feats).sum(-2)
+
+
 class PKFEncoder(PerBehaviorEncoder):
     r"""PKEF's Parallel Knowledge Fusion encoder (module docstring: eq 8-14).
 
@@ -145,20 +173,10 @@ class PKFEncoder(PerBehaviorEncoder):
     def fuse(self, e_cas: Tensor, e_par: Tensor, t: int) -> Optional[Tensor]:
         r""":math:`\mathbf{f}(\mathbf{e}_{cas}, \mathbf{e}_{par})` of the ``t``-th layer
         (counted over all behaviors), ``None`` for ``'none'``."""
-        if self.fusion == 'none':
-            return None
-        if self.fusion == 'sum':
-            return e_par
-        if self.fusion == 'linear':
-            return e_par @ self.weight[t].t()
-        if self.fusion == 'projection':
-            coef = (e_par * e_cas).sum(-1, keepdim=True) / (
-                e_cas.pow(2).sum(-1, keepdim=True) + self.eps)
-            return self.projection_scale * coef * e_cas
-        feats = torch.stack([e_cas, e_par, e_cas - e_par, e_cas * e_par], dim=1)  # [N, 4, d]
-        gate_in = feats.flatten(1) if self.gate_input == 'concat' else e_cas
-        w = torch.softmax(gate_in @ self.weight[t].t() + self.bias[t], dim=-1)   # [N, 4]
-        return (w.unsqueeze(-1) * feats).sum(1)
+        return fuse(self.fusion, e_cas, e_par,
+                    None if self.weight is None else self.weight[t],
+                    None if self.bias is None else self.bias[t],
+                    self.projection_scale, self.gate_input, self.eps)
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)

@@ -115,6 +115,33 @@ for.: the other behaviors' specific experts :math:`\mathbf{e}^j` replace the fit
 ``backward_fit=False`` (w/o back.: no stop-gradient), ``all_sg=True`` (all sg.: every
 :math:`j \ne k` term of every task is stopped), ``fitting=False`` (w/o fit.: both
 ``forward_fit`` and ``backward_fit`` off).
+
+**Aggregation schemes of COPF table 4** (``aggregation``). Section 5.3.2 replaces the whole
+aggregation of eq 10-14 (fitting experts, gate and stop-gradient) by one of five
+alternatives, keeping the contrastive term (eq 8) in every one. They are PKEF's fusion
+functions (:func:`~mbgraph.nn.encoders.pkf.fuse`, PKEF eq 12-13 and its table 4), applied
+between the behavior-specific experts of eq 9 with the task's own expert as the base:
+
+.. math::
+    \hat o^k_{uv} = \mathrm{mean}\Big(\mathbf{e}^k + \sum_{j \ne k}
+        \mathbf{f}_{k,j}(\mathbf{e}^k, \mathbf{e}^j)\Big), \qquad
+    \mathbf{e}^j = \mathbf{e}_u^{j,*} \circ \mathbf{e}_v^{j,*},
+
+with :math:`\mathbf{f}` = :math:`\mathbf{0}` (``'none'``, *No Aggregation*),
+:math:`\mathbf{e}^j` (``'sum'``, *Summation*), :math:`\mathbf{W}_{k,j}\mathbf{e}^j`
+(``'linear'``, *Linear Trans.*, :math:`\mathbf{W}_{k,j} \in \mathbb{R}^{d \times d}`),
+PKEF eq 13's gated mixture of :math:`[\mathbf{e}^k, \mathbf{e}^j, \mathbf{e}^k -
+\mathbf{e}^j, \mathbf{e}^k \circ \mathbf{e}^j]` with its gate :math:`\mathbf{W}_{k,j} \in
+\mathbb{R}^{4 \times 4d}`, :math:`\mathbf{b}_{k,j} \in \mathbb{R}^4` (``'vanilla'``,
+*Vanilla Fusion*) or the part of :math:`\mathbf{e}^j` collinear with :math:`\mathbf{e}^k`,
+:math:`\frac{\mathbf{e}^j \cdot \mathbf{e}^k}{\lVert \mathbf{e}^k \rVert^2 + \epsilon}
+\mathbf{e}^k` (``'projection'``, *Projection Fusion*; PKEF eq 12 / PME eq 16). The paper
+names the schemes without equations; the readings taken here: the base is the task's own
+expert (as PKF's cascade vector is), one :math:`\mathbf{W}_{k,j}` per (task, other
+behavior) pair, and no stop-gradient (eq 14's is part of DFME's own scheme).
+``aggregation='gated'`` (the default) is eq 10-15. The gate options (``gate_*``,
+``expert_order``), the fitting options and ``all_sg`` belong to ``'gated'`` and have no
+effect otherwise (``all_sg=True`` or ``gate_per_task=True`` with another scheme is an error).
 """
 from __future__ import annotations
 
@@ -127,10 +154,13 @@ from torch import Tensor, nn
 
 from ...losses import info_nce
 from ..encoders.base import BehaviorEmbeddings
+from ..encoders.pkf import fuse
 from .base import gather_pairs
 from .shared_bottom import MTLHead, StackedMLP, check_embeddings
 
 EXTRAS_KEY = 'dfme'
+#: ``aggregation`` values: eq 13-15 and the five alternatives of COPF table 4
+AGGREGATIONS = ('gated', 'none', 'sum', 'linear', 'vanilla', 'projection')
 
 
 class DFMEHead(MTLHead):
@@ -184,6 +214,9 @@ class DFMEHead(MTLHead):
             (output :math:`j`, behavior :math:`j`: eq 13-14) or ``'own_first'`` (output 0 the
             task's own expert, then the other behaviors in order: the code).
             (default: ``'behavior'``)
+        aggregation (str, optional): ``'gated'`` (eq 10-15) or one of COPF table 4's
+            alternatives ``'none'``, ``'sum'``, ``'linear'``, ``'vanilla'``,
+            ``'projection'`` (module docstring). (default: ``'gated'``)
 
     Shapes:
         - **input:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
@@ -204,8 +237,15 @@ class DFMEHead(MTLHead):
                  forward_fit: bool = True, backward_fit: bool = True, all_sg: bool = False,
                  fitting: bool = True, gate_per_task: bool = False, score_scale: float = 1.0,
                  gate_init: str = 'zeros', gate_input: str = 'embeddings',
-                 expert_order: str = 'behavior'):
+                 expert_order: str = 'behavior', aggregation: str = 'gated'):
         super().__init__(embedding_dim, num_behaviors)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f'unknown aggregation {aggregation!r}; expected one of '
+                             f'{list(AGGREGATIONS)}')
+        gated = aggregation == 'gated'
+        if not gated and (all_sg or gate_per_task):
+            raise ValueError(f'all_sg and gate_per_task act on the gate of eq 13-14, which '
+                             f'aggregation={aggregation!r} replaces')
         if num_layers < 1:
             raise ValueError(f'DFMEHead needs num_layers >= 1 fitting layers, got {num_layers}')
         if fit_graph not in ('other', 'task'):
@@ -237,37 +277,54 @@ class DFMEHead(MTLHead):
         self.cl_norm = cl_norm
         self.contrastive = contrastive
         self.fitting = fitting
-        self.forward_fit = forward_fit and fitting
-        self.backward_fit = backward_fit and fitting
+        self.aggregation = aggregation
+        self.forward_fit = forward_fit and fitting and gated
+        self.backward_fit = backward_fit and fitting and gated
         self.all_sg = all_sg
         self.gate_per_task = gate_per_task
         self.score_scale = float(score_scale)
         self.gate_init = gate_init
         self.gate_input = gate_input
         self.expert_order = expert_order
-        d = embedding_dim
-        self.behavior_emb = nn.Parameter(torch.empty(num_behaviors, d))        # r^{k',0}
-        self.layer_weight = nn.Parameter(torch.empty(self.num_layers - 1, d, d))  # W^1..W^{L-1}
-        self.gate = StackedMLP(num_behaviors if gate_per_task else 1, [2 * d, num_behaviors],
-                               act=None)
+        d, k = embedding_dim, num_behaviors
+        for name in ('behavior_emb', 'layer_weight', 'fusion_weight', 'fusion_bias'):
+            self.register_parameter(name, None)
+        self.gate = None
+        if gated:
+            self.behavior_emb = nn.Parameter(torch.empty(k, d))                 # r^{k',0}
+            self.layer_weight = nn.Parameter(torch.empty(self.num_layers - 1, d, d))  # W^l
+            self.gate = StackedMLP(k if gate_per_task else 1, [2 * d, k], act=None)
+        elif aggregation == 'linear':   # W_{k,j}, j != k (pair index: _pair_params)
+            self.fusion_weight = nn.Parameter(torch.empty(k, k - 1, d, d))
+        elif aggregation == 'vanilla':  # the gate of PKEF eq 13 per (k, j)
+            self.fusion_weight = nn.Parameter(torch.empty(k, k - 1, 4, 4 * d))
+            self.fusion_bias = nn.Parameter(torch.empty(k, k - 1, 4))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # Xavier, as COPF initialises every parameter
-        for p in (self.behavior_emb, *self.layer_weight):
+        matrices = [] if self.behavior_emb is None else [self.behavior_emb, *self.layer_weight]
+        if self.fusion_weight is not None:
+            matrices += list(self.fusion_weight.flatten(0, 1))
+        for p in matrices:
             bound = math.sqrt(6.0 / (p.size(0) + p.size(1)))
             nn.init.uniform_(p, -bound, bound)
-        self.gate.reset_parameters()           # Xavier weights, zero biases
-        if self.gate_init == 'zeros':          # g^k = 1/K at the start (module docstring)
-            with torch.no_grad():
-                for w in self.gate.weights:
-                    w.zero_()
+        if self.fusion_bias is not None:
+            nn.init.zeros_(self.fusion_bias)
+        if self.gate is not None:
+            self.gate.reset_parameters()           # Xavier weights, zero biases
+            if self.gate_init == 'zeros':          # g^k = 1/K at the start (module docstring)
+                with torch.no_grad():
+                    for w in self.gate.weights:
+                        w.zero_()
 
     # ------------------------------------------------------------------ eq 10-12
     def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
         """Add the fitted embeddings of every (task, behavior) pair as ``extras['dfme']``."""
         check_embeddings(emb, self.num_behaviors, self.embedding_dim, 'DFMEHead')
         k = self.num_behaviors
+        if self.aggregation != 'gated':   # table 4's schemes read the embeddings as they are
+            return emb
         if self.forward_fit:
             fitted = self.fitting_embeddings(emb, adjacency)
         else:  # w/o for. / w/o fit.: task k aggregates the behavior-specific embeddings
@@ -351,6 +408,8 @@ class DFMEHead(MTLHead):
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:
         k = self._index(emb, behavior)
+        if self.aggregation != 'gated':
+            return self._forward_fused(emb, users, items, k)
         fit_u, fit_v = self._fitted(emb)
         u, v = fit_u[k][:, users], fit_v[k][:, items]                    # [K, B, d], [K, B, (C), d]
         if items.dim() == 2:
@@ -369,6 +428,8 @@ class DFMEHead(MTLHead):
         \mathbf{e}_{u}^{k,j} \cdot \mathbf{e}_{v}^{k,j}`, the gate logits being a user part
         plus an item part."""
         k = self._index(emb, behavior)
+        if self.aggregation != 'gated':
+            return self._score_all_fused(emb, users, k)
         fit_u, fit_v = self._fitted(emb)
         d = self.embedding_dim
         grp = k if self.gate_per_task else 0
@@ -386,6 +447,72 @@ class DFMEHead(MTLHead):
             item_x = self._gate_features(emb.items[k][start:start + self.chunk_size])
             gate = (user_logits + (item_x @ weight[d:]).unsqueeze(0)).softmax(dim=-1)
             out.append((gate * dots.permute(1, 2, 0)).sum(-1) * (self.score_scale / d))
+        return torch.cat(out, dim=1)
+
+    # ------------------------------------------------------------------ COPF table 4
+    def _pair_params(self, k: int, j: int):
+        r""":math:`\mathbf{W}_{k,j}` (and the vanilla gate's bias) of task ``k``, behavior
+        ``j != k``."""
+        p = j if j < k else j - 1
+        weight = None if self.fusion_weight is None else self.fusion_weight[k, p]
+        bias = None if self.fusion_bias is None else self.fusion_bias[k, p]
+        return weight, bias
+
+    def _forward_fused(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
+                       k: int) -> Tensor:
+        u, v = emb.users[:, users], emb.items[:, items]                  # [K, B, d], [K, B, (C), d]
+        if items.dim() == 2:
+            u = u.unsqueeze(2)
+        experts = u * v                                                  # e^j, eq 9
+        out = experts[k]
+        for j in range(self.num_behaviors):
+            if j != k:
+                f = fuse(self.aggregation, experts[k], experts[j], *self._pair_params(k, j))
+                if f is not None:
+                    out = out + f
+        return self.score_scale * out.mean(-1)
+
+    def _score_all_fused(self, emb: BehaviorEmbeddings, users: Tensor, k: int) -> Tensor:
+        r"""``[B, I]`` of table 4's schemes by matrix products. Every sum over :math:`d` of a
+        product of pair experts is one: :math:`\mathbf{w} \cdot (\mathbf{e}^a \circ
+        \mathbf{e}^b) = (\mathbf{w} \circ \mathbf{e}_u^a \circ \mathbf{e}_u^b) \cdot
+        (\mathbf{e}_v^a \circ \mathbf{e}_v^b)`; ``'linear'`` sums
+        :math:`\mathbf{W}_{k,j}\mathbf{e}^j` through the column sums of
+        :math:`\mathbf{W}_{k,j}`, ``'vanilla'`` splits its gate's :math:`[4, 4d]` weight into
+        the four feature blocks."""
+        d = self.embedding_dim
+        u = emb.users[:, users]                                          # [K, B, d]
+        uk = u[k]
+        out = []
+        for start in range(0, emb.items.size(1), self.chunk_size):
+            v = emb.items[:, start:start + self.chunk_size]              # [K, C, d]
+            vk = v[k]
+            own = uk @ vk.t()                                            # sum_d e^k
+            total = own
+            for j in range(self.num_behaviors):
+                if j == k or self.aggregation == 'none':
+                    continue
+                uj, vj = u[j], v[j]
+                weight, bias = self._pair_params(k, j)
+                if self.aggregation == 'sum':
+                    total = total + uj @ vj.t()
+                elif self.aggregation == 'linear':
+                    total = total + (uj * weight.sum(0)) @ vj.t()
+                elif self.aggregation == 'projection':
+                    dot = (uk * uj) @ (vk * vj).t()                      # e^j . e^k
+                    sq = uk.pow(2) @ vk.pow(2).t()                       # ||e^k||^2
+                    total = total + dot / (sq + 1e-12) * own
+                else:  # vanilla: logits_i = W_i . [e^k, e^j, e^k - e^j, e^k o e^j] + b_i
+                    wk, wj, wdiff, wprod = weight.view(4, 4, d).unbind(1)  # [4, d] each
+                    ukj, vkj = uk * uj, vk * vj
+                    logits = (torch.matmul((wk + wdiff).unsqueeze(1) * uk, vk.t())
+                              + torch.matmul((wj - wdiff).unsqueeze(1) * uj, vj.t())
+                              + torch.matmul(wprod.unsqueeze(1) * ukj, vkj.t())
+                              + bias.view(4, 1, 1))                      # [4, B, C]
+                    other, both = uj @ vj.t(), ukj @ vkj.t()
+                    sums = torch.stack([own, other, own - other, both])  # sum_d of each feature
+                    total = total + (logits.softmax(dim=0) * sums).sum(0)
+            out.append(total * (self.score_scale / d))
         return torch.cat(out, dim=1)
 
     # ------------------------------------------------------------------ eq 8, 17
@@ -438,4 +565,4 @@ class DFMEHead(MTLHead):
                 f'all_sg={self.all_sg}, fitting={self.fitting}, '
                 f'gate_per_task={self.gate_per_task}, score_scale={self.score_scale}, '
                 f'gate_init={self.gate_init!r}, gate_input={self.gate_input!r}, '
-                f'expert_order={self.expert_order!r}')
+                f'expert_order={self.expert_order!r}, aggregation={self.aggregation!r}')
