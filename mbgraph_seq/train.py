@@ -120,7 +120,8 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
             every parameter trainable, fine-tuned on the same target-behavior objective, eq 13's
             L_pred, without prompts).
         **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
-            ``num_layers``, ``num_blocks``, ``dropout``, ...).
+            ``num_layers``, ``num_blocks``, ``dropout``, ``sequence_mixer`` -- ``'attention'``
+            pre-trains and tunes table 5's "w/o DS" backbone --, ...).
 
     Returns:
         ``{'model', 'test': {sampled 'hr@10', 'ndcg@10', ...}, 'test_full': {...}, 'val',

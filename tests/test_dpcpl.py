@@ -291,3 +291,62 @@ def test_soft_prompts_are_the_same_trained_tokens_for_every_user():
     both = DPCPL(ds, backbone=backbone, num_tokens=3, personalized=False, progressive=False)
     assert both.soft_prompts.shape == (1, 3, 16)
     assert both.parameter_counts()['tuned'] == 3 * 16
+
+
+def test_attention_backbone_is_frozen_and_only_prompts_are_tuned():
+    """DPCPL table 5's w/o DS: the backbone has self-attention instead of the Efficient Filter
+    Layer (EBM kwarg sequence_mixer='attention'); the prompt tuning is the same."""
+    ds = synthetic()
+    torch.manual_seed(8)
+    model = DPCPL(ds, dim=16, num_layers=2, num_blocks=2, dropout=0.2, prompt_dim=8,
+                  num_factors=4, num_tokens=3, sequence_mixer='attention')
+    backbone = model.backbone
+    assert backbone.sequence_mixer == 'attention' and backbone.prompt_slots == 3
+    names = [n for n, _ in backbone.named_parameters()]
+    assert any('.attention.attn.' in n for n in names)
+    assert not any('.filter.' in n or 'fusion' in n for n in names)
+    tuned = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert tuned == {'prompts.' + n for n, _ in model.prompts.named_parameters()}
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    prompts_before = [p.detach().clone() for p in model.prompts.parameters()]
+    model.train()
+    assert model.prompts.training and not backbone.training
+    batch = next(iter(ds.train_source(batch_size=16, num_negatives=2, prefixes='all',
+                                      target_only=True).batches(0)))
+    opt = torch.optim.Adam(model.tuned_parameters(), lr=1e-2)
+    loss, parts = model.loss(batch)
+    assert torch.isfinite(loss) and set(parts) == {'pred', 'compactness'}
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for p in backbone.parameters())
+    assert model.prompts.token_proj.grad is not None
+    assert model.prompts.token_proj.grad.abs().sum() > 0
+    opt.step()
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(a, b) for a, b in zip(prompts_before, model.prompts.parameters()))
+    # the prompt tokens reach the attention backbone: zero prompts give another representation
+    model.eval()
+    with torch.no_grad():
+        u, out = model(batch)
+        plain = backbone.encode(batch)
+        assert not torch.allclose(u, plain, atol=1e-4)
+        torch.testing.assert_close(u, backbone.encode(batch, list(out.tokens)))
+
+
+def test_attention_backbone_through_pretraining(tmp_path):
+    """sequence_mixer reaches the EBM that train_sequence_model pre-trains, is saved with it
+    and must match when prompt tuning a saved backbone."""
+    ds = synthetic(num_users=24, length=12, max_len=8)
+    kw = dict(epochs=1, device='cpu', seed=0, batch_size=64, lr=1e-2, num_negatives_eval=9,
+              progress=False, dim=8, num_layers=1, num_blocks=2, prompt_dim=4, num_factors=2,
+              num_tokens=2)
+    metrics = train_sequence_model('dpcpl', ds, stage='both', out_dir=tmp_path,
+                                   sequence_mixer='attention', **kw)
+    assert math.isfinite(metrics['test']['hr@10']) and 'pretrain' in metrics
+    saved = torch.load(tmp_path / 'pretrain' / 'ebm.pt', weights_only=True)
+    assert saved['ebm_kwargs']['sequence_mixer'] == 'attention'
+    assert any('.attention.attn.' in k for k in saved['model'])
+    assert not any('.filter.' in k for k in saved['model'])
+    with pytest.raises(ValueError, match='saved EBM was built with'):
+        train_sequence_model('dpcpl', ds, stage='prompt', out_dir=tmp_path, **kw)

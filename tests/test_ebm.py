@@ -1,5 +1,6 @@
 """EBM (DPCPL sec. 4.1-4.2): the filter layer against an explicit DFT and per-frequency,
-per-block matrix products; parameter counts; the behavior mixer; eq 4; training."""
+per-block matrix products; parameter counts; the behavior mixer; eq 4; training; the
+self-attention variant of table 5's "w/o DS" against dense attention by hand."""
 import math
 
 import pytest
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 
 from helpers import cyclic_walks as synthetic
 from mbgraph.training import Trainer
-from mbgraph_seq.models import EBM, SEQ_MODELS
+from mbgraph_seq.data import SequenceBatch
+from mbgraph_seq.models import DPCPL, EBM, SEQ_MODELS
 from mbgraph_seq.nn.filter import BehaviorMinerLayer, ChunkedComplexMLP, EfficientFilterLayer
 
 
@@ -174,3 +176,103 @@ def test_ebm_scores_and_trains():
     trainer.fit()
     first, second = trainer.history[0]['loss'], trainer.history[1]['loss']
     assert second < first * 0.95, (first, second)
+
+
+# -------------------------------------------------------------- w/o DS: attention, not the filter
+
+def attention_layer_by_hand(layer, x, behaviors, mask, keep):
+    """One ``sequence_mixer='attention'`` EBM layer, dense, all positions: for every row and
+    view (overall; each behavior with the kept prompt slots), every head attends
+    softmax(Q K^T / sqrt(d_h)) V over the positions the view holds, then residual + LN,
+    GELU FFN + LN; the behavior mixer combines the views; padding rows are 0."""
+    block, attn = layer.attention, layer.attention.attn
+    H, dh = attn.num_heads, attn.head_dim
+    B, L, d = x.shape
+    lin = lambda m, t: t @ m.weight.t() + m.bias
+    ln = lambda m, t: F.layer_norm(t, (d,), m.weight, m.bias)
+    out = torch.zeros(B, L, d)
+    for r in range(B):
+        views = []
+        for v in range(layer.num_behaviors + 1):
+            held = mask[r] if v == 0 else (behaviors[r] == v) & mask[r]
+            idx = (held | keep[r]).nonzero().squeeze(1)
+            y = torch.zeros(L, d)
+            if idx.numel():
+                s = x[r, idx]                                   # only the held positions
+                Q, K, V = lin(attn.q, s), lin(attn.k, s), lin(attn.v, s)
+                heads = []
+                for h in range(H):
+                    c = slice(h * dh, (h + 1) * dh)
+                    A = torch.softmax(Q[:, c] @ K[:, c].t() / math.sqrt(dh), dim=1)
+                    heads.append(A @ V[:, c])
+                hh = ln(block.norm1, s + lin(attn.out, torch.cat(heads, 1)))
+                ffn = lin(block.ffn.fc2, F.gelu(lin(block.ffn.fc1, hh)))
+                y[idx] = ln(block.norm2, hh + ffn)
+            views.append(y)
+        mixed = lin(layer.mixer, torch.cat(views, 1))
+        out[r] = ln(layer.norm, views[0] + mixed) * mask[r].unsqueeze(1)
+    return out
+
+
+def hand_batch(items, behaviors):
+    items, behaviors = torch.tensor(items), torch.tensor(behaviors)
+    B, M = items.shape
+    zeros = torch.zeros(B, M, dtype=torch.long)
+    return SequenceBatch(users=torch.arange(B), items=items, behaviors=behaviors,
+                         mask=items > 0, pos=zeros, pos_behaviors=zeros,
+                         neg=torch.zeros(B, M, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize('slots', [2, 0])
+def test_attention_mixer_ebm_by_hand(slots):
+    """DPCPL table 5's w/o DS: EBM.encode with prompt slots against dense attention by hand,
+    two layers (the slots overwritten before each), left-padded rows included."""
+    ds = synthetic()                       # 30 items, behaviors click / cart / buy, max_len 12
+    torch.manual_seed(7)
+    d, C = 8, slots
+    model = EBM(ds, dim=d, num_layers=2, num_blocks=2, dropout=0.0, prompt_slots=C,
+                sequence_mixer='attention').eval()
+    assert model.sequence_mixer == 'attention'
+    assert all(layer.attention.attn.num_heads == 2 and not hasattr(layer, 'filter')
+               for layer in model.layers)
+    # row 1: two padding positions, no cart; row 2: four padding positions, buys only
+    batch = hand_batch([[3, 9, 4, 17, 25, 6], [0, 0, 11, 2, 30, 8], [0, 0, 0, 0, 5, 21]],
+                       [[1, 2, 3, 1, 1, 3], [0, 0, 1, 3, 1, 3], [0, 0, 0, 0, 3, 3]])
+    prompts = [torch.randn(3, C, d) for _ in range(2)] if C else None
+    with torch.no_grad():
+        u = model.encode(batch, prompts)
+        emb = model.embedding
+        M = batch.items.size(1)
+        x = (emb.items.weight[batch.items] + emb.positions.weight[ds.max_len - M:]
+             + emb.behaviors.weight[batch.behaviors])                           # eq 1
+        x = F.layer_norm(x, (d,), model.norm.weight, model.norm.bias)
+        mask = torch.cat([torch.ones(3, C, dtype=torch.bool), batch.mask], 1)
+        behaviors = torch.cat([torch.zeros(3, C, dtype=torch.long), batch.behaviors], 1)
+        keep = torch.zeros_like(mask)
+        keep[:, :C] = True
+        h = x if not C else torch.cat([prompts[0], x], 1)
+        layer0 = attention_layer_by_hand(model.layers[0], h, behaviors, mask, keep)
+        # the module's full-sequence output (not only the read-out position) matches too
+        torch.testing.assert_close(model.layers[0](h, behaviors, mask, keep), layer0,
+                                   atol=1e-5, rtol=1e-5)
+        h = layer0 if not C else torch.cat([prompts[1], layer0[:, C:]], 1)
+        expected = attention_layer_by_hand(model.layers[1], h, behaviors, mask, keep)[:, -1]
+        assert torch.isfinite(u).all()
+        torch.testing.assert_close(u, expected, atol=1e-5, rtol=1e-5)
+        # padding is never attended: row 1 without its two padding columns (same positions
+        # of the real events) gives the same representation
+        short = hand_batch([[11, 2, 30, 8]], [[1, 3, 1, 3]])
+        short_u = model.encode(short, None if not C else [p[1:2] for p in prompts])
+        torch.testing.assert_close(short_u[0], u[1], atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_sequence_mixer_is_refused():
+    ds = synthetic()
+    for build in (lambda: EBM(ds, dim=8, num_blocks=2, sequence_mixer='fft'),
+                  lambda: DPCPL(ds, dim=8, num_blocks=2, sequence_mixer='self-attention'),
+                  lambda: BehaviorMinerLayer(8, 2, 2, sequence_mixer='Attention')):
+        with pytest.raises(ValueError, match=r"unknown sequence_mixer .*filter, attention"):
+            build()
+    # the default is the paper's filter
+    assert all(hasattr(layer, 'filter') and not hasattr(layer, 'attention')
+               for layer in EBM(ds, dim=8, num_blocks=2).layers)

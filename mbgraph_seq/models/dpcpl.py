@@ -52,7 +52,9 @@ class DPCPL(SequenceRecommender):
         compactness_sign: ``+1`` adds :math:`\\lambda \\mathcal L_{compactness}` as eq 13 is
             written (it lowers each user's coding rate); ``-1`` subtracts it, the reading that
             maximises the coding rate, i.e. the diversity sec. 4.3.3 describes.
-        **backbone_kwargs: :class:`EBM` arguments when ``backbone`` is None.
+        **backbone_kwargs: :class:`EBM` arguments when ``backbone`` is None;
+            ``sequence_mixer='attention'`` gives table 5's "w/o DS" (a backbone with
+            self-attention instead of the Efficient Filter Layer; the prompt tuning is the same).
     """
 
     causal = False

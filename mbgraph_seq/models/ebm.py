@@ -5,7 +5,8 @@ Sequential Recommendation", sec. 4.1-4.2).
 * input: behavior-aware sequence embedding :math:`e = e_v + e_p + e_b` (eq 1);
 * ``num_layers`` :class:`~mbgraph_seq.nn.filter.BehaviorMinerLayer` (the overall sequence and
   each behavior's sub-sequence through the Efficient Filter Layer, eq 2-3, then the behavior
-  mixer);
+  mixer; ``sequence_mixer='attention'`` puts self-attention in the filter's place: table 5's
+  "w/o DS", see :class:`EBM`);
 * user representation :math:`u` = the last layer's output after the most recent event;
 * pre-training loss (eq 4), BPR form over next item and next behavior type:
 
@@ -15,8 +16,9 @@ Sequential Recommendation", sec. 4.1-4.2).
 
   (averaged over the batch's targets; :math:`b` are the behavior embeddings of eq 1).
 
-The filter is not causal, so EBM trains on sequences cut before the predicted event
-(``train_layout = 'all'``: every cut of every training sequence once per epoch).
+The filter (and the self-attention that replaces it in "w/o DS") is not causal, so EBM trains
+on sequences cut before the predicted event (``train_layout = 'all'``: every cut of every
+training sequence once per epoch).
 
 For prompt tuning (:class:`~mbgraph_seq.models.dpcpl.DPCPL`), :meth:`EBM.encode` accepts
 layer-wise prompts: ``C`` prompt slots are placed before the sequence and, at every layer
@@ -31,19 +33,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import SequenceBatch, SequenceDataset
-from ..nn.filter import BehaviorMinerLayer
+from ..nn.filter import BehaviorMinerLayer, check_sequence_mixer
 from ..nn.transformer import SequenceEmbedding
 from .sasrec import SequenceRecommender
 
 
 class EBM(SequenceRecommender):
-    """Efficient Behavior Miner; trains end to end with eq 4 and serves as DPCPL's backbone.
+    r"""Efficient Behavior Miner; trains end to end with eq 4 and serves as DPCPL's backbone.
 
     Args:
         dataset: the :class:`~mbgraph_seq.data.SequenceDataset` (sizes, evaluation inputs).
         dim: embedding size ``d``.
         num_layers: EBM layers ``L``.
-        num_blocks: chunks ``k`` of the filter (divides ``d``).
+        num_blocks: chunks ``k`` of the filter (divides ``d``); with
+            ``sequence_mixer='attention'`` the number of attention heads.
         dropout: dropout rate.
         behavior_weight: weight of eq 4's next-behavior term (1 = the paper).
         activation: the filter MLP's activation.
@@ -51,6 +54,21 @@ class EBM(SequenceRecommender):
             they hold zeros at every layer, so a backbone pre-trained with them sees sequences
             of the same length ``C + M`` as during prompt tuning (the FFT grid depends on the
             length) and all-zero prompts reproduce it exactly. 0: no slots.
+        sequence_mixer: what mixes the positions of each sequence view in every layer.
+            ``'filter'`` (default): the Efficient Filter Layer, EBM's denoising block.
+            ``'attention'``: DPCPL table 5's "w/o DS" -- "Instead of the EBM block, we
+            exclusively employ the attention block in the pre-trained model" (sec. 5.4). In
+            every layer the filter :math:`\mathcal F^{-1}(\mathrm{MLP}(\mathcal F(S)))` (eq
+            2-3, FFT + chunked complex MLP) is replaced by multi-head self-attention
+            (:class:`~mbgraph_seq.nn.filter.SelfAttentionLayer`, SASRec's
+            :class:`~mbgraph_seq.nn.transformer.MultiHeadSelfAttention`, ``num_blocks``
+            heads); what stays is everything else: the layer's residual + LayerNorm and FFN +
+            LayerNorm, the overall and per-behavior sub-sequence views with one shared block,
+            the behavior mixer, the eq-1 item/position/behavior embeddings, the read-out, the
+            eq-4 loss and the prompt slots. The attention is bidirectional like the filter (it
+            is read on sequences cut before the target, ``train_layout = 'all'``): a position
+            attends to every real position of its view, the prompt slots included (they are
+            in every view), never to padding. ``activation`` is then unused.
     """
 
     causal = False
@@ -58,14 +76,17 @@ class EBM(SequenceRecommender):
 
     def __init__(self, dataset: SequenceDataset, dim: int = 64, num_layers: int = 2,
                  num_blocks: int = 4, dropout: float = 0.1, behavior_weight: float = 1.0,
-                 activation: str = 'relu', prompt_slots: int = 0):
+                 activation: str = 'relu', prompt_slots: int = 0,
+                 sequence_mixer: str = 'filter'):
         super().__init__(dataset)
+        check_sequence_mixer(sequence_mixer)
         if num_layers < 1:
             raise ValueError(f'num_layers must be >= 1, got {num_layers}')
         if prompt_slots < 0:
             raise ValueError(f'prompt_slots must be >= 0, got {prompt_slots}')
         self.dim, self.num_layers = int(dim), int(num_layers)
         self.prompt_slots = int(prompt_slots)
+        self.sequence_mixer = sequence_mixer
         self.behavior_weight = float(behavior_weight)
         self.embedding = SequenceEmbedding(dataset.num_items, dim, dataset.max_len,
                                            dataset.num_behaviors)
@@ -73,7 +94,8 @@ class EBM(SequenceRecommender):
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             BehaviorMinerLayer(dim, dataset.num_behaviors, num_blocks, dropout,
-                               activation=activation) for _ in range(num_layers))
+                               activation=activation, sequence_mixer=sequence_mixer)
+            for _ in range(num_layers))
         nn.init.normal_(self.embedding.items.weight, std=0.02)
         nn.init.normal_(self.embedding.positions.weight, std=0.02)
         nn.init.normal_(self.embedding.behaviors.weight, std=0.02)
@@ -138,8 +160,9 @@ class EBM(SequenceRecommender):
 
     @staticmethod
     def last_targets(batch: SequenceBatch) -> Tuple[Tensor, Tensor, Tensor]:
-        """:meth:`SequenceBatch.last_targets`: EBM's FFT filter reads later positions."""
-        return batch.last_targets("EBM's FFT filter")
+        """:meth:`SequenceBatch.last_targets`: EBM's FFT filter (or bidirectional attention)
+        reads later positions."""
+        return batch.last_targets("EBM's FFT filter (or bidirectional attention)")
 
     def pretrain_loss(self, u: Tensor, pos: Tensor, pos_behaviors: Tensor, neg: Tensor
                       ) -> Tuple[Tensor, Tensor]:

@@ -10,12 +10,15 @@ r"""The Efficient Behavior Miner's layers (DPCPL, Wang et al., sec. 4.2).
   along the sequence), :math:`\tilde X = \mathrm{MLP}(X)`, :math:`\tilde S = \mathcal
   F^{-1}(\tilde X)`, then residual + LayerNorm and a position-wise feed-forward network with
   its own residual + LayerNorm.
+* :class:`SelfAttentionLayer` -- the Efficient Filter Layer with its filter replaced by
+  bidirectional multi-head self-attention (DPCPL table 5's "w/o DS" ablation).
 * :class:`BehaviorMinerLayer` -- one EBM layer: the overall sequence and each behavior's
-  sub-sequence pass the filter layer, a fully connected behavior mixer combines them.
+  sub-sequence pass the filter layer (or, with ``sequence_mixer='attention'``, the
+  self-attention layer), a fully connected behavior mixer combines them.
 
-The filter is *not causal*: the output at a position depends on every position of the
-sequence, so next-item training must cut sequences before the predicted event (see
-:class:`mbgraph_seq.data.SequenceTrainSource`, ``prefixes``).
+Neither the filter nor the self-attention layer is *causal*: the output at a position depends
+on every position of the sequence, so next-item training must cut sequences before the
+predicted event (see :class:`mbgraph_seq.data.SequenceTrainSource`, ``prefixes``).
 """
 from __future__ import annotations
 
@@ -25,7 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .transformer import MultiHeadSelfAttention, bidirectional_attention_mask
+
+#: the sequence mixers of an EBM layer: the Efficient Filter Layer (the paper's denoising
+#: block) or self-attention in its place (table 5's "w/o DS")
+SEQUENCE_MIXERS = ('filter', 'attention')
+
 _ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu, 'tanh': torch.tanh}
+
+
+def check_sequence_mixer(name: str) -> str:
+    """``name`` if it is one of :data:`SEQUENCE_MIXERS`, else a ValueError that lists them."""
+    if name not in SEQUENCE_MIXERS:
+        raise ValueError(f'unknown sequence_mixer {name!r}; known: {", ".join(SEQUENCE_MIXERS)} '
+                         "('attention' = DPCPL table 5's w/o DS)")
+    return name
 
 
 def _activation(name: str):
@@ -172,6 +189,56 @@ class EfficientFilterLayer(nn.Module):
         return out
 
 
+class SelfAttentionLayer(nn.Module):
+    r""":class:`EfficientFilterLayer` with the filter :math:`\mathcal F^{-1}(\mathrm{MLP}(
+    \mathcal F(S)))` (eq 2-3) replaced by bidirectional multi-head self-attention, everything
+    else unchanged -- the "attention block" of DPCPL table 5's "w/o DS":
+
+    .. math::
+        \tilde S = \mathrm{MHSA}(S, S, S),\quad
+        H = \mathrm{LN}(S + \mathrm{Drop}(\tilde S)),\quad
+        \mathrm{out} = \mathrm{LN}(H + \mathrm{Drop}(\mathrm{FFN}(H)))
+
+    The attention is :class:`~mbgraph_seq.nn.transformer.MultiHeadSelfAttention` (SASRec's).
+    It is *bidirectional*, as the filter is: every real position (``mask`` True) attends to
+    every real position, earlier or later, and to nothing else; padding positions are zeroed
+    on input and output, like the filter layer's.
+
+    Args:
+        dim: channels ``d``.
+        num_heads: attention heads (divides ``d``).
+        dropout: dropout on the attention weights, after the attention and in/after the FFN.
+        ffn_hidden: FFN hidden width (default ``d``).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.1,
+                 ffn_hidden: Optional[int] = None):
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(dim, num_heads, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_hidden, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, last_only: bool = False
+                ) -> Tensor:
+        """``x`` ``[B, L, d]`` -> ``[B, L, d]``; with ``last_only`` only the last position's
+        output ``[B, d]`` is computed (its query still attends to every real position, so the
+        result equals ``forward(x)[:, -1]``)."""
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        allowed = bidirectional_attention_mask(mask)                        # [B, 1, L, L]
+        if last_only:
+            attended = self.attn(x[:, -1:], x, allowed[:, :, -1:])[:, 0]
+            x, mask = x[:, -1], mask[:, -1]
+        else:
+            attended = self.attn(x, x, allowed)
+        h = self.norm1(x + self.dropout(attended))
+        out = self.norm2(h + self.dropout(self.ffn(h)))
+        return out * mask.unsqueeze(-1).to(out.dtype)
+
+
 class BehaviorMinerLayer(nn.Module):
     r"""One EBM layer (DPCPL sec. 4.2, "Next, to enhance ..."): the overall sequence and the
     sub-sequence of each of the ``K`` behaviors pass an :class:`EfficientFilterLayer`; a fully
@@ -184,19 +251,34 @@ class BehaviorMinerLayer(nn.Module):
     where :math:`m_k` keeps the positions of behavior ``k`` (and any always-kept positions such
     as prompt tokens) in place, so that all views stay aligned in time.
 
+    With ``sequence_mixer='attention'`` (DPCPL table 5's "w/o DS") :math:`F` is a
+    :class:`SelfAttentionLayer` instead: in view ``k`` a position attends to the positions
+    :math:`m_k` keeps, so the views and the behavior mixer are the same as with the filter.
+
     Args:
         dim: channels.
         num_behaviors: ``K``.
-        num_blocks, dropout, ffn_hidden, activation: of the filter layer.
+        num_blocks, dropout, ffn_hidden, activation: of the filter layer; with
+            ``sequence_mixer='attention'``, ``num_blocks`` is the number of attention heads
+            (the paper likens the ``k`` chunks to ``k``-head attention) and ``activation``
+            is unused.
+        sequence_mixer: ``'filter'`` (:class:`EfficientFilterLayer`, attribute ``filter``) or
+            ``'attention'`` (:class:`SelfAttentionLayer`, attribute ``attention``).
     """
 
     def __init__(self, dim: int, num_behaviors: int, num_blocks: int = 4, dropout: float = 0.1,
-                 ffn_hidden: Optional[int] = None, activation: str = 'relu'):
+                 ffn_hidden: Optional[int] = None, activation: str = 'relu',
+                 sequence_mixer: str = 'filter'):
         super().__init__()
+        check_sequence_mixer(sequence_mixer)
         self.num_behaviors = int(num_behaviors)
+        self.sequence_mixer = sequence_mixer
         # reading taken: one filter layer (shared weights) filters the overall sequence and
         # every behavior's sub-sequence; the mixer is a single Linear((K+1)d -> d)
-        self.filter = EfficientFilterLayer(dim, num_blocks, dropout, ffn_hidden, activation)
+        if sequence_mixer == 'filter':
+            self.filter = EfficientFilterLayer(dim, num_blocks, dropout, ffn_hidden, activation)
+        else:
+            self.attention = SelfAttentionLayer(dim, num_blocks, dropout, ffn_hidden)
         self.mixer = nn.Linear((self.num_behaviors + 1) * dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -212,7 +294,8 @@ class BehaviorMinerLayer(nn.Module):
             masks = [m | keep for m in masks]
         stacked = torch.stack(masks, 0)                                      # [K+1, B, L]
         views = x.unsqueeze(0) * stacked.unsqueeze(-1).to(x.dtype)           # [K+1, B, L, d]
-        filtered = self.filter(views.reshape(-1, L, d), stacked.reshape(-1, L), last_only)
+        sequence_layer = self.filter if self.sequence_mixer == 'filter' else self.attention
+        filtered = sequence_layer(views.reshape(-1, L, d), stacked.reshape(-1, L), last_only)
         real = masks[0][:, -1] if last_only else masks[0]
         filtered = filtered.view(self.num_behaviors + 1, B, *filtered.shape[1:])
         overall = filtered[0] * real.unsqueeze(-1).to(x.dtype)
@@ -224,4 +307,5 @@ class BehaviorMinerLayer(nn.Module):
         return out * real.unsqueeze(-1).to(out.dtype)
 
 
-__all__ = ['ChunkedComplexMLP', 'FeedForward', 'EfficientFilterLayer', 'BehaviorMinerLayer']
+__all__ = ['SEQUENCE_MIXERS', 'check_sequence_mixer', 'ChunkedComplexMLP', 'FeedForward',
+           'EfficientFilterLayer', 'SelfAttentionLayer', 'BehaviorMinerLayer']

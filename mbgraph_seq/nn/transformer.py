@@ -11,7 +11,8 @@ sec. III-C, in the pre-normalised order of the authors' code)::
     X = X * mask                              # padding rows set to zero
 
 The attention at position ``t`` sees positions ``<= t`` that are real events, so the output at
-``t`` never depends on later positions.
+``t`` never depends on later positions. (:func:`bidirectional_attention_mask` lifts the causal
+restriction for EBM's self-attention variant, :class:`mbgraph_seq.nn.filter.SelfAttentionLayer`.)
 """
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ def causal_attention_mask(mask: Tensor) -> Tensor:
     L = mask.size(1)
     causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril_()
     allowed = causal.unsqueeze(0) & mask.unsqueeze(1)                     # [B, L, L]
+    allowed = allowed | torch.eye(L, dtype=torch.bool, device=mask.device).unsqueeze(0)
+    return allowed.unsqueeze(1)
+
+
+def bidirectional_attention_mask(mask: Tensor) -> Tensor:
+    """``[B, 1, L, L]`` boolean mask (True = may attend) for queries ``i`` and keys ``j``: key
+    ``j`` real, before or after ``i`` (no causal restriction: EBM's "w/o DS" attention). As in
+    :func:`causal_attention_mask`, every position may attend to itself so that no row is empty
+    (the rows of padding queries are zeroed afterwards)."""
+    L = mask.size(1)
+    allowed = mask.unsqueeze(1).expand(-1, L, -1)                           # [B, L, L]
     allowed = allowed | torch.eye(L, dtype=torch.bool, device=mask.device).unsqueeze(0)
     return allowed.unsqueeze(1)
 
@@ -133,5 +145,5 @@ class SequenceEmbedding(nn.Module):
         return x
 
 
-__all__ = ['causal_attention_mask', 'MultiHeadSelfAttention', 'SASRecBlock',
-           'CausalTransformer', 'SequenceEmbedding']
+__all__ = ['causal_attention_mask', 'bidirectional_attention_mask', 'MultiHeadSelfAttention',
+           'SASRecBlock', 'CausalTransformer', 'SequenceEmbedding']
