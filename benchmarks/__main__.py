@@ -36,7 +36,7 @@ def cmd_list(args) -> int:
     suites = [args.suite] if args.suite else list_suites()
     for suite in suites:
         tables = load_suite(suite)
-        runs = plan(tables, seeds=args.seeds, epochs=args.epochs, only=args.only)
+        runs = plan(tables, seeds=args.seeds, epochs=args.epochs, only=args.only, lr=args.lr)
         print(f'{suite}: {len(tables)} tables, {len(runs)} runs'
               + (' (+ the speed micro-benchmarks)' if suite == 'speed' else ''))
         for t in tables:
@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
     counts = run_suite(tables, results, Path(args.suite).name, data_root=args.data_root,
                        device=args.device, seeds=args.seeds, epochs=args.epochs,
                        only=args.only, threads=args.threads, dry_run=args.dry_run,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, lr=args.lr)
     if args.suite == 'speed' and (not args.only or 'micro' in args.only):
         from . import speed
         if args.dry_run:
@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         return 0
     text, plots = write_outputs(tables, load_results(results), results, Path(args.suite).name,
-                                seeds=args.seeds, epochs=args.epochs)
+                                seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print()
     print(text)
     if args.suite == 'speed':
@@ -90,7 +90,7 @@ def cmd_table(args) -> int:
         print(f'no results under {results}: run `python -m benchmarks run {args.suite}` first',
               file=sys.stderr)
     text, plots = write_outputs(tables, found, results, Path(args.suite).name,
-                                seeds=args.seeds, epochs=args.epochs)
+                                seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print(text)
     if args.suite == 'speed':
         from . import speed
@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--epochs', type=int, default=None,
                        help='epochs per run, overriding the config files (for smoke runs: '
                        'they get their own run ids)')
+        s.add_argument('--lr', type=float, default=None,
+                       help='learning rate of every run, overriding the config files (e.g. a '
+                       'CPU budget: --epochs 10 --lr 5e-3; such runs get their own ids)')
         s.add_argument('--only', default=None, metavar='PATTERN',
                        help='keep runs whose id, table id, row name or model matches '
                        '(shell pattern; comma-separated; a bare word matches anywhere)')

@@ -360,11 +360,12 @@ def load_suite(suite: str) -> List[Table]:
 
 
 def expand(table: Table, seeds: Optional[int] = None, epochs: Optional[int] = None,
-           datasets: Optional[Sequence[str]] = None) -> List[Tuple[Row, Run]]:
-    """The (row, run) pairs of ``table``: rows x datasets x seeds, with ``seeds`` and
-    ``epochs`` overriding the file's (``epochs`` also caps ``eval_every`` and replaces DPCPL's
-    ``pretrain_epochs``; smoke runs get their own ids) and ``datasets`` restricting the
-    datasets."""
+           datasets: Optional[Sequence[str]] = None,
+           lr: Optional[float] = None) -> List[Tuple[Row, Run]]:
+    """The (row, run) pairs of ``table``: rows x datasets x seeds, with ``seeds``,
+    ``epochs`` and ``lr`` overriding the file's (``epochs`` also caps ``eval_every`` and
+    replaces DPCPL's ``pretrain_epochs``; overridden runs get their own ids) and ``datasets``
+    restricting the datasets."""
     out = []
     n_seeds = seeds if seeds is not None else table.seeds
     for dataset in table.datasets:
@@ -379,6 +380,8 @@ def expand(table: Table, seeds: Optional[int] = None, epochs: Optional[int] = No
                     hyper['eval_every'] = min(hyper['eval_every'], epochs)
                 if 'pretrain_epochs' in overrides:     # DPCPL's first stage too
                     overrides['pretrain_epochs'] = epochs
+            if lr is not None:                         # every row, its own lr included
+                hyper['lr'] = float(lr)
             for seed in range(n_seeds):
                 effective = {'model': row.model, 'dataset': dataset, 'seed': seed,
                              'set': overrides, 'hyper': hyper}

@@ -71,7 +71,7 @@ class Planned:
 
 
 def plan(tables: Sequence[Table], seeds: Optional[int] = None, epochs: Optional[int] = None,
-         only: Optional[str] = None) -> List[Planned]:
+         only: Optional[str] = None, lr: Optional[float] = None) -> List[Planned]:
     """Every distinct run of ``tables`` (a run asked for by several tables appears once).
 
     ``only`` keeps the runs whose id, table id, row name or model matches the shell pattern
@@ -82,7 +82,7 @@ def plan(tables: Sequence[Table], seeds: Optional[int] = None, epochs: Optional[
                     for p in (s.strip() for s in only.split(',')) if p]
     seen: Dict[str, Planned] = {}
     for table in tables:
-        for row, run in expand(table, seeds=seeds, epochs=epochs):
+        for row, run in expand(table, seeds=seeds, epochs=epochs, lr=lr):
             if patterns is not None:
                 keys = (run.id, table.id, row.name, run.model, f'{table.id}/{row.name}')
                 if not any(fnmatch.fnmatch(k.lower(), p.lower()) for p in patterns
@@ -218,10 +218,11 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
               data_root: Optional[str] = None, device: str = 'cpu',
               seeds: Optional[int] = None, epochs: Optional[int] = None,
               only: Optional[str] = None, threads: Optional[int] = None,
-              dry_run: bool = False, progress: bool = True, echo=print) -> Dict[str, Any]:
+              dry_run: bool = False, progress: bool = True, echo=print,
+              lr: Optional[float] = None) -> Dict[str, Any]:
     """Run what is missing of ``tables``; returns counts (done, skipped, failed, missing data)."""
     results = Path(results)
-    runs = plan(tables, seeds=seeds, epochs=epochs, only=only)
+    runs = plan(tables, seeds=seeds, epochs=epochs, only=only, lr=lr)
     missing: Dict[str, str] = {}
     todo, skipped = [], 0
     for p in runs:

@@ -75,11 +75,11 @@ def format_cell(path: str, values: Sequence[float], wanted: int) -> str:
 
 
 def table_cells(table: Table, results: Dict[str, Dict[str, Any]],
-                seeds: Optional[int] = None, epochs: Optional[int] = None
-                ) -> Dict[Tuple[str, str], List[Dict[str, Any]]]:
+                seeds: Optional[int] = None, epochs: Optional[int] = None,
+                lr: Optional[float] = None) -> Dict[Tuple[str, str], List[Dict[str, Any]]]:
     """(row name, dataset) -> the finished results of that cell's seeds."""
     cells: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
-    for row, run in expand(table, seeds=seeds, epochs=epochs):
+    for row, run in expand(table, seeds=seeds, epochs=epochs, lr=lr):
         found = results.get(run.id)
         cells.setdefault((row.name, run.dataset), [])
         if found is not None:
@@ -88,9 +88,10 @@ def table_cells(table: Table, results: Dict[str, Dict[str, Any]],
 
 
 def render_table(table: Table, results: Dict[str, Dict[str, Any]],
-                 seeds: Optional[int] = None, epochs: Optional[int] = None) -> str:
+                 seeds: Optional[int] = None, epochs: Optional[int] = None,
+                 lr: Optional[float] = None) -> str:
     """The markdown of one paper table (title, note, table)."""
-    cells = table_cells(table, results, seeds, epochs)
+    cells = table_cells(table, results, seeds, epochs, lr)
     wanted = seeds if seeds is not None else table.seeds
     datasets = list(table.datasets)
     has_paper = {d: any(d in r.paper for r in table.rows) for d in datasets}
@@ -134,7 +135,8 @@ def _rel(path: Path) -> str:
 
 
 def render_suite(tables: Sequence[Table], results: Dict[str, Dict[str, Any]], suite: str,
-                 seeds: Optional[int] = None, epochs: Optional[int] = None) -> str:
+                 seeds: Optional[int] = None, epochs: Optional[int] = None,
+                 lr: Optional[float] = None) -> str:
     parts = [f'# Benchmark suite `{suite}`', '',
              'Rendered by `python -m benchmarks table ' + suite + '` from the result JSON files '
              'next to this file.', '']
@@ -143,7 +145,7 @@ def render_suite(tables: Sequence[Table], results: Dict[str, Dict[str, Any]], su
     if envs:
         parts += [f'Git commit(s) of the runs: {", ".join(sorted(envs))}.', '']
     for table in tables:
-        parts.append(render_table(table, results, seeds, epochs))
+        parts.append(render_table(table, results, seeds, epochs, lr))
     return '\n'.join(parts)
 
 
@@ -163,14 +165,14 @@ def _pyplot():
 
 def plot_curves(table: Table, results: Dict[str, Dict[str, Any]], out: Path,
                 metric: str = 'ndcg@10', seeds: Optional[int] = None,
-                epochs: Optional[int] = None) -> Optional[Path]:
+                epochs: Optional[int] = None, lr: Optional[float] = None) -> Optional[Path]:
     """``out``: validation ``metric`` against epoch, one panel per dataset, one line per row
     (the mean over the finished seeds at each evaluated epoch). None when matplotlib is
     missing or no run has a curve."""
     plt = _pyplot()
     if plt is None:
         return None
-    cells = table_cells(table, results, seeds, epochs)
+    cells = table_cells(table, results, seeds, epochs, lr)
     datasets = [d for d in table.datasets
                 if any(_points(r, metric) for (_, dd), rs in cells.items() if dd == d
                        for r in rs)]
@@ -211,18 +213,18 @@ def _points(result: Dict[str, Any], metric: str) -> List[Tuple[int, float]]:
 
 
 def write_outputs(tables: Sequence[Table], results: Dict[str, Dict[str, Any]], directory: Path,
-                  suite: str, seeds: Optional[int] = None,
-                  epochs: Optional[int] = None) -> Tuple[str, List[Path]]:
+                  suite: str, seeds: Optional[int] = None, epochs: Optional[int] = None,
+                  lr: Optional[float] = None) -> Tuple[str, List[Path]]:
     """Write ``directory/tables.md`` and ``directory/curves_<table>.png``; returns the
     markdown and the plot paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    text = render_suite(tables, results, suite, seeds, epochs)
+    text = render_suite(tables, results, suite, seeds, epochs, lr)
     (directory / 'tables.md').write_text(text)
     plots = []
     for table in tables:
         path = plot_curves(table, results, directory / f'curves_{table.id}.png', seeds=seeds,
-                           epochs=epochs)
+                           epochs=epochs, lr=lr)
         if path is not None:
             plots.append(path)
     return text, plots

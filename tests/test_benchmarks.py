@@ -160,6 +160,13 @@ def test_run_ids_are_stable_and_follow_the_config(tmp_path):
     assert [run.id for _, run in expand(renamed)] == ids
     # a smoke override gets its own ids
     assert not set(ids) & {run.id for _, run in expand(table, epochs=1)}
+    # so does a learning-rate override, which reaches every run's command
+    budget = expand(table, epochs=1, lr=5e-3)
+    assert not set(ids) & {run.id for _, run in budget}
+    assert all(run.hyper['lr'] == 5e-3 for _, run in budget)
+    cmd = budget[0][1].command(None, Path('o'))
+    assert cmd[cmd.index('--lr') + 1] == '0.005' and cmd[cmd.index('--epochs') + 1] == '1'
+    assert [p.run.id for p in plan([table], epochs=1, lr=5e-3)] == [r.id for _, r in budget]
     runs = plan([table, renamed])
     assert len(runs) == 4 and len(runs[0].tables) == 2
 
