@@ -526,9 +526,12 @@ class DFMEHead(MTLHead):
         total = emb.users.new_zeros(())
         for k in range(target):
             for table, ids in ((emb.users, users), (emb.items, items)):
-                cand = table[k] if self.negatives == 'all' else None
-                term = info_nce(table[target][ids], table[k][ids], self.tau, candidates=cand,
-                                cosine=self.cosine)
+                if self.negatives == 'all':   # the positives are rows ids of the candidates
+                    term = info_nce(table[target][ids], None, self.tau, candidates=table[k],
+                                    cosine=self.cosine, positive_index=ids)
+                else:
+                    term = info_nce(table[target][ids], table[k][ids], self.tau,
+                                    cosine=self.cosine)
                 if self.cl_norm == 'total':  # sum over the anchors / |U| (|V|)
                     term = term * (ids.numel() / table.size(1))
                 total = total + term
