@@ -121,9 +121,35 @@ class Run:
         return {'model': self.model, 'dataset': self.dataset, 'seed': self.seed,
                 'set': dict(self.set), 'hyper': dict(self.hyper)}
 
+    def pretraining(self) -> Optional['Run']:
+        """DPCPL's first stage (pre-training the EBM backbone) as a run of its own, or None
+        (another model, or a row that sets its own ``stage``).
+
+        Its configuration is this run's without the tuning options (the prompt generator's,
+        ``tuning``, and ``epochs`` when ``pretrain_epochs`` is set), so the rows of a table
+        that differ only in how they tune (DPCPL tables 4-5: w/o PS, PG, CT, fine-tuning,
+        DPCPL) get the same pre-training run and share one backbone, as the paper's
+        comparisons do; a row that changes the backbone (w/o DS) gets its own."""
+        if self.model.lower() != 'dpcpl' or self.hyper.get('stage', 'both') != 'both':
+            return None
+        tuning = dpcpl_tuning_options()
+        pre_set = {k: v for k, v in self.set.items() if k not in tuning}
+        # the backbone keeps the prompt slots it will be tuned with (mbgraph_seq.train)
+        pre_set.setdefault('prompt_slots', self.set.get('num_tokens') or 8)
+        hyper = dict(self.hyper)
+        if 'pretrain_epochs' in pre_set:
+            hyper.pop('epochs', None)
+        hyper['stage'] = 'pretrain'
+        effective = {'model': 'dpcpl', 'dataset': self.dataset, 'seed': self.seed,
+                     'set': pre_set, 'hyper': hyper}
+        return Run(model='dpcpl', dataset=self.dataset, seed=self.seed, set=pre_set,
+                   hyper=hyper, digest=run_digest(effective))
+
     def command(self, data_root: Optional[str], out: Path, device: str = 'cpu',
-                threads: Optional[int] = None, progress: bool = True) -> List[str]:
-        """The ``python -m mbgraph train ...`` argument list of this run."""
+                threads: Optional[int] = None, progress: bool = True,
+                pretrained: Optional[Path] = None) -> List[str]:
+        """The ``python -m mbgraph train ...`` argument list of this run; ``pretrained``: a
+        DPCPL run tunes that saved backbone (``--stage prompt``) instead of pre-training."""
         cmd = [sys.executable, '-m', 'mbgraph', 'train', '--model', self.model,
                '--dataset', self.dataset, '--seed', str(self.seed), '--out', str(out),
                '--device', device]
@@ -139,6 +165,8 @@ class Run:
             cmd += [HYPER_FLAGS[key], str(value)]
         for key, value in self.set.items():
             cmd += ['--set', f'{key}={value!r}']
+        if pretrained is not None:
+            cmd += ['--stage', 'prompt', '--set', f'pretrained={str(pretrained)!r}']
         if threads is not None:
             cmd += ['--threads', str(threads)]
         if not progress:
@@ -189,6 +217,13 @@ def _graph_option_sets(model: str) -> Tuple[set, Optional[set], Optional[set]]:
 def sequence_models() -> Dict[str, Any]:
     from mbgraph_seq.models import SEQ_MODELS
     return SEQ_MODELS
+
+
+def dpcpl_tuning_options() -> set:
+    """The DPCPL options that act after pre-training: the prompt generator's (its
+    constructor's, the backbone aside) and ``tuning`` / ``pretrained``."""
+    from mbgraph_seq.models import DPCPL
+    return (_params(DPCPL.__init__) - {'backbone'}) | {'tuning', 'pretrained'}
 
 
 def is_sequence_model(model: str) -> bool:

@@ -143,25 +143,19 @@ def _epochs_done(run_dir: Path) -> int:
     return n
 
 
-def _total_epochs(run: Run) -> int:
+def _total_epochs(run: Run, pretrained: bool = False) -> int:
     epochs = int(run.hyper.get('epochs', 100))
-    if run.model == 'dpcpl' and run.hyper.get('stage', 'both') == 'both':
+    if run.hyper.get('stage') == 'pretrain':
+        return int(run.set.get('pretrain_epochs') or epochs)
+    if run.model == 'dpcpl' and run.hyper.get('stage', 'both') == 'both' and not pretrained:
         epochs += int(run.set.get('pretrain_epochs') or epochs)
     return epochs
 
 
-def execute(planned: Planned, results: Path, *, data_root: Optional[str], device: str,
-            threads: Optional[int], progress: bool, suite: str,
-            echo=print) -> Dict[str, Any]:
-    """Run one subprocess to completion and write its result JSON; returns the result.
-
-    The subprocess's output goes to ``runs/RID/stdout.log`` and ``stderr.log``; the epoch
-    bar follows its ``log.jsonl``."""
-    run = planned.run
-    run_dir = results / 'runs' / run.id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = run.command(data_root, run_dir, device=device, threads=threads, progress=False)
-    resumed = (run_dir / 'checkpoint.pt').is_file()
+def _subprocess(cmd: List[str], run_dir: Path, total: int, threads: Optional[int],
+                progress: bool, desc: str = '  epochs') -> Tuple[int, float]:
+    """Run ``cmd`` to completion, output to ``run_dir/stdout.log`` and ``stderr.log``, an
+    epoch bar following its ``log.jsonl``; returns (exit status, seconds)."""
     env = dict(os.environ)
     if threads is not None:
         env['OMP_NUM_THREADS'] = str(threads)
@@ -169,8 +163,7 @@ def execute(planned: Planned, results: Path, *, data_root: Optional[str], device
     root = str(Path(__file__).resolve().parent.parent)
     env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
     start = time.perf_counter()
-    total = _total_epochs(run)
-    bar = tqdm(total=total, desc='  epochs', unit='epoch', leave=False, position=1,
+    bar = tqdm(total=total, desc=desc, unit='epoch', leave=False, position=1,
                disable=not progress, dynamic_ncols=True)
     with open(run_dir / 'stdout.log', 'w') as out, open(run_dir / 'stderr.log', 'w') as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -187,23 +180,82 @@ def execute(planned: Planned, results: Path, *, data_root: Optional[str], device
             raise
         finally:
             bar.close()
-    rc = proc.returncode
-    seconds = time.perf_counter() - start
+    return proc.returncode, time.perf_counter() - start
+
+
+def _failure(run_dir: Path, rc: int) -> Tuple[Dict[str, Any], str]:
+    """What a failed subprocess left: (fields for the failure JSON, its last stderr line)."""
+    err_text = (run_dir / 'stderr.log').read_text(errors='replace')[-4000:]
+    last = [ln for ln in err_text.strip().splitlines() if ln.strip()][-1:] or ['(no output)']
+    return ({'returncode': rc, 'stderr_tail': err_text,
+             'stdout': (run_dir / 'stdout.log').read_text(errors='replace')[-2000:]},
+            last[0].strip()[-300:])
+
+
+def pretrain(run: Run, results: Path, *, data_root: Optional[str], device: str,
+             threads: Optional[int], progress: bool) -> Tuple[Optional[Path], Dict[str, Any]]:
+    """Make sure DPCPL's shared pre-training run of ``run`` (:meth:`Run.pretraining`) exists
+    under ``results/pretrained/``: run it if it does not. Returns (the backbone's path or None
+    if the pre-training failed, facts for the result JSON)."""
+    pre = run.pretraining()
+    pre_dir = results / 'pretrained' / pre.id
+    ebm = pre_dir / 'pretrain' / 'ebm.pt'
+    cmd = pre.command(data_root, pre_dir, device=device, threads=threads, progress=False)
+    facts: Dict[str, Any] = {'id': pre.id, 'dir': str(pre_dir), 'command': cmd,
+                             'reused': (pre_dir / 'metrics.json').is_file() and ebm.is_file()}
+    if facts['reused']:
+        return ebm, facts
+    pre_dir.mkdir(parents=True, exist_ok=True)
+    rc, seconds = _subprocess(cmd, pre_dir, _total_epochs(pre), threads, progress,
+                              desc='  pre-training')
+    facts['wall_seconds'] = seconds
+    if rc != 0 or not (pre_dir / 'metrics.json').is_file() or not ebm.is_file():
+        fields, last = _failure(pre_dir, rc)
+        facts.update(fields)
+        facts['error'] = f'pre-training {pre.id} failed (exit {rc}): {last}'
+        return None, facts
+    return ebm, facts
+
+
+def execute(planned: Planned, results: Path, *, data_root: Optional[str], device: str,
+            threads: Optional[int], progress: bool, suite: str,
+            echo=print) -> Dict[str, Any]:
+    """Run one subprocess to completion and write its result JSON; returns the result.
+
+    The subprocess's output goes to ``runs/RID/stdout.log`` and ``stderr.log``; the epoch
+    bar follows its ``log.jsonl``. A DPCPL run first makes sure its pre-training run exists
+    (:func:`pretrain`, shared by the runs that differ only in how they tune) and then tunes
+    that backbone."""
+    run = planned.run
+    run_dir = results / 'runs' / run.id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    failed = results / f'{run.id}.failed.json'
+    extra: Dict[str, Any] = {}
+    ebm = None
+    if run.pretraining() is not None:
+        ebm, extra['pretrained'] = pretrain(run, results, data_root=data_root, device=device,
+                                            threads=threads, progress=progress)
+        if ebm is None:
+            base = {'run_id': run.id, 'suite': suite, 'config': run.effective(),
+                    'date': time.strftime('%Y-%m-%d %H:%M:%S'), **extra}
+            _write_json(failed, {**base, 'returncode': extra['pretrained']['returncode']})
+            echo(f"FAILED {run.id}: {extra['pretrained']['error']}  (full output: "
+                 f"{extra['pretrained']['dir']}/stderr.log)")
+            return {**base, 'returncode': extra['pretrained']['returncode']}
+    cmd = run.command(data_root, run_dir, device=device, threads=threads, progress=False,
+                      pretrained=ebm)
+    resumed = (run_dir / 'checkpoint.pt').is_file()
+    rc, seconds = _subprocess(cmd, run_dir, _total_epochs(run, pretrained=ebm is not None),
+                              threads, progress)
     base = {'run_id': run.id, 'suite': suite, 'config': run.effective(),
             'tables': [{'table': t, 'row': r} for t, r in planned.tables],
             'command': cmd, 'device': device, 'threads': threads, 'resumed': resumed,
-            'wall_seconds': seconds, 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
-    failed = results / f'{run.id}.failed.json'
+            'wall_seconds': seconds, 'date': time.strftime('%Y-%m-%d %H:%M:%S'), **extra}
     metrics_path = run_dir / 'metrics.json'
     if rc != 0 or not metrics_path.is_file():
-        err_text = (run_dir / 'stderr.log').read_text(errors='replace')[-4000:]
-        _write_json(failed, {**base, 'returncode': rc, 'stderr_tail': err_text,
-                             'stdout': (run_dir / 'stdout.log').read_text(errors='replace')
-                             [-2000:]})
-        last = [ln for ln in err_text.strip().splitlines() if ln.strip()][-1:] or \
-            ['(no output)']
-        echo(f'FAILED {run.id} (exit {rc}): {last[0].strip()[-300:]}  '
-             f'(full output: {run_dir / "stderr.log"})')
+        fields, last = _failure(run_dir, rc)
+        _write_json(failed, {**base, **fields})
+        echo(f'FAILED {run.id} (exit {rc}): {last}  (full output: {run_dir / "stderr.log"})')
         return {**base, 'returncode': rc}
     metrics = json.loads(metrics_path.read_text())
     result = {**base, 'metrics': metrics, 'curve': read_curve(run_dir)}
@@ -241,12 +293,23 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
          f'{len(todo)} to run' + (f', {sum(1 for p in runs if p.run.dataset in missing)} '
                                    'without data' if missing else ''))
     if dry_run:
+        shown = set()
         for p in todo:
             rows = ', '.join(f'{t}/{r}' for t, r in p.tables)
             echo(f'  {p.run.id}  [{rows}]')
+            pre, ebm = p.run.pretraining(), None
+            if pre is not None:
+                pre_dir = results / 'pretrained' / pre.id
+                ebm = pre_dir / 'pretrain' / 'ebm.pt'
+                if pre.id not in shown and not (pre_dir / 'metrics.json').is_file():
+                    echo(f'    first the shared pre-training {pre.id}:')
+                    echo('    ' + ' '.join(_quote(a) for a in pre.command(
+                        data_root, pre_dir, device=device, threads=threads)[1:]))
+                shown.add(pre.id)
             echo('    ' + ' '.join(_quote(a) for a in
                                    p.run.command(data_root, results / 'runs' / p.run.id,
-                                                 device=device, threads=threads)[1:]))
+                                                 device=device, threads=threads,
+                                                 pretrained=ebm)[1:]))
         return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': 0,
                 'failed': 0, 'missing_data': sorted(missing)}
     results.mkdir(parents=True, exist_ok=True)

@@ -213,7 +213,8 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                        'seconds': time.perf_counter() - t0, **_count(backbone)}
         if ebm_path is not None and is_main_process():
             ebm_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs}, ebm_path)
+            torch.save({'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs,
+                        'pretrain': pre_metrics}, ebm_path)
         if stage == 'pretrain':
             metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
             metrics.update({'val': summary['best_val'], **_summary_fields(summary),
@@ -233,6 +234,10 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
             raise ValueError(f'the saved EBM was built with {state.get("ebm_kwargs")}, not '
                              f'{ebm_kwargs}: pass the same EBM hyperparameters')
         backbone.load_state_dict(state['model'])
+        # the loaded backbone alone, on the same test events as the tuned model
+        metrics['pretrain'] = {**state.get('pretrain', {}), 'path': str(ebm_path),
+                               **_evaluate(backbone.to(device), fine, num_negatives_eval, seed,
+                                           device)}
     backbone = backbone.to(device)
     if tuning == 'full':
         return _full_fine_tuning(backbone, fine, metrics, batch_size=batch_size, lr=lr,

@@ -265,6 +265,67 @@ def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
     assert list(load_results(results)) == [result['run_id']]
 
 
+DPCPL_ROWS = """
+[table]
+id = "d"
+datasets = ["synthetic"]
+seeds = 1
+
+[hyper]
+epochs = 1
+batch_size = 64
+lr = 1e-2
+negatives = 9
+
+[[row]]
+name = "DPCPL"
+model = "dpcpl"
+set = { pretrain_epochs = 1, dim = 8, num_layers = 1, num_blocks = 2, prompt_dim = 4, num_factors = 2, num_tokens = 2, compactness_weight = 0.01 }
+
+[[row]]
+name = "fine-tuning"
+model = "dpcpl"
+set = { tuning = "full", pretrain_epochs = 1, dim = 8, num_layers = 1, num_blocks = 2, prompt_dim = 4, num_factors = 2, num_tokens = 2, compactness_weight = 0.01 }
+"""
+
+
+def test_dpcpl_rows_that_differ_in_tuning_share_one_pretraining(tmp_path):
+    table = load_table(write(tmp_path, DPCPL_ROWS))
+    runs = [run for _, run in expand(table)]
+    pre = [run.pretraining() for run in runs]
+    assert pre[0].id == pre[1].id and runs[0].id != runs[1].id
+    assert dict(pre[0].set) == {'pretrain_epochs': 1, 'dim': 8, 'num_layers': 1,
+                                'num_blocks': 2, 'prompt_slots': 2}
+    assert pre[0].hyper['stage'] == 'pretrain' and 'epochs' not in pre[0].hyper
+    cmd = pre[0].command(None, Path('p'))
+    assert cmd[cmd.index('--stage') + 1] == 'pretrain'
+    cmd = runs[0].command(None, Path('o'), pretrained=Path('p/pretrain/ebm.pt'))
+    assert cmd[cmd.index('--stage') + 1] == 'prompt'
+    assert "pretrained='p/pretrain/ebm.pt'" in cmd
+    # a row that changes the backbone or its pre-training gets its own
+    second = 'set = { tuning = "full", '
+    for old, new in ((second, 'set = { sequence_mixer = "attention", '),
+                     (second, 'set = { prefixes = 5, '),
+                     ('num_tokens = 2', 'num_tokens = 3')):       # the first row's slots
+        text = DPCPL_ROWS.replace(old, new, 1)
+        rows = [run for _, run in expand(load_table(write(tmp_path, text, 'o.toml')))]
+        assert rows[0].pretraining().id != rows[1].pretraining().id, new
+    assert expand(load_table(write(tmp_path, MINIMAL)))[0][1].pretraining() is None
+    # end to end: one pre-training subprocess, then both tunings read its backbone
+    results = tmp_path / 'results'
+    counts = run_suite([table], results, 'd', data_root=None, threads=1, progress=False)
+    assert counts['done'] == 2 and counts['failed'] == 0
+    found = sorted(load_results(results).values(), key=lambda r: r['metrics']['tuning'])
+    assert [r['metrics']['tuning'] for r in found] == ['full', 'prompt']
+    assert sorted(r['pretrained']['reused'] for r in found) == [False, True]
+    assert {r['pretrained']['id'] for r in found} == {pre[0].id}
+    ebm = results / 'pretrained' / pre[0].id / 'pretrain' / 'ebm.pt'
+    assert ebm.is_file() and not (results / 'runs' / runs[0].id / 'pretrain').exists()
+    backbone = [r['metrics']['pretrain']['test']['hr@10'] for r in found]
+    assert backbone[0] == backbone[1]           # the same backbone, evaluated by both runs
+    assert all(r['metrics']['pretrain']['path'] == str(ebm) for r in found)
+
+
 def test_datasets_are_found_by_name(tmp_path):
     from benchmarks.runner import dataset_available
     (tmp_path / 'taobao-mbgmn').mkdir()
