@@ -139,6 +139,13 @@ PKEF eq 13's gated mixture of :math:`[\mathbf{e}^k, \mathbf{e}^j, \mathbf{e}^k -
 names the schemes without equations; the readings taken here: the base is the task's own
 expert (as PKF's cascade vector is), one :math:`\mathbf{W}_{k,j}` per (task, other
 behavior) pair, and no stop-gradient (eq 14's is part of DFME's own scheme).
+On COGCN's embeddings the vanilla scheme is unstable: its fourth feature
+:math:`\mathbf{e}^k \circ \mathbf{e}^j` is of fourth order in the embeddings, whose norms
+COGCN's operators already multiply (see *Gate initialisation*), so its scores start in the
+thousands (1.9e8 at most after two epochs on ml-latest-small) and its BPR terms grow instead of
+falling: on Taobao at lr 5e-3 the target term went 2.8, 1.4 (epoch 2), then up to 35.6 by
+epoch 10, and test HR@10 was 0.013 (docs/RESULTS.md, COPF table 4). The other schemes stay
+of second order.
 ``aggregation='gated'`` (the default) is eq 10-15. The gate options (``gate_*``,
 ``expert_order``), the fitting options and ``all_sg`` belong to ``'gated'`` and have no
 effect otherwise (``all_sg=True`` or ``gate_per_task=True`` with another scheme is an error).
@@ -463,13 +470,12 @@ class DFMEHead(MTLHead):
         u, v = emb.users[:, users], emb.items[:, items]                  # [K, B, d], [K, B, (C), d]
         if items.dim() == 2:
             u = u.unsqueeze(2)
-        experts = u * v                                                  # e^j, eq 9
-        out = experts[k]
-        for j in range(self.num_behaviors):
-            if j != k:
-                f = fuse(self.aggregation, experts[k], experts[j], *self._pair_params(k, j))
-                if f is not None:
-                    out = out + f
+        own = out = u[k] * v[k]                                          # e^k, eq 9
+        if self.aggregation != 'none':
+            for j in range(self.num_behaviors):
+                if j != k:
+                    out = out + fuse(self.aggregation, own, u[j] * v[j],
+                                     *self._pair_params(k, j))
         return self.score_scale * out.mean(-1)
 
     def _score_all_fused(self, emb: BehaviorEmbeddings, users: Tensor, k: int) -> Tensor:
