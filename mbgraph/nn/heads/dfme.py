@@ -102,6 +102,9 @@ others and can still shut its own expert out before that expert is any good (see
 data at learning rate 0.01). ``gate_input='normalized'`` feeds the gate the L2-normalised
 embeddings instead, which makes it indifferent to the encoder's scale (neither the paper nor
 the code: eq 13 reads the embeddings as they are, ``gate_input='embeddings'``, the default).
+Measured on Taobao (pv, cart, buy; lr 5e-3, 10 epochs; docs/RESULTS.md, COPF table 4): with
+the default the target task's gate ended at weight 1.0 on the cart fitting expert and 0 on its
+own (target embedding norms ~1,650) and HR@10 was 0.023; with ``'normalized'`` 0.081.
 
 **Gate outputs and experts** (``expert_order``). Eq 13-14 index the shared gate's outputs by
 behavior: :math:`g^k(j)` weighs behavior :math:`j`'s expert, so the output that weighs the
