@@ -192,14 +192,18 @@ def _failure(run_dir: Path, rc: int) -> Tuple[Dict[str, Any], str]:
             last[0].strip()[-300:])
 
 
-def pretrain(run: Run, results: Path, *, data_root: Optional[str], device: str,
+def pretrain_paths(results: Path, pre: Run) -> Tuple[Path, Path]:
+    """(folder, saved backbone) of the shared pre-training run ``pre`` under ``results``."""
+    pre_dir = Path(results) / 'pretrained' / pre.id
+    return pre_dir, pre_dir / 'pretrain' / 'ebm.pt'
+
+
+def pretrain(pre: Run, results: Path, *, data_root: Optional[str], device: str,
              threads: Optional[int], progress: bool) -> Tuple[Optional[Path], Dict[str, Any]]:
-    """Make sure DPCPL's shared pre-training run of ``run`` (:meth:`Run.pretraining`) exists
-    under ``results/pretrained/``: run it if it does not. Returns (the backbone's path or None
-    if the pre-training failed, facts for the result JSON)."""
-    pre = run.pretraining()
-    pre_dir = results / 'pretrained' / pre.id
-    ebm = pre_dir / 'pretrain' / 'ebm.pt'
+    """Make sure DPCPL's shared pre-training run ``pre`` (:meth:`Run.pretraining` of the runs
+    that tune it) exists under ``results/pretrained/``: run it if it does not. Returns (the
+    backbone's path or None if the pre-training failed, facts for the result JSON)."""
+    pre_dir, ebm = pretrain_paths(results, pre)
     cmd = pre.command(data_root, pre_dir, device=device, threads=threads, progress=False)
     facts: Dict[str, Any] = {'id': pre.id, 'dir': str(pre_dir), 'command': cmd,
                              'reused': (pre_dir / 'metrics.json').is_file() and ebm.is_file()}
@@ -232,8 +236,9 @@ def execute(planned: Planned, results: Path, *, data_root: Optional[str], device
     failed = results / f'{run.id}.failed.json'
     extra: Dict[str, Any] = {}
     ebm = None
-    if run.pretraining() is not None:
-        ebm, extra['pretrained'] = pretrain(run, results, data_root=data_root, device=device,
+    pre = run.pretraining()
+    if pre is not None:
+        ebm, extra['pretrained'] = pretrain(pre, results, data_root=data_root, device=device,
                                             threads=threads, progress=progress)
         if ebm is None:
             base = {'run_id': run.id, 'suite': suite, 'config': run.effective(),
@@ -299,8 +304,7 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
             echo(f'  {p.run.id}  [{rows}]')
             pre, ebm = p.run.pretraining(), None
             if pre is not None:
-                pre_dir = results / 'pretrained' / pre.id
-                ebm = pre_dir / 'pretrain' / 'ebm.pt'
+                pre_dir, ebm = pretrain_paths(results, pre)
                 if pre.id not in shown and not (pre_dir / 'metrics.json').is_file():
                     echo(f'    first the shared pre-training {pre.id}:')
                     echo('    ' + ' '.join(_quote(a) for a in pre.command(

@@ -158,9 +158,8 @@ class DPCPL(SequenceRecommender):
         rp = (u * items[pos]).sum(-1)
         rn = torch.einsum('bd,bnd->bn', u, items[neg])
         pred = F.softplus(rn - rp.unsqueeze(-1)).mean()
-        if out is None:
-            total = pred
-            return total, {'pred': float(pred.detach()), 'compactness': 0.0}
+        if out is None:     # soft prompts: no factors, no compactness term
+            return pred, {'pred': float(pred.detach()), 'compactness': 0.0}
         comp = compactness_loss(out.factors, out.layer_prompts, self.prompts.N, self.prompts.L,
                                 self.eps2_e, self.eps2_p, self.lambda_e, self.lambda_p)
         total = pred + self.compactness_sign * self.compactness_weight * comp
