@@ -57,7 +57,8 @@ HYPER_FLAGS: Dict[str, str] = {
     'dim': '--dim', 'layers': '--layers', 'reg': '--reg', 'patience': '--patience',
     'eval_every': '--eval-every', 'ks': '--ks', 'behaviors': '--behaviors',
     'max_len': '--max-len', 'negatives': '--negatives', 'stage': '--stage',
-    'data_path': '--data-root',
+    'data_path': '--data-root', 'reading': '--reading', 'protocol': '--protocol',
+    'lr_decay_steps': '--lr-decay-steps',
 }
 TABLE_KEYS = {'id', 'title', 'paper', 'datasets', 'columns', 'seeds', 'note'}
 ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper'}
@@ -209,6 +210,8 @@ def _graph_option_sets(model: str) -> Tuple[set, Optional[set], Optional[set]]:
     enc, head, _ = parse_name(key)
     model_opts = (_params(MultiBehaviorModel.__init__)) - {'encoder', 'head'}
     model_opts |= {'embedding_dim', 'lambdas', 'num_layers'}
+    if key in ('pkef', 'copf'):
+        model_opts.add('reading')
     return (model_opts,
             _params(encoder_classes[enc]) if enc in encoder_classes else None,
             _params(head_classes[head]) if head in head_classes else None)

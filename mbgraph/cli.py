@@ -153,8 +153,12 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     from .distributed import is_main_process
     from .training import environment, write_metrics
     graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
+                                           ('--lr-decay-steps', args.lr_decay_steps),
+                                           ('--reading', args.reading),
                                            ('--resume', args.resume or None))
                   if value is not None]
+    if args.protocol != 'validation':
+        graph_only.append('--protocol')
     if args.ks != '10':
         graph_only.append('--ks')
     if graph_only:
@@ -171,8 +175,9 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     try:
         metrics = train_sequence_model(
-            args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
-            out_dir=out, seed=args.seed, batch_size=args.batch_size or 256, lr=args.lr,
+            args.model, dataset, epochs=100 if args.epochs is None else args.epochs,
+            stage=args.stage, device=device, out_dir=out, seed=args.seed,
+            batch_size=args.batch_size or 256, lr=1e-3 if args.lr is None else args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
             patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
     except (TypeError, ValueError) as e:
@@ -221,39 +226,117 @@ def cmd_train(args) -> int:
         cleanup()
 
 
+#: what --protocol selects and what metrics.json says of it
+PROTOCOLS = {
+    'validation': 'full ranking of all items, training target items masked; one target '
+                  'interaction per user held out for validation, early stopping and the '
+                  'best validation epoch; test metrics of that epoch',
+    'paper': 'full ranking of all items, training target items masked; every training '
+             'interaction trains (no validation split), a fixed number of epochs; test '
+             'metrics of the last epoch',
+}
+
+
+def _schedule(args, model) -> Dict[str, Any]:
+    """lr, decay, epochs and batch size: the command line's, else the model's reading's,
+    else the plain defaults."""
+    reading = getattr(model, 'schedule', None) or {}
+    batches = getattr(model, 'batches', None) or {}
+    out = {'lr': args.lr if args.lr is not None else reading.get('lr', 1e-3),
+           'epochs': args.epochs if args.epochs is not None else
+           (reading.get('epochs', 100) if args.protocol == 'paper' else 100),
+           'lr_decay': args.lr_decay if args.lr_decay is not None else reading.get('lr_decay')}
+    steps = args.lr_decay_steps
+    if steps is None and args.lr_decay is None and reading.get('lr_decay_steps') == 'per_epoch':
+        steps = 'per_epoch'
+    out['lr_decay_steps'] = steps
+    out['batch_size'] = args.batch_size or batches.get('users_per_batch') or \
+        batches.get('batch_size') or 2048
+    out['batch_kind'] = batches.get('kind', 'pairs')
+    return out
+
+
+def _throughput(sampler, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Training triples per epoch (per behavior and in all) and seconds per million."""
+    per = sampler.triples_per_epoch(1) if hasattr(sampler, 'triples_per_epoch') else None
+    if not per:
+        return {}
+    total = int(sum(per.values()))
+    secs = summary.get('epoch_seconds')
+    return {'train_triples_per_epoch': {**per, 'all': total},
+            'seconds_per_million_triples': (secs / total * 1e6) if secs and total else None}
+
+
 def _train_graph(args, device: torch.device) -> int:
+    from .data.multiplex import merge_validation
     from .distributed import is_main_process
     from .evaluation import FullRankingEvaluator
+    from .models.readings import DEFAULT_READING, readings_of
     from .training import Trainer, environment, write_metrics
     ks = [int(k) for k in _split_list(args.ks)]
     behaviors = _split_list(args.behaviors)
     data = load_data(args.dataset, args.data_root, behaviors, args.seed)
+    if args.protocol == 'paper':
+        merge_validation(data)
     kwargs = model_kwargs(args)
+    if readings_of(args.model):
+        kwargs['reading'] = args.reading or kwargs.get('reading', DEFAULT_READING)
+    elif args.reading is not None:
+        raise UsageError(f'--reading applies to the models with named readings '
+                         f'({", ".join(_reading_models())}), not {args.model!r}')
     torch.manual_seed(args.seed)
     model = make_model(args.model, data, kwargs)
+    plan = _schedule(args, model)
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    try:
+        sampler = model.batch_source(data, batch_size=plan['batch_size'], seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if plan['lr_decay_steps'] == 'per_epoch':   # the code: users per epoch // batch
+        plan['lr_decay_steps'] = max(1, sampler.users_per_epoch // sampler.users_per_batch) \
+            if hasattr(sampler, 'users_per_epoch') else None
     config = {'model': args.model, 'dataset': args.dataset, 'data_root': args.data_root,
               'behaviors': data.behaviors, 'model_kwargs': kwargs, 'seed': args.seed,
-              'epochs': args.epochs, 'batch_size': args.batch_size or 2048, 'lr': args.lr,
-              'lr_decay': args.lr_decay, 'patience': args.patience, 'ks': ks,
-              'device': str(device)}
-    sampler = model.batch_source(data, batch_size=config['batch_size'], seed=args.seed)
-    val = FullRankingEvaluator(data, 'val', ks=ks) if _has_split(data, 'val') else None
-    trainer = Trainer(model, sampler, val, epochs=args.epochs, lr=args.lr,
-                      lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
-                      eval_every=args.eval_every, device=device, out_dir=out, seed=args.seed,
-                      progress=not args.no_progress, config=config, amp=args.amp)
-    summary = trainer.fit(resume=args.resume)
+              'epochs': plan['epochs'], 'batch_size': plan['batch_size'],
+              'batch_kind': plan['batch_kind'], 'lr': plan['lr'], 'lr_decay': plan['lr_decay'],
+              'lr_decay_steps': plan['lr_decay_steps'], 'patience': args.patience, 'ks': ks,
+              'protocol': args.protocol, 'device': str(device)}
+    paper = args.protocol == 'paper'
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
+    val = FullRankingEvaluator(data, 'val', ks=ks) if not paper and _has_split(data, 'val') \
+        else None
+    try:
+        trainer = Trainer(model, sampler, val, epochs=plan['epochs'], lr=plan['lr'],
+                          lr_decay=plan['lr_decay'], lr_decay_steps=plan['lr_decay_steps'],
+                          monitor=f'ndcg@{ks[0]}', patience=args.patience,
+                          eval_every=args.eval_every, device=device, out_dir=out,
+                          seed=args.seed, progress=not args.no_progress, config=config,
+                          amp=args.amp, watch=test_eval if paper else None)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    summary = trainer.fit(resume=args.resume)
     test = test_eval.evaluate(model, device)     # split over ranks under torchrun
     if not is_main_process():
         return 0
     metrics = {'model': args.model, 'dataset': args.dataset, 'test': test,
                'val': summary.pop('best_val'), **summary,
-               'eval_seconds': test_eval.last_seconds, 'protocol': 'full ranking, training '
-               'target items masked', 'test_users': int(test_eval.users.numel()),
+               'eval_seconds': test_eval.last_seconds, 'protocol': args.protocol,
+               'protocol_description': PROTOCOLS[args.protocol],
+               'reading': getattr(model, 'reading', None),
+               'test_users': int(test_eval.users.numel()),
+               **_throughput(sampler, summary),
                'config': config, 'environment': environment(), 'date': time.strftime('%Y-%m-%d'),
                **_launch_facts(args)}
+    if paper:
+        curve = [{'epoch': r['epoch'], **r['watch']} for r in trainer.history if 'watch' in r]
+        if not curve or curve[-1]['epoch'] != trainer.epoch:
+            curve.append({'epoch': trainer.epoch, **test})
+        best = max(curve, key=lambda r: r[f'hr@{ks[0]}'])
+        metrics['test_curve'] = curve
+        metrics['test_best_of_evaluated'] = {
+            **best, 'note': 'OPTIMISTIC, not the result: the best test metrics over the '
+                            'evaluated epochs, chosen on the test set (what the papers\' '
+                            'code reports)'}
     path = write_metrics(out / 'metrics.json', metrics)
     row = {'model': args.model, 'dataset': args.dataset, **test,
            'best epoch': metrics['best_epoch'], 'epochs': metrics['epochs_run'],
@@ -261,6 +344,11 @@ def _train_graph(args, device: torch.device) -> int:
     print(format_table([row], list(row)))
     print(f'wrote {path}')
     return 0
+
+
+def _reading_models() -> List[str]:
+    from .models.readings import READINGS
+    return sorted(READINGS)
 
 
 def _has_split(data, split: str) -> bool:
@@ -338,14 +426,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--data-root', help='directory holding the dataset (e.g. ../shared/data)')
     t.add_argument('--behaviors', help='comma-separated behavior order to use, target last '
                    '(e.g. cart,buy); default: all of the dataset')
-    t.add_argument('--epochs', type=int, default=100)
+    t.add_argument('--epochs', type=int, default=None,
+                   help='training epochs (default 100; with --protocol paper the model '
+                   "reading's, e.g. 200 for copf)")
     t.add_argument('--batch-size', type=int, default=None,
-                   help='graph models: BPR triples per behavior and step (default 2048); '
+                   help='graph models: BPR triples per behavior and step (default 2048), or '
+                        "users per step for the 'code' readings of pkef/copf (default 256); "
                         'sequence models: sequences per step (default 256); over all ranks '
                         'under torchrun')
-    t.add_argument('--lr', type=float, default=1e-3)
+    t.add_argument('--lr', type=float, default=None,
+                   help="learning rate (default: the model reading's, else 1e-3)")
     t.add_argument('--lr-decay', type=float, default=None,
-                   help='multiply the learning rate by this after each epoch')
+                   help='multiply the learning rate by this after each epoch (default: the '
+                   "model reading's, e.g. 0.96 for the 'code' readings)")
+    t.add_argument('--lr-decay-steps', type=int, default=None,
+                   help='decay every this many steps (a staircase) instead of every epoch')
+    t.add_argument('--reading', default=None,
+                   help="pkef, copf: 'code' (the authors' code, default) or 'paper' (the "
+                   'equations); see mbgraph.models.readings')
+    t.add_argument('--protocol', default='validation', choices=sorted(PROTOCOLS),
+                   help="'validation': early stopping on a held-out target interaction per "
+                   "user; 'paper': every training interaction trains, fixed epochs, the last "
+                   "epoch's test metrics (test also watched every --eval-every epochs)")
     t.add_argument('--dim', type=int, default=None, help='embedding size (default 64)')
     t.add_argument('--layers', type=int, default=None, help='propagation layers')
     t.add_argument('--reg', type=float, default=None, help='L2 regularisation weight')

@@ -56,7 +56,8 @@ def multi_behavior_bpr(scores: Mapping[str, Tuple[Tensor, Tensor]],
 
 def info_nce(anchor: Tensor, positive: Optional[Tensor], tau: float = 0.1,
              candidates: Optional[Tensor] = None, cosine: bool = False,
-             positive_index: Optional[Tensor] = None) -> Tensor:
+             positive_index: Optional[Tensor] = None,
+             weight: Optional[Tensor] = None) -> Tensor:
     r"""InfoNCE of COPF eq 8:
 
     .. math::
@@ -78,6 +79,9 @@ def info_nce(anchor: Tensor, positive: Optional[Tensor], tau: float = 0.1,
             over the ``[B, N]`` logits: the same value, about a third less time than
             gathering the positives and a separate log-sum-exp (COPF's epoch is mostly this
             term).
+        weight: ``[B]`` non-negative weights of the anchors: the loss is then
+            :math:`\sum_u w_u \ell_u / \sum_u w_u`, the plain mean over a list in which
+            anchor :math:`u` stands :math:`w_u` times (each repeated anchor computed once).
     """
     if tau <= 0:
         raise ValueError(f'temperature tau must be > 0, got {tau}')
@@ -95,12 +99,20 @@ def info_nce(anchor: Tensor, positive: Optional[Tensor], tau: float = 0.1,
         anchor, candidates = F.normalize(anchor, dim=-1), F.normalize(candidates, dim=-1)
     anchor = anchor / tau                      # [B, d], cheaper than dividing [B, N] logits
     logits = anchor @ candidates.t()
+    if weight is not None and weight.shape != anchor.shape[:1]:
+        raise ValueError(f'info_nce: weight must have shape [{anchor.size(0)}] (one per '
+                         f'anchor), got {list(weight.shape)}')
     if positive_index is not None:
-        return F.cross_entropy(logits, positive_index)
-    if cosine:
-        positive = F.normalize(positive, dim=-1)
-    pos = (anchor * positive).sum(-1)
-    return (torch.logsumexp(logits, dim=-1) - pos).mean()
+        if weight is None:
+            return F.cross_entropy(logits, positive_index)
+        losses = F.cross_entropy(logits, positive_index, reduction='none')
+    else:
+        if cosine:
+            positive = F.normalize(positive, dim=-1)
+        losses = torch.logsumexp(logits, dim=-1) - (anchor * positive).sum(-1)
+        if weight is None:
+            return losses.mean()
+    return (weight * losses).sum() / weight.sum()
 
 
 def l2_loss(*tensors: Tensor, batch_size: Optional[int] = None) -> Tensor:

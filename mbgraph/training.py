@@ -160,6 +160,12 @@ class Trainer:
         optimizer: a ready optimizer over ``model.parameters()`` (default Adam).
         lr_decay: multiply the learning rate by this factor after every epoch (the papers'
             code decays by 0.96); ``None`` keeps it constant.
+        lr_decay_steps: decay in a staircase every this many optimizer steps instead of every
+            epoch (TensorFlow's ``exponential_decay(staircase=True)``, as the authors' code).
+        watch: an evaluator run after epoch 1 and every ``eval_every`` epochs whose metrics
+            are only logged (``record['watch']``), never used to select or stop: the
+            paper protocol watches the test split this way, and its result is the last
+            epoch's test.
         monitor: validation metric to maximise (e.g. ``'ndcg@10'``).
         patience: stop after this many evaluations without improvement.
         eval_every: evaluate every this many epochs.
@@ -190,7 +196,8 @@ class Trainer:
                  progress: bool = True, max_grad_norm: Optional[float] = None,
                  config: Optional[Dict[str, Any]] = None, amp: bool = False,
                  distributed: Optional[bool] = None, find_unused_parameters: bool = True,
-                 sync_every: int = 10):
+                 sync_every: int = 10, lr_decay_steps: Optional[int] = None,
+                 watch=None):
         if epochs < 0:
             raise ValueError(f'epochs must be >= 0, got {epochs}')
         if eval_every < 1 or patience < 1:
@@ -204,8 +211,18 @@ class Trainer:
         self.epochs = int(epochs)
         self.optimizer = optimizer or torch.optim.Adam(
             [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-        self.scheduler = (torch.optim.lr_scheduler.ExponentialLR(self.optimizer, lr_decay)
-                          if lr_decay is not None else None)
+        if lr_decay_steps is not None and (lr_decay is None or int(lr_decay_steps) < 1):
+            raise ValueError(f'lr_decay_steps needs lr_decay and a value >= 1, got '
+                             f'{lr_decay_steps} (lr_decay={lr_decay})')
+        self.lr_decay_steps = None if lr_decay_steps is None else int(lr_decay_steps)
+        if self.lr_decay_steps is not None:   # stepped after every optimizer step
+            steps, rate = self.lr_decay_steps, float(lr_decay)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, lambda step: rate ** (step // steps))
+        else:
+            self.scheduler = (torch.optim.lr_scheduler.ExponentialLR(self.optimizer, lr_decay)
+                              if lr_decay is not None else None)
+        self.watch = watch
         self.monitor = monitor
         self.patience = int(patience)
         self.eval_every = int(eval_every)
@@ -296,11 +313,13 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            if self.lr_decay_steps is not None:
+                self.scheduler.step()
         if n == 0:
             raise ValueError('the batch source yielded no batches: the training split is empty')
         if checked < n:
             self._check_finite(sums['loss'], epoch, checked, n - 1)
-        if self.scheduler is not None:
+        if self.scheduler is not None and self.lr_decay_steps is None:
             self.scheduler.step()
         names = sorted(sums)
         means = torch.stack([sums[k].to(self.device) for k in names]) / n
@@ -364,6 +383,8 @@ class Trainer:
                     self.bad_evals += 1
                 bar.set_postfix({self.monitor: f'{val[self.monitor]:.4f}',
                                  'best': f'{self.best_val[self.monitor]:.4f}'})
+            if self.watch is not None and (epoch == 1 or epoch % self.eval_every == 0):
+                record['watch'] = self.watch.evaluate(self.model, self.device)
             self.epoch = epoch
             self.history.append(record)
             if self.out_dir is not None and self.rank == 0:

@@ -495,7 +495,7 @@ def test_dfme_copf_defaults_at_initialisation():
 
     def at_init(**kw):
         torch.manual_seed(0)
-        model = build_model('copf', data, embedding_dim=16, **kw)
+        model = build_model('copf', data, embedding_dim=16, reading='paper', **kw)
         emb = model.embeddings()
         bpr = sum(model.lambdas[b] * bpr_loss(*model.head(
             emb, t[0], t[1:].t(), b).unbind(1)) for b, t in batch.items())
@@ -573,7 +573,10 @@ def test_dfme_normalized_gate_input():
 
 
 def test_dfme_new_options_checked_and_shown():
-    for kw, msg in (({'cl_norm': 'users'}, "unknown cl_norm 'users'"),
+    for kw, msg in (({'cl_norm': 'pairs'}, "unknown cl_norm 'pairs'"),
+                    ({'fit_step': 'tf'}, "unknown fit_step 'tf'"),
+                    ({'tower': 'max'}, "unknown tower 'max'"),
+                    ({'cl_anchors': 'all'}, "unknown cl_anchors 'all'"),
                     ({'gate_init': 'ones'}, "unknown gate_init 'ones'"),
                     ({'gate_input': 'raw'}, "unknown gate_input 'raw'"),
                     ({'expert_order': 'task'}, "unknown expert_order 'task'")):

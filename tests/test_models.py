@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mbgraph.data.datasets import synthetic
-from mbgraph.data.sampling import BPRSampler, UniquePairSampler
+from mbgraph.data.sampling import BPRSampler, UniquePairSampler, UserBatchSampler
 from mbgraph.evaluation import FullRankingEvaluator
 from mbgraph.models import MODELS, build_model, is_known_model
 from mbgraph.nn.encoders import CascadeEncoder, COGCNEncoder, PKFEncoder
@@ -35,10 +35,15 @@ def test_named_models_are_the_papers_compositions(data):
     assert isinstance(build_model('mbcgcn', data).head, BilinearHead)
     pkef = build_model('pkef', data)
     assert isinstance(pkef.encoder, PKFEncoder) and isinstance(pkef.head, PMEHead)
-    assert isinstance(pkef.batch_source(data), UniquePairSampler)
+    # the default 'code' readings train on the authors' user batches, 'paper' on pairs
+    assert type(pkef.batch_source(data)) is UserBatchSampler
+    assert pkef.batch_source(data).unique == 'code'
+    assert isinstance(build_model('pkef', data, reading='paper').batch_source(data),
+                      UniquePairSampler)
     copf = build_model('copf', data)
     assert isinstance(copf.encoder, COGCNEncoder) and isinstance(copf.head, DFMEHead)
-    assert type(copf.batch_source(data)) is BPRSampler
+    assert type(copf.batch_source(data)) is UserBatchSampler
+    assert type(build_model('copf', data, reading='paper').batch_source(data)) is BPRSampler
     # MB-CGCN trains on the target only; the multi-task models on every behavior
     assert build_model('mbcgcn', data).train_behaviors == ['buy']
     assert copf.train_behaviors == ['view', 'cart', 'buy']

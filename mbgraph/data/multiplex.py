@@ -304,6 +304,19 @@ def holdout_validation(data: HeteroData, seed: int = 0) -> int:
     return int(held.numel())
 
 
+def merge_validation(data: HeteroData) -> int:
+    """Move the validation pairs of the target behavior back into its training pairs, in
+    place (the papers' protocol: every training interaction trains, no validation split);
+    returns the number moved (0 when there is no validation split)."""
+    target = data[edge_type(target_behavior(data))]
+    val = getattr(target, 'val_edge_index', None)
+    if val is None:
+        return 0
+    target.edge_index = torch.cat([target.edge_index, val], dim=1)
+    del target.val_edge_index
+    return int(val.size(1))
+
+
 def select_behaviors(data: HeteroData, behaviors: Sequence[str]) -> HeteroData:
     """A copy of ``data`` restricted to ``behaviors`` (in that order, e.g. ``['cart', 'buy']``
     of a pv -> cart -> buy graph). The target behavior, which carries the held-out splits, must

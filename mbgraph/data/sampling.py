@@ -303,3 +303,205 @@ class UniquePairSampler(BPRSampler):
         return (f'{self.__class__.__name__}(behaviors={self.behaviors}, '
                 f'batch_size={self.batch_size}, num_samples={self.num_samples}, '
                 f'pairs={self.pairs}, unique_batch_size={self.unique_batch_size})')
+
+
+def _csr_from_keys(keys: Tensor, num_users: int, num_items: int) -> Tuple[Tensor, Tensor]:
+    """``(indptr [U + 1], items)`` from sorted ``user * num_items + item`` keys: every user's
+    items contiguous, in increasing order."""
+    users, items = keys // num_items, keys % num_items
+    counts = torch.bincount(users, minlength=num_users)
+    indptr = torch.zeros(num_users + 1, dtype=torch.long)
+    indptr[1:] = torch.cumsum(counts, 0)
+    return indptr, items
+
+
+def _draw_per_user(users: Tensor, indptr: Tensor, items: Tensor, cap: Tensor,
+                   generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+    r"""For each user ``users[n]`` draw ``cap[n]`` of its items (``indptr``/``items``)
+    uniformly *with replacement*. Returns ``(slot_user_position [M], item [M])``, grouped by
+    user in the order of ``users`` (``M = cap.sum()``)."""
+    slot = torch.repeat_interleave(torch.arange(users.numel()), cap)
+    u = users[slot]
+    start, deg = indptr[u], indptr[u + 1] - indptr[u]
+    offset = (torch.rand(slot.numel(), generator=generator, dtype=torch.float64)
+              * deg).long().clamp_(max=(deg - 1).clamp(min=0))
+    return slot, items[start + offset]
+
+
+class UserBatchSampler:
+    r"""The training batches of the PKEF and COPF authors' code: batches of *users*, not of
+    pairs (REFERENCE_NOTES, "Training batches").
+
+    An epoch is a seeded permutation of the users (all of them, or the first
+    ``users_per_epoch``: PKEF's code samples 10,000), cut into batches of
+    ``users_per_batch`` (256). For every user of a batch and every behavior :math:`k` in
+    ``behaviors``, :math:`\min(P, |\mathcal{N}_k(u)|)` positives are drawn uniformly *with
+    replacement* from the user's training items of :math:`k` (:math:`P` =
+    ``max_positives``, 40), each with a negative drawn uniformly from the items the user has
+    *not* interacted with under :math:`k`. A user without items of :math:`k` contributes no
+    pair of :math:`k` (the code's ``sampleTrainBatch_ori``: its loop runs ``min(P, 0) = 0``
+    times).
+
+    ``unique='code'`` adds the pairs of PKEF's unique loss as the code samples them
+    (``sampleTrainBatch``): for a task :math:`k` in ``behaviors`` and every other behavior
+    :math:`k'` of the data that has at least one training pair "in :math:`k` but not in
+    :math:`k'`", :math:`\min(P, |\mathcal{N}_k(u)|, |\mathcal{N}_{k \setminus k'}(u)|)`
+    positives from the user's pairs in :math:`k \setminus k'` and negatives from the items
+    *not* in :math:`k \setminus k'` for the user, under ``batch['unique'][(k', k)]`` (the key
+    of :class:`~mbgraph.nn.heads.pme.PMEHead`: the residual of :math:`k'` against
+    :math:`k`, weighted by :math:`\lambda_k`). The direction is the code's; the paper's eq 20
+    (":math:`k'` without :math:`k`") is :class:`UniquePairSampler`.
+
+    Each batch is ``{behavior: LongTensor [3, n_k]}`` (users, positives, negatives; the
+    triples grouped by user in batch order), plus ``'unique'`` with ``unique='code'``.
+    Everything is vectorised over a whole epoch and drawn from ``(seed, epoch)`` alone, so a
+    resumed run draws the same batches. With ``world_size > 1`` rank ``r`` gets the triples of
+    the batch's users at positions ``r, r + world_size, ...`` (disjoint, nothing dropped).
+
+    Args:
+        data: a multiplex graph.
+        behaviors: behaviors to sample (default all), e.g. a model's ``train_behaviors``.
+        users_per_batch: :math:`U`, users per (global) batch. (default: ``256``)
+        max_positives: :math:`P`. (default: ``40``)
+        users_per_epoch: users drawn per epoch (default: every user once).
+        seed: base seed; epoch ``e`` uses ``seed * 1_000_003 + e``.
+        unique: ``None`` or ``'code'`` (see above). (default: ``None``)
+    """
+
+    def __init__(self, data: HeteroData, behaviors: Optional[Sequence[str]] = None,
+                 users_per_batch: int = 256, max_positives: int = 40,
+                 users_per_epoch: Optional[int] = None, seed: int = 0,
+                 unique: Optional[str] = None):
+        known = behaviors_of(data)
+        self.behaviors: List[str] = list(known if behaviors is None else behaviors)
+        unknown = [b for b in self.behaviors if b not in known]
+        if unknown:
+            raise ValueError(f'cannot sample unknown behaviors {unknown}; the data has {known}')
+        if users_per_batch <= 0:
+            raise ValueError(f'users_per_batch must be positive, got {users_per_batch}')
+        if max_positives <= 0:
+            raise ValueError(f'max_positives must be positive, got {max_positives}')
+        if unique not in (None, 'code'):
+            raise ValueError(f"unique must be None or 'code', got {unique!r}")
+        if 'unique' in known and unique is not None:
+            raise ValueError("a behavior named 'unique' clashes with the batch key 'unique'; "
+                             'rename the behavior')
+        self.num_users, self.num_items = num_users_items(data)
+        if users_per_epoch is None:
+            users_per_epoch = self.num_users
+        if not 0 < int(users_per_epoch):
+            raise ValueError(f'users_per_epoch must be positive, got {users_per_epoch}')
+        self.users_per_epoch = min(int(users_per_epoch), self.num_users)
+        self.users_per_batch = int(users_per_batch)
+        self.max_positives = int(max_positives)
+        self.seed = int(seed)
+        self.unique = unique
+        sets = {b: InteractionSet(data[edge_type(b)].edge_index, self.num_items) for b in known}
+        empty = [b for b in self.behaviors if len(sets[b]) == 0]
+        if empty:
+            raise ValueError(f'behaviors {empty} have no training pairs to sample from')
+        self.sets = {b: sets[b] for b in self.behaviors}
+        self.csr = {b: _csr_from_keys(sets[b].keys, self.num_users, self.num_items)
+                    for b in self.behaviors}
+        # (k', k) -> (InteractionSet, csr) of the pairs in k but not in k'
+        self.unique_sets: Dict[tuple, InteractionSet] = {}
+        self.unique_csr: Dict[tuple, Tuple[Tensor, Tensor]] = {}
+        if unique == 'code':
+            for k in self.behaviors:
+                for kp in known:
+                    if kp == k:
+                        continue
+                    keys = sets[k].keys
+                    only = keys[~sets[kp].contains(keys // self.num_items,
+                                                   keys % self.num_items)]
+                    if only.numel() == 0:
+                        continue
+                    pair_set = InteractionSet(torch.stack([only // self.num_items,
+                                                           only % self.num_items]),
+                                              self.num_items)
+                    self.unique_sets[(kp, k)] = pair_set
+                    self.unique_csr[(kp, k)] = _csr_from_keys(pair_set.keys, self.num_users,
+                                                              self.num_items)
+        self.pairs: List[tuple] = list(self.unique_sets)
+
+    def __len__(self) -> int:
+        return math.ceil(self.users_per_epoch / self.users_per_batch)
+
+    def num_batches(self, world_size: int = 1) -> int:
+        if self.users_per_batch < world_size:
+            raise ValueError(f'a batch of {self.users_per_batch} users cannot give each of '
+                             f'{world_size} ranks a share: raise users_per_batch')
+        return len(batch_bounds(self.users_per_epoch, self.users_per_batch, world_size))
+
+    def generator(self, epoch: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+
+    def triples_per_epoch(self, epoch: int = 1) -> Dict[str, int]:
+        """Triples per behavior (and unique pair, as ``"k'|k"``) that ``epoch`` draws."""
+        users = self.epoch_users(self.generator(epoch))
+        out = {b: int((self.csr[b][0][users + 1] - self.csr[b][0][users])
+                      .clamp(max=self.max_positives).sum()) for b in self.behaviors}
+        for (kp, k), (indptr, _) in self.unique_csr.items():
+            cap = torch.minimum(indptr[users + 1] - indptr[users],
+                                self.csr[k][0][users + 1] - self.csr[k][0][users])
+            out[f'{kp}|{k}'] = int(cap.clamp(max=self.max_positives).sum())
+        return out
+
+    def epoch_users(self, generator: torch.Generator) -> Tensor:
+        return torch.randperm(self.num_users, generator=generator)[:self.users_per_epoch]
+
+    def _sample(self, users: Tensor, indptr: Tensor, items: Tensor, cap: Tensor,
+                reject: InteractionSet, g: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """``(position of each triple's user in users, [3, M] triples)``."""
+        slot, pos = _draw_per_user(users, indptr, items, cap, g)
+        u = users[slot]
+        neg = sample_negatives(u, reject, self.num_items, g)
+        return slot, torch.stack([u, pos, neg])
+
+    def epoch_batches(self, epoch: int, world_size: int = 1):
+        """``(bounds, {key: (slot, triples)})`` of a whole epoch, ``key`` a behavior or a
+        unique pair; ``slot`` is the position of each triple's user in the epoch's user order.
+        """
+        g = self.generator(epoch)
+        users = self.epoch_users(g)
+        out = {}
+        for b in self.behaviors:
+            indptr, items = self.csr[b]
+            cap = (indptr[users + 1] - indptr[users]).clamp(max=self.max_positives)
+            out[b] = self._sample(users, indptr, items, cap, self.sets[b], g)
+        for pair in self.pairs:
+            indptr, items = self.unique_csr[pair]
+            own = self.csr[pair[1]][0]
+            cap = torch.minimum(indptr[users + 1] - indptr[users],
+                                own[users + 1] - own[users]).clamp(max=self.max_positives)
+            out[pair] = self._sample(users, indptr, items, cap, self.unique_sets[pair], g)
+        return batch_bounds(self.users_per_epoch, self.users_per_batch, world_size), out
+
+    def batches(self, epoch: int, rank: int = 0, world_size: int = 1,
+                device: Optional[torch.device] = None) -> Iterator[Dict]:
+        """Yield the batches of ``epoch`` (this rank's share with ``world_size > 1``)."""
+        bounds, drawn = self.epoch_batches(epoch, world_size)
+        if device is not None:
+            drawn = {key: (slot, t.to(device)) for key, (slot, t) in drawn.items()}
+        # triples are grouped by user in epoch order: a batch is a contiguous range
+        ranges = {key: torch.searchsorted(slot, torch.tensor([s for s, _ in bounds] +
+                                                             [bounds[-1][1]]))
+                  for key, (slot, _) in drawn.items()}
+        for i, (start, _) in enumerate(bounds):
+            batch: Dict = {}
+            unique: Dict = {}
+            for key, (slot, t) in drawn.items():
+                lo, hi = int(ranges[key][i]), int(ranges[key][i + 1])
+                part = t[:, lo:hi]
+                if world_size > 1:
+                    mine = ((slot[lo:hi] - start) % world_size == rank).to(part.device)
+                    part = part[:, mine]
+                (unique if isinstance(key, tuple) else batch)[key] = part
+            if self.unique is not None:
+                batch['unique'] = unique
+            yield batch
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(behaviors={self.behaviors}, '
+                f'users_per_batch={self.users_per_batch}, max_positives={self.max_positives}, '
+                f'users_per_epoch={self.users_per_epoch}, unique={self.unique!r})')

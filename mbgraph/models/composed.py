@@ -21,6 +21,9 @@ from ..nn.encoders.base import BehaviorEmbeddings, MultiBehaviorEncoder
 from ..nn.heads.base import MultiTaskHead
 from .base import GraphRecommender
 
+#: ``reg_scope``: the batch's rows, the whole tables (+ gates), every parameter
+REG_SCOPES = ('batch', 'tables', 'all')
+
 
 class MultiBehaviorModel(GraphRecommender):
     """An encoder and a head trained jointly with per-behavior BPR losses.
@@ -32,17 +35,34 @@ class MultiBehaviorModel(GraphRecommender):
         lambdas: loss coefficient :math:`\\lambda_k` per behavior (default: 1 for the target,
             and 1 for every other behavior); behaviors with :math:`\\lambda_k = 0` are not
             sampled.
-        reg: L2 weight :math:`\\mu` on the batch's initial embeddings.
+        reg: L2 weight :math:`\\mu`.
+        reg_scope: what the L2 term covers: ``'batch'``, the initial embeddings of the rows
+            the batch used, :math:`\\frac{\\mu}{2B} \\sum \\lVert \\mathbf{e} \\rVert^2`
+            (the BPR-MF convention); ``'tables'``, the whole user and item tables plus the
+            head's :meth:`~mbgraph.nn.heads.base.MultiTaskHead.regularized_parameters` (the
+            gates), :math:`\\mu \\sum \\lVert \\cdot \\rVert^2` at every step (the PKEF and
+            COPF authors' code); ``'all'``, every parameter, :math:`\\mu
+            \\lVert \\Theta \\rVert^2` (PKEF eq 21, COPF eq 17).
+        bpr_scale: factor on every BPR term, the head's unique and parallel terms included
+            (the authors' code multiplies each by 3).
         embedding_dim: :math:`d`.
     """
 
     def __init__(self, data: HeteroData, encoder: MultiBehaviorEncoder, head: MultiTaskHead,
                  lambdas: Optional[Mapping[str, float]] = None, reg: float = 1e-4,
-                 embedding_dim: int = 64, **kwargs):
+                 embedding_dim: int = 64, reg_scope: str = 'batch', bpr_scale: float = 1.0,
+                 **kwargs):
         super().__init__(data, embedding_dim, **kwargs)
         self.encoder = encoder
         self.head = head
         self.reg = reg
+        if reg_scope not in REG_SCOPES:
+            raise ValueError(f'unknown reg_scope {reg_scope!r}; expected one of '
+                             f'{list(REG_SCOPES)}')
+        self.reg_scope = reg_scope
+        if not bpr_scale > 0:
+            raise ValueError(f'bpr_scale must be > 0, got {bpr_scale}')
+        self.bpr_scale = float(bpr_scale)
         lambdas = dict(lambdas) if lambdas is not None else {b: 1.0 for b in self.behaviors}
         unknown = sorted(set(lambdas) - set(self.behaviors))
         if unknown:
@@ -54,7 +74,7 @@ class MultiBehaviorModel(GraphRecommender):
         self.train_behaviors = [b for b in self.behaviors if self.lambdas[b] != 0.0]
         # heads whose own loss terms are weighted by lambda_k (PME eq 18/20) share the model's
         if hasattr(head, 'set_default_lambdas'):
-            head.set_default_lambdas(self.lambdas)
+            head.set_default_lambdas({b: self.bpr_scale * v for b, v in self.lambdas.items()})
 
     def embeddings(self) -> BehaviorEmbeddings:
         """Encoder then the head's whole-graph stage (cached in eval mode)."""
@@ -73,18 +93,35 @@ class MultiBehaviorModel(GraphRecommender):
         used = []
         for b in self.train_behaviors:
             users, pos, neg = batch[b]
+            if users.numel() == 0:   # a user batch in which nobody has pairs of b
+                continue
             scores = self.head(emb, users, torch.stack([pos, neg], dim=1), b)
-            term = self.lambdas[b] * bpr_loss(scores[:, 0], scores[:, 1])
+            term = self.bpr_scale * self.lambdas[b] * bpr_loss(scores[:, 0], scores[:, 1])
             parts[f'bpr_{b}'] = term.detach()
             total = term if total is None else total + term
             used += [self.user_emb(users), self.item_emb(pos), self.item_emb(neg)]
+        if total is None:
+            total = self.user_emb.weight.new_zeros(())
         for name, term in {**self.encoder.loss_terms(emb, batch),
                            **self.head.loss_terms(emb, batch)}.items():
             parts[name] = term.detach()
             total = total + term
-        reg = self.reg * l2_loss(*used, batch_size=used[0].size(0))
+        reg = self.reg * self.l2_term(used)
         parts['reg'] = reg.detach()
         return total + reg, parts
+
+    def l2_term(self, used) -> Tensor:
+        """The L2 sum that ``reg`` weighs (``reg_scope``); ``used``: the batch's embeddings."""
+        if self.reg_scope == 'batch':
+            if not used:
+                return self.user_emb.weight.new_zeros(())
+            return l2_loss(*used, batch_size=used[0].size(0))
+        if self.reg_scope == 'tables':
+            params = [self.user_emb.weight, self.item_emb.weight,
+                      *self.head.regularized_parameters()]
+        else:
+            params = [p for p in self.parameters() if p.requires_grad]
+        return sum(p.pow(2).sum() for p in params)
 
     def score(self, users: Tensor, items: Optional[Tensor] = None) -> Tensor:
         emb = self.embeddings()

@@ -27,10 +27,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from torch_geometric.data import HeteroData
 
 from ..data.multiplex import behaviors_of
-from ..data.sampling import BPRSampler, UniquePairSampler
+from ..data.sampling import BPRSampler, UniquePairSampler, UserBatchSampler
 from ..nn.encoders import (CascadeEncoder, COGCNEncoder, PerBehaviorLightGCN, PKFEncoder)
 from ..nn.heads import (BilinearHead, DFMEHead, MESIHead, MMoEHead, PLEHead, PMEHead,
                         SharedBottomHead)
+from . import readings as _readings
 from .composed import MultiBehaviorModel
 
 #: encoder name -> ``(embedding_dim, num_behaviors, **kwargs) -> encoder``
@@ -73,10 +74,35 @@ NAMED: Dict[str, Tuple[str, str, Dict[str, Any]]] = {
 class ComposedModel(MultiBehaviorModel):
     """A :class:`MultiBehaviorModel` that also picks its batch source: heads with a unique
     loss (PME, PKEF eq 20) get "k' without k" pairs from
-    :class:`~mbgraph.data.sampling.UniquePairSampler`."""
+    :class:`~mbgraph.data.sampling.UniquePairSampler`; a model built under a named reading
+    whose batches are the authors' user batches (``batches['kind'] == 'users'``) gets a
+    :class:`~mbgraph.data.sampling.UserBatchSampler`.
 
-    def batch_source(self, data: HeteroData, batch_size: int = 2048, seed: int = 0):
-        if getattr(self.head, 'unique_loss', False):
+    Attributes:
+        reading: the name of the reading the model was built under (``None``: none).
+        batches: the batch settings of that reading (``None``: pair batches of 2048).
+        schedule: the reading's training schedule (lr, decay, epochs), for the caller.
+    """
+
+    reading: Optional[str] = None
+    batches: Optional[Dict[str, Any]] = None
+    schedule: Optional[Dict[str, Any]] = None
+
+    def batch_source(self, data: HeteroData, batch_size: Optional[int] = None,
+                     seed: int = 0):
+        """The batch source; ``batch_size`` is triples per behavior for pair batches and
+        users per batch for user batches (default: the reading's, else 2048)."""
+        settings = dict(self.batches or {'kind': 'pairs', 'batch_size': 2048})
+        unique = getattr(self.head, 'unique_loss', False)
+        if settings['kind'] == 'users':
+            return UserBatchSampler(
+                data, self.train_behaviors,
+                users_per_batch=batch_size or settings['users_per_batch'],
+                max_positives=settings['max_positives'],
+                users_per_epoch=settings.get('users_per_epoch'), seed=seed,
+                unique=settings.get('unique') if unique else None)
+        batch_size = batch_size or settings.get('batch_size', 2048)
+        if unique:
             return UniquePairSampler(data, self.train_behaviors, batch_size=batch_size,
                                      seed=seed)
         return BPRSampler(data, self.train_behaviors, batch_size=batch_size, seed=seed)
@@ -143,11 +169,37 @@ def CRGCN(data: HeteroData, **kwargs) -> ComposedModel:
     return build_composed('crgcn', data, **kwargs)
 
 
-def PKEF(data: HeteroData, **kwargs) -> ComposedModel:
-    """PKEF: parallel knowledge fusion encoder + projection-disentangling multi-experts."""
-    return build_composed('pkef', data, **kwargs)
+def build_reading(name: str, data: HeteroData, reading: str = _readings.DEFAULT_READING,
+                  **overrides) -> ComposedModel:
+    """A named model under one of its readings (:mod:`mbgraph.models.readings`): the
+    reading's whole table, then ``overrides`` on top (same keys as
+    :func:`build_composed`)."""
+    behaviors = behaviors_of(data)
+    table = _readings.reading_table(name, reading)
+    kwargs = _readings.model_kwargs(name, reading, behaviors, getattr(data, 'name', None))
+    if isinstance(overrides.get('num_layers'), (int, list, tuple)):
+        kwargs.pop('encoder.num_layers', None)     # --layers overrides the reading's
+    kwargs.update(overrides)
+    model = build_composed(name, data, **kwargs)
+    model.reading = reading
+    model.batches = table['batches']
+    model.schedule = table['training']
+    return model
 
 
-def COPF(data: HeteroData, **kwargs) -> ComposedModel:
-    """COPF: COGCN constrained propagation + distributed fitting multi-experts."""
-    return build_composed('copf', data, **kwargs)
+def PKEF(data: HeteroData, reading: str = _readings.DEFAULT_READING,
+         **kwargs) -> ComposedModel:
+    """PKEF: parallel knowledge fusion encoder + projection-disentangling multi-experts.
+
+    ``reading='code'`` (default) is the authors' code, ``'paper'`` the paper's equations;
+    :data:`mbgraph.models.readings.READINGS` holds both tables, ``kwargs`` override them."""
+    return build_reading('pkef', data, reading, **kwargs)
+
+
+def COPF(data: HeteroData, reading: str = _readings.DEFAULT_READING,
+         **kwargs) -> ComposedModel:
+    """COPF: COGCN constrained propagation + distributed fitting multi-experts.
+
+    ``reading='code'`` (default) is the authors' code, ``'paper'`` the paper's equations;
+    :data:`mbgraph.models.readings.READINGS` holds both tables, ``kwargs`` override them."""
+    return build_reading('copf', data, reading, **kwargs)

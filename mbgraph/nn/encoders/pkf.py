@@ -74,6 +74,8 @@ from .cascade import LayerSpec, PerBehaviorEncoder, check_choice
 
 FUSIONS = ('projection', 'vanilla', 'sum', 'linear', 'none')
 GATE_INPUTS = ('concat', 'cascade')
+#: what eq 12-13 fuse with the cascade: the parallel aggregate A p (paper) or p's next layer
+PARALLEL_INPUTS = ('aggregate', 'next_layer')
 
 
 def fuse(fusion: str, base: Tensor, other: Tensor, weight: Optional[Tensor] = None,
@@ -125,6 +127,11 @@ class PKFEncoder(PerBehaviorEncoder):
         eps (float, optional): :math:`\epsilon` of eq 12. (default: :obj:`1e-12`)
         num_behaviors (int, optional): :math:`K`, needed with an ``int`` ``num_layers`` and a
             fusion with parameters.
+        parallel_input (str, optional): the parallel vector fused with
+            :math:`\mathbf{e}_{cas}`: ``'aggregate'`` (:math:`\mathbf{e}_{par} =
+            \hat{\mathbf{A}}_k \mathbf{p}^{k,l}`, eq 12-13) or ``'next_layer'``
+            (:math:`\mathbf{p}^{k,l+1} = \hat{\mathbf{A}}_k \mathbf{p}^{k,l} +
+            \mathbf{p}^{k,l}`, the authors' code). (default: :obj:`'aggregate'`)
 
     Shapes:
         - **input:** ego embeddings ``[U + I, d]`` (users first) and a
@@ -137,9 +144,11 @@ class PKFEncoder(PerBehaviorEncoder):
     def __init__(self, num_layers: LayerSpec = (4, 1, 1), fusion: str = 'projection',
                  embedding_dim: Optional[int] = None, norm: str = 'left_self_loop',
                  projection_scale: float = 1.0, gate_input: str = 'concat',
-                 eps: float = 1e-12, num_behaviors: Optional[int] = None):
+                 eps: float = 1e-12, num_behaviors: Optional[int] = None,
+                 parallel_input: str = 'aggregate'):
         super().__init__(num_layers, num_behaviors)
         self.fusion = check_choice('fusion', fusion, FUSIONS)
+        self.parallel_input = check_choice('parallel_input', parallel_input, PARALLEL_INPUTS)
         self.norm = check_choice('norm', norm, NORMS)
         self.gate_input = check_choice('gate_input', gate_input, GATE_INPUTS)
         self.projection_scale = float(projection_scale)
@@ -197,9 +206,11 @@ class PKFEncoder(PerBehaviorEncoder):
                 e = op @ torch.cat([zs[-1], ps[-1]], dim=1)
                 e_cas, e_par = e[:, :d], e[:, d:]
                 z = e_cas + zs[-1]                        # eq 9
-                fused = self.fuse(e_cas, e_par, t)        # eq 12 / 13 / table 4
+                p = e_par + ps[-1]                        # eq 11
+                fused = self.fuse(e_cas, p if self.parallel_input == 'next_layer' else e_par,
+                                  t)                      # eq 12 / 13 / table 4
                 zs.append(z if fused is None else z + fused)
-                ps.append(e_par + ps[-1])                 # eq 11
+                ps.append(p)
                 t += 1
             cascade.append(torch.stack(zs).sum(0))        # eq 14
             parallel.append(torch.stack(ps).sum(0))
@@ -215,6 +226,8 @@ class PKFEncoder(PerBehaviorEncoder):
             parts.append(f'projection_scale={self.projection_scale}')
         if self.fusion == 'vanilla':
             parts.append(f'gate_input={self.gate_input!r}')
+        if self.parallel_input != 'aggregate':
+            parts.append(f'parallel_input={self.parallel_input!r}')
         if self.embedding_dim is not None:
             parts.append(f'embedding_dim={self.embedding_dim}')
         return ', '.join(parts)

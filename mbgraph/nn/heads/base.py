@@ -13,7 +13,7 @@ A head receives the :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` of an 
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,12 @@ class MultiTaskHead(nn.Module):
 
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         return {}
+
+    def regularized_parameters(self) -> List[Tensor]:
+        """The head's parameters that an L2 term over whole tables covers
+        (``reg_scope='tables'`` of :class:`~mbgraph.models.composed.MultiBehaviorModel`, the
+        authors' code); none by default."""
+        return []
 
     def reset_parameters(self) -> None:
         reset_children(self)

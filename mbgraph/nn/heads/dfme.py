@@ -156,7 +156,7 @@ effect otherwise (``all_sg=True`` or ``gate_per_task=True`` with another scheme 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +171,13 @@ from .shared_bottom import MTLHead, StackedMLP, check_embeddings
 EXTRAS_KEY = 'dfme'
 #: ``aggregation`` values: eq 13-15 and the five alternatives of COPF table 4
 AGGREGATIONS = ('gated', 'none', 'sum', 'linear', 'vanilla', 'projection')
+#: ``fit_step``: one fitting layer as eq 11 writes it, or as the code computes it
+FIT_STEPS = ('paper', 'code')
+#: ``tower``: eq 15's average over d, or the code's sum
+TOWERS = ('mean', 'sum')
+#: ``cl_anchors``: the batch's distinct users/items, or the code's one anchor per target pair
+CL_ANCHORS = ('unique', 'pairs')
+CL_NORMS = ('triples', 'batch', 'total', 'users')
 
 
 class DFMEHead(MTLHead):
@@ -247,7 +254,8 @@ class DFMEHead(MTLHead):
                  forward_fit: bool = True, backward_fit: bool = True, all_sg: bool = False,
                  fitting: bool = True, gate_per_task: bool = False, score_scale: float = 1.0,
                  gate_init: str = 'zeros', gate_input: str = 'embeddings',
-                 expert_order: str = 'behavior', aggregation: str = 'gated'):
+                 expert_order: str = 'behavior', aggregation: str = 'gated',
+                 fit_step: str = 'paper', tower: str = 'mean', cl_anchors: str = 'unique'):
         super().__init__(embedding_dim, num_behaviors)
         if aggregation not in AGGREGATIONS:
             raise ValueError(f'unknown aggregation {aggregation!r}; expected one of '
@@ -262,9 +270,12 @@ class DFMEHead(MTLHead):
             raise ValueError(f"unknown fit_graph {fit_graph!r}; expected 'other' or 'task'")
         if negatives not in ('all', 'batch'):
             raise ValueError(f"unknown negatives {negatives!r}; expected 'all' or 'batch'")
-        if cl_norm not in ('triples', 'batch', 'total'):
-            raise ValueError(f"unknown cl_norm {cl_norm!r}; expected 'triples', 'batch' or "
-                             f"'total'")
+        if cl_norm not in CL_NORMS:
+            raise ValueError(f'unknown cl_norm {cl_norm!r}; expected one of {list(CL_NORMS)}')
+        for name, value, options in (('fit_step', fit_step, FIT_STEPS), ('tower', tower, TOWERS),
+                                     ('cl_anchors', cl_anchors, CL_ANCHORS)):
+            if value not in options:
+                raise ValueError(f'unknown {name} {value!r}; expected one of {list(options)}')
         if gate_init not in ('zeros', 'xavier'):
             raise ValueError(f"unknown gate_init {gate_init!r}; expected 'zeros' or 'xavier'")
         if gate_input not in ('embeddings', 'normalized'):
@@ -296,6 +307,7 @@ class DFMEHead(MTLHead):
         self.gate_init = gate_init
         self.gate_input = gate_input
         self.expert_order = expert_order
+        self.fit_step, self.tower, self.cl_anchors = fit_step, tower, cl_anchors
         d, k = embedding_dim, num_behaviors
         for name in ('behavior_emb', 'layer_weight', 'fusion_weight', 'fusion_bias'):
             self.register_parameter(name, None)
@@ -364,12 +376,14 @@ class DFMEHead(MTLHead):
                 h = (self.alpha * x[g] + self.beta * x[partners]) / 2
                 keys = [(g, p) for p in partners]
             h = h.permute(1, 0, 2).reshape(n, len(partners) * d)         # [N, (K-1) d]
-            op = adjacency.operator(behavior, norm='left_plus_identity')
+            code = self.fit_step == 'code'
+            op = adjacency.operator(behavior, norm='left' if code else 'left_plus_identity')
             total, r = h, self.behavior_emb[g]
             for l in range(self.num_layers):
                 if l > 0:
                     r = r @ self.layer_weight[l - 1]                     # r^{l} = r^{l-1} W^l
-                h = op @ (h * r.repeat(len(partners)))
+                rh = h * r.repeat(len(partners))
+                h = op @ rh + h if code else op @ rh     # A(E o r) + E  |  (D^-1 A + I)(E o r)
                 total = total + h
             for key, part in zip(keys, (self.output_scale * total).split(d, dim=1)):
                 out[key] = part
@@ -431,7 +445,7 @@ class DFMEHead(MTLHead):
         if any(stop):
             mask = torch.tensor(stop, device=terms.device).view(-1, *([1] * (terms.dim() - 1)))
             terms = torch.where(mask, terms.detach(), terms)
-        return self.score_scale * terms.sum(0).mean(-1)                  # eq 15
+        return self.score_scale * self._reduce(terms.sum(0))             # eq 15
 
     def score_all(self, emb: BehaviorEmbeddings, users: Tensor, behavior: str) -> Tensor:
         r"""``[B, I]`` by matrix products: :math:`\hat o^k_{uv} = \frac{1}{d} \sum_j g^k_j\,
@@ -442,6 +456,7 @@ class DFMEHead(MTLHead):
             return self._score_all_fused(emb, users, k)
         fit_u, fit_v = self._fitted(emb)
         d = self.embedding_dim
+        width = d if self.tower == 'mean' else 1
         grp = k if self.gate_per_task else 0
         weight, bias = self.gate.weights[0][grp], self.gate.biases[0][grp]   # [2d, K], [K]
         if self.expert_order != 'behavior':                    # columns in behavior order
@@ -456,8 +471,21 @@ class DFMEHead(MTLHead):
             dots = torch.bmm(u, v.transpose(1, 2))                           # [K, B, C]
             item_x = self._gate_features(emb.items[k][start:start + self.chunk_size])
             gate = (user_logits + (item_x @ weight[d:]).unsqueeze(0)).softmax(dim=-1)
-            out.append((gate * dots.permute(1, 2, 0)).sum(-1) * (self.score_scale / d))
+            out.append((gate * dots.permute(1, 2, 0)).sum(-1) * (self.score_scale / width))
         return torch.cat(out, dim=1)
+
+    def _reduce(self, x: Tensor) -> Tensor:
+        """The tower over the last axis: eq 15's mean, or the code's sum."""
+        return x.sum(-1) if self.tower == 'sum' else x.mean(-1)
+
+    def regularized_parameters(self) -> List[Tensor]:
+        r"""What the code's L2 term covers besides the embedding tables: the gate's weight
+        matrices and the fitting layers' :math:`\mathbf{W}^l` (not the biases, not
+        :math:`\mathbf{r}^{k,0}`)."""
+        out = [] if self.gate is None else list(self.gate.weights)
+        if self.layer_weight is not None and self.layer_weight.numel():
+            out.append(self.layer_weight)
+        return out
 
     # ------------------------------------------------------------------ COPF table 4
     def _pair_params(self, k: int, j: int):
@@ -479,7 +507,7 @@ class DFMEHead(MTLHead):
                 if j != k:
                     out = out + fuse(self.aggregation, own, u[j] * v[j],
                                      *self._pair_params(k, j))
-        return self.score_scale * out.mean(-1)
+        return self.score_scale * self._reduce(out)
 
     def _score_all_fused(self, emb: BehaviorEmbeddings, users: Tensor, k: int) -> Tensor:
         r"""``[B, I]`` of table 4's schemes by matrix products. Every sum over :math:`d` of a
@@ -521,28 +549,38 @@ class DFMEHead(MTLHead):
                     other, both = uj @ vj.t(), ukj @ vkj.t()
                     sums = torch.stack([own, other, own - other, both])  # sum_d of each feature
                     total = total + (logits.softmax(dim=0) * sums).sum(0)
-            out.append(total * (self.score_scale / d))
+            out.append(total * (self.score_scale / (d if self.tower == 'mean' else 1)))
         return torch.cat(out, dim=1)
 
     # ------------------------------------------------------------------ eq 8, 17
     def contrastive_loss(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
-                         num_triples: int = 1) -> Tensor:
+                         num_triples: int = 1, user_counts: Optional[Tensor] = None,
+                         item_counts: Optional[Tensor] = None) -> Tensor:
         r""":math:`\sum_{k<K} (\mathcal{L}_{cl,U}^{K,k} + \mathcal{L}_{cl,V}^{K,k})` with
-        anchors ``users`` and ``items`` (unique ids), normalised as ``cl_norm`` says
-        (``num_triples``: the batch's triples per behavior, :math:`B` of ``'triples'``), not
-        weighted by :math:`\gamma`."""
+        anchors ``users`` and ``items`` (distinct ids; ``*_counts`` how often each one is an
+        anchor, default once: every distinct anchor is computed once and weighted, which is
+        exact), normalised as ``cl_norm`` says (``num_triples``: the batch's triples per
+        behavior, :math:`B` of ``'triples'``), not weighted by :math:`\gamma`."""
         target = self.num_behaviors - 1
         total = emb.users.new_zeros(())
+        num_users = emb.users.size(1)
         for k in range(target):
-            for table, ids in ((emb.users, users), (emb.items, items)):
+            for table, ids, counts in ((emb.users, users, user_counts),
+                                       (emb.items, items, item_counts)):
+                if ids.numel() == 0:
+                    continue
+                weight = None if counts is None else counts.to(table.dtype)
                 if self.negatives == 'all':   # the positives are rows ids of the candidates
                     term = info_nce(table[target][ids], None, self.tau, candidates=table[k],
-                                    cosine=self.cosine, positive_index=ids)
+                                    cosine=self.cosine, positive_index=ids, weight=weight)
                 else:
                     term = info_nce(table[target][ids], table[k][ids], self.tau,
-                                    cosine=self.cosine)
+                                    cosine=self.cosine, weight=weight)
+                n = ids.numel() if counts is None else float(counts.sum())
                 if self.cl_norm == 'total':  # sum over the anchors / |U| (|V|)
-                    term = term * (ids.numel() / table.size(1))
+                    term = term * (n / table.size(1))
+                elif self.cl_norm == 'users':  # the code: both sums / |U|
+                    term = term * (n / num_users)
                 total = total + term
         if self.cl_norm == 'triples':        # eq 17 over eq 16's sum, divided by B
             total = total / max(int(num_triples), 1)
@@ -560,11 +598,16 @@ class DFMEHead(MTLHead):
         if not triples:
             raise ValueError(f'DFMEHead contrastive loss: the batch has no triples of the '
                              f'behaviors {emb.behaviors} (keys: {list(batch)})')
-        users = torch.cat([t[0] for t in triples]).unique()
-        items = torch.cat([t[1:].reshape(-1) for t in triples]).unique()
         num_triples = max(t[0].numel() for t in triples)        # B, the BPR mean's divisor
-        return {'contrastive': self.gamma * self.contrastive_loss(emb, users, items,
-                                                                  num_triples)}
+        if self.cl_anchors == 'pairs':   # the code: a user per pair, the positive items
+            users, user_counts = torch.cat([t[0] for t in triples]).unique(return_counts=True)
+            items, item_counts = torch.cat([t[1] for t in triples]).unique(return_counts=True)
+        else:
+            users = torch.cat([t[0] for t in triples]).unique()
+            items = torch.cat([t[1:].reshape(-1) for t in triples]).unique()
+            user_counts = item_counts = None
+        return {'contrastive': self.gamma * self.contrastive_loss(
+            emb, users, items, num_triples, user_counts, item_counts)}
 
     def extra_repr(self) -> str:
         return (f'embedding_dim={self.embedding_dim}, num_behaviors={self.num_behaviors}, '
@@ -577,4 +620,6 @@ class DFMEHead(MTLHead):
                 f'all_sg={self.all_sg}, fitting={self.fitting}, '
                 f'gate_per_task={self.gate_per_task}, score_scale={self.score_scale}, '
                 f'gate_init={self.gate_init!r}, gate_input={self.gate_input!r}, '
-                f'expert_order={self.expert_order!r}, aggregation={self.aggregation!r}')
+                f'expert_order={self.expert_order!r}, aggregation={self.aggregation!r}, '
+                f'fit_step={self.fit_step!r}, tower={self.tower!r}, '
+                f'cl_anchors={self.cl_anchors!r}')

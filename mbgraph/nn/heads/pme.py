@@ -64,7 +64,7 @@ not add it too). The cascade loss (eq 19) is the composed model's per-behavior B
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +78,8 @@ from .shared_bottom import MTLHead, StackedMLP, gather_stacked
 PROJECTIONS = ('pair', 'factorized')
 GATE_INPUTS = ('concat', 'expert')
 TOWERS = ('sum', 'linear')
+#: which gate output weighs which expert: eq 17's behavior index, or the code's own-first
+EXPERT_ORDERS = ('behavior', 'own_first')
 
 
 def _choice(name: str, value: str, options) -> str:
@@ -114,6 +116,10 @@ class PMEHead(MTLHead):
             (default: ``1e-12``)
         score_scale (float, optional): factor on every score, the cascade, unique and parallel
             ones (the code's ``mult``: ``300``). (default: ``1.0``)
+        expert_order (str, optional): which gate output weighs which expert: ``'behavior'``
+            (output :math:`j` weighs behavior :math:`j`'s, eq 17) or ``'own_first'`` (output 0
+            the task's own expert, then the other behaviors in order: the code).
+            (default: ``'behavior'``)
 
     Shapes:
         - **input:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
@@ -127,8 +133,9 @@ class PMEHead(MTLHead):
                  gate_input: str = 'concat', gate_per_task: bool = False, tower: str = 'sum',
                  proj_scale: float = 1.0, unique_loss: bool = True, parallel_loss: bool = True,
                  lambdas: Optional[Mapping[str, float]] = None, eps: float = 1e-12,
-                 score_scale: float = 1.0):
+                 score_scale: float = 1.0, expert_order: str = 'behavior'):
         super().__init__(embedding_dim, num_behaviors)
+        self.expert_order = _choice('expert_order', expert_order, EXPERT_ORDERS)
         self.projection = _choice('projection', projection, PROJECTIONS)
         self.gate_input = _choice('gate_input', gate_input, GATE_INPUTS)
         self.tower_kind = _choice('tower', tower, TOWERS)
@@ -195,7 +202,21 @@ class PMEHead(MTLHead):
             x = torch.cat([zu_k.expand(shape), zv_k.expand(shape)], dim=-1)
         else:
             x = zu_k * zv_k
-        return self.gate(x, group=k if self.gate_per_task else 0).softmax(dim=-1)
+        logits = self.gate(x, group=k if self.gate_per_task else 0)
+        if self.expert_order != 'behavior':
+            logits = logits[..., self.gate_outputs(k)]
+        return logits.softmax(dim=-1)
+
+    def gate_outputs(self, k: int) -> List[int]:
+        r"""For each behavior :math:`j`, the gate output of task ``k`` that weighs its expert
+        (``expert_order``)."""
+        if self.expert_order == 'behavior':
+            return list(range(self.num_behaviors))
+        return [0 if j == k else (j + 1 if j < k else j) for j in range(self.num_behaviors)]
+
+    def regularized_parameters(self) -> List[Tensor]:
+        """The gate's weight matrix (the code's L2 term covers it with the tables)."""
+        return list(self.gate.weights)
 
     def tower(self, x: Tensor, k: int) -> Tensor:
         r""":math:`h^k`: ``[*, d]`` -> ``[*]``."""
@@ -238,6 +259,9 @@ class PMEHead(MTLHead):
         coef = torch.where(mask, torch.ones_like(coef), coef)                # a_k = 1
         grp = k if self.gate_per_task else 0
         weight, bias = self.gate.weights[0][grp], self.gate.biases[0][grp]  # [in, K], [K]
+        if self.expert_order != 'behavior':                    # columns in behavior order
+            order = self.gate_outputs(k)
+            weight, bias = weight[:, order], bias[order]
         d = zu.size(-1)
         if self.gate_input == 'concat':
             logits = ((zu[k] @ weight[:d]).unsqueeze(1) + (zv[k] @ weight[d:]).unsqueeze(0)
@@ -304,4 +328,5 @@ class PMEHead(MTLHead):
                 f'projection={self.projection!r}, gate_input={self.gate_input!r}, '
                 f'gate_per_task={self.gate_per_task}, tower={self.tower_kind!r}, '
                 f'proj_scale={self.proj_scale}, unique_loss={self.unique_loss}, '
-                f'parallel_loss={self.parallel_loss}, score_scale={self.score_scale}')
+                f'parallel_loss={self.parallel_loss}, score_scale={self.score_scale}, '
+                f'expert_order={self.expert_order!r}')
