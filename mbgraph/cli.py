@@ -207,7 +207,9 @@ def cmd_train(args) -> int:
     """``mbgraph train``; under ``torchrun`` every process runs it and joins the process group
     (NCCL on CUDA, Gloo on CPU) first; rank 0 alone prints and writes files."""
     from .distributed import cleanup, init_from_env
+    from .runtime import keep_freed_memory
     from .training import resolve_device
+    keep_freed_memory()       # no per-step page faults of large temporaries (mbgraph.runtime)
     if args.threads is not None:
         if args.threads < 1:
             raise UsageError(f'--threads must be >= 1, got {args.threads}')

@@ -1,0 +1,51 @@
+r"""Process-wide settings that make training steps cheaper on CPU.
+
+glibc's ``malloc`` serves every block above its mmap threshold (dynamic, at most 32 MiB)
+with a fresh ``mmap`` and gives it back with ``munmap`` when freed, and it trims the top of
+the heap back to the operating system. A training step of a graph model allocates the same
+large temporaries every step (``[anchors, N]`` logits, whole-table gradients), so each step
+page-faults them in again: measured on this project's 2-core CPU machine, a loop of COPF's
+``[1400, 64] @ [64, 11953]`` logits and their log-softmax ran 2.4x faster once freed memory
+was kept (4.59 s -> 1.91 s for 20 iterations, one thread).
+
+:func:`keep_freed_memory` asks glibc (``mallopt``) to serve large blocks from the heap and
+never to trim it, the run-time equivalent of ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=...``. The cost: the process keeps its peak heap (resident memory
+does not shrink after a peak). ``mbgraph train`` calls it at start-up; set
+``MBGRAPH_KEEP_FREED_MEMORY=0`` to leave the allocator as it is. Elsewhere than glibc it does
+nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_done = False
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in the process (see the module docstring); ``True`` if glibc took
+    the settings. Idempotent; ``MBGRAPH_KEEP_FREED_MEMORY=0`` turns it off."""
+    global _done
+    if _done:
+        return True
+    if os.environ.get('MBGRAPH_KEEP_FREED_MEMORY', '1') == '0':
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):    # not glibc (macOS, Windows, musl without mallopt)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    if ok:
+        _done = True
+        log.info('glibc keeps freed memory (mmap off, no trimming): large temporaries are '
+                 'reused instead of page-faulted every step')
+    return ok
