@@ -101,7 +101,8 @@ def result_path(results: Path, run: Run) -> Path:
 
 def read_curve(run_dir: Path) -> List[Dict[str, Any]]:
     """``[{epoch, loss, val: {...}}]`` from the run's ``log.jsonl`` (DPCPL: the prompt-tuning
-    stage's, with the pre-training stage's under ``stage='pretrain'`` first)."""
+    stage's, with the pre-training stage's under ``stage='pretrain'`` first); under
+    ``--protocol paper`` the watched test metrics are under ``test`` instead of ``val``."""
     curve = []
     for stage, path in (('pretrain', run_dir / 'pretrain' / 'log.jsonl'),
                         ('prompt', run_dir / 'prompt' / 'log.jsonl'),
@@ -116,6 +117,8 @@ def read_curve(run_dir: Path) -> List[Dict[str, Any]]:
                      'epoch_seconds': rec.get('epoch_seconds')}
             if 'val' in rec:
                 point['val'] = rec['val']
+            if 'watch' in rec:      # --protocol paper: the test split, watched, never selected
+                point['test'] = rec['watch']
             if stage is not None:
                 point['stage'] = stage
             curve.append(point)

@@ -191,7 +191,10 @@ def plot_curves(table: Table, results: Dict[str, Dict[str, Any]], out: Path,
                         label=row.name)
         ax.set_title(d)
         ax.set_xlabel('epoch')
-        ax.set_ylabel(f'validation {metric}')
+        paper = all(not any(isinstance(p.get('val'), dict) for p in r.get('curve') or [])
+                    for (_, dd), rs in cells.items() if dd == d for r in rs)
+        ax.set_ylabel(f'{"test (watched, paper protocol)" if paper else "validation"} '
+                      f'{metric}')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(table.title, fontsize=10)
@@ -203,13 +206,15 @@ def plot_curves(table: Table, results: Dict[str, Dict[str, Any]], out: Path,
 
 
 def _points(result: Dict[str, Any], metric: str) -> List[Tuple[int, float]]:
-    """(epoch, validation metric) of the final training stage of a run."""
+    """(epoch, validation metric) of the final training stage of a run; for a run under
+    ``--protocol paper`` (no validation split) the watched test metric."""
     curve = result.get('curve') or []
     stages = [p.get('stage') for p in curve]
     last = 'prompt' if 'prompt' in stages else None
-    return [(int(p['epoch']), float(p['val'][metric])) for p in curve
-            if p.get('stage') == last and isinstance(p.get('val'), dict)
-            and metric in p['val'] and not math.isnan(float(p['val'][metric]))]
+    split = 'val' if any(isinstance(p.get('val'), dict) for p in curve) else 'test'
+    return [(int(p['epoch']), float(p[split][metric])) for p in curve
+            if p.get('stage') == last and isinstance(p.get(split), dict)
+            and metric in p[split] and not math.isnan(float(p[split][metric]))]
 
 
 def write_outputs(tables: Sequence[Table], results: Dict[str, Dict[str, Any]], directory: Path,

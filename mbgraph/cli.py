@@ -371,6 +371,12 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
     data = load_data(config['dataset'], args.data_root or config.get('data_root'),
                      config.get('behaviors'), config.get('seed', 0))
+    if config.get('protocol') == 'paper':    # trained on every training interaction
+        from .data.multiplex import merge_validation
+        if args.split == 'val':
+            raise UsageError(f'{path} was trained under --protocol paper: it has no '
+                             'validation split (use --split test)')
+        merge_validation(data)
     model = make_model(config['model'], data, config.get('model_kwargs', {}))
     model.load_state_dict(state['model'])
     device = resolve_device(args.device)

@@ -378,3 +378,20 @@ def test_sequence_scaling_on_tiny_lengths():
     assert attention[32] > attention[16] > attention[8]
     slopes = scaling_slopes(rows)
     assert len(slopes) == 2 and all(math.isfinite(s['memory_slope']) for s in slopes)
+
+
+def test_curves_reads_watched_test_and_validation(tmp_path, capsys):
+    from benchmarks import curves
+    paper, val = tmp_path / 'paper', tmp_path / 'val'
+    paper.mkdir()
+    val.mkdir()
+    (paper / 'log.jsonl').write_text(
+        '{"epoch": 1, "loss": 1.0, "watch": {"hr@10": 0.1}}\n{"epoch": 2, "loss": 0.9}\n'
+        '{"epoch": 3, "loss": 0.8, "watch": {"hr@10": 0.3}}\n{"epoch": 4, "lo')   # torn line
+    (val / 'log.jsonl').write_text('{"epoch": 1, "val": {"hr@10": 0.2}}\n')
+    assert curves.read_points(paper, 'hr@10') == ('test', [(1, 0.1), (3, 0.3)])
+    assert curves.read_points(val, 'hr@10') == ('val', [(1, 0.2)])
+    assert curves.main([str(paper), str(val), '--metric', 'hr@10']) == 0
+    table = capsys.readouterr().out
+    assert '| 3 | 0.3000 |  |' in table and '| 1 | 0.1000 | 0.2000 |' in table
+    assert curves.main([str(tmp_path / 'missing')]) == 2
