@@ -6,6 +6,9 @@ r"""Vectorised training-pair sampling.
 * :class:`BPRSampler` -- per-behavior BPR triples ``(u, i, j)`` for one epoch, in batches,
   seeded by ``(seed, epoch)`` so an epoch is reproducible (and a resumed run continues
   identically).
+* :class:`UniquePairSampler` -- the BPR triples plus PKEF's unique-loss pairs (eq 20);
+* :class:`UserBatchSampler` -- the PKEF / COPF authors' batches: 256 users a batch, up to 40
+  positives per user and behavior drawn with replacement (the ``'code'`` readings).
 """
 from __future__ import annotations
 

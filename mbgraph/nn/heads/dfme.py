@@ -205,8 +205,9 @@ class DFMEHead(MTLHead):
             ``'triples'``, their number times the number :math:`B` of the batch's triples
             per behavior (eq 16 sums BPR over the triples, eq 8 averages over the users; see
             the module docstring), ``'batch'``, their number (a mean over the anchors), or
-            ``'total'``, :math:`|U|` (:math:`|V|`) whatever the batch (the code: each batch
-            carries its share of the all-user sum). (default: ``'triples'``)
+            ``'total'``, :math:`|U|` (:math:`|V|`) whatever the batch, or ``'users'``,
+            :math:`|U|` for both sums (the code: each batch carries its share of the all-user
+            sum, the item side divided by the users too). (default: ``'triples'``)
         contrastive (bool, optional): eq 8 on (``False`` = w/o con.). (default: ``True``)
         forward_fit (bool, optional): fitting experts on (``False`` = w/o for.).
             (default: ``True``)
@@ -234,6 +235,18 @@ class DFMEHead(MTLHead):
         aggregation (str, optional): ``'gated'`` (eq 10-15) or one of COPF table 4's
             alternatives ``'none'``, ``'sum'``, ``'linear'``, ``'vanilla'``,
             ``'projection'`` (module docstring). (default: ``'gated'``)
+        fit_step (str, optional): one fitting layer as eq 11 writes it, ``'paper'``
+            (:math:`(\mathbf{D}^{-1}\mathbf{A} + \mathbf{I})(\mathbf{E} \circ \mathbf{r})`),
+            or as the code computes it, ``'code'`` (:math:`\mathbf{D}^{-1}\mathbf{A}
+            (\mathbf{E} \circ \mathbf{r}) + \mathbf{E}`). (default: ``'paper'``)
+        tower (str, optional): eq 15's ``'mean'`` over :math:`d`, or the code's ``'sum'``.
+            (default: ``'mean'``)
+        cl_anchors (str, optional): eq 8's anchors: ``'unique'``, the batch's distinct
+            target-behavior users and items (positives and negatives), or ``'pairs'``, the
+            code's one user anchor per target pair and the pairs' positive items, repeats
+            counted (each distinct anchor computed once and weighted by its count: exact).
+            ``cl_norm='users'`` is the code's divisor of both sums, :math:`|U|`.
+            (default: ``'unique'``)
 
     Shapes:
         - **input:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
