@@ -119,3 +119,49 @@ def test_csv_with_unknown_behavior_names_takes_the_order_from_behaviors(tmp_path
 def test_csv_without_data_root_names_the_option(tmp_path, capsys):
     assert main(['train', '--model', 'lightgcn', '--dataset', 'csv', '--out', str(tmp_path)]) == 2
     assert "dataset 'csv' needs --data-root FILE" in capsys.readouterr().err
+
+
+def test_paper_protocol_and_reading_recorded(tmp_path, capsys):
+    out = tmp_path / 'paper'
+    assert main(['train', '--model', 'copf', '--dataset', 'synthetic', '--epochs', '2',
+                 '--eval-every', '2', '--protocol', 'paper', '--out', str(out),
+                 '--no-progress', '--set', "lambdas={'cart': 0.5, 'buy': 0.5}"]) == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert m['reading'] == 'code' and m['protocol'] == 'paper'
+    assert m['val'] is None and m['epochs_run'] == 2            # no validation, fixed epochs
+    assert [p['epoch'] for p in m['test_curve']] == [1, 2]     # watched after 1 and every 2
+    assert m['test_curve'][-1]['hr@10'] == pytest.approx(m['test']['hr@10'])
+    assert 'OPTIMISTIC' in m['test_best_of_evaluated']['note']
+    per = m['train_triples_per_epoch']
+    assert per['all'] == per['cart'] + per['buy'] and 'view' not in per
+    assert m['seconds_per_million_triples'] > 0
+    cfg = m['config']
+    assert cfg['batch_kind'] == 'users' and cfg['batch_size'] == 256
+    assert cfg['lr'] == 1e-3 and cfg['lr_decay'] == 0.96 and cfg['lr_decay_steps'] == 11
+    # every training buy trained: the validation pairs went back into the training graph
+    from mbgraph.data.datasets import synthetic
+    data = synthetic(seed=0)
+    buy = data['user', 'buy', 'item']
+    assert m['test_users'] == int(buy.test_edge_index[1].numel())
+    # evaluate rebuilds the same data (the validation pairs merged) and the same scores
+    assert main(['evaluate', '--checkpoint', str(out / 'checkpoint.pt'),
+                 '--out', str(tmp_path / 'e.json')]) == 0
+    assert json.loads((tmp_path / 'e.json').read_text())['test'] == pytest.approx(m['test'])
+    assert main(['evaluate', '--checkpoint', str(out / 'checkpoint.pt'), '--split', 'val']) == 2
+    assert 'no validation split' in capsys.readouterr().err
+
+
+def test_reading_flag_checked(tmp_path, capsys):
+    assert main(['train', '--model', 'lightgcn', '--reading', 'code', '--epochs', '1',
+                 '--out', str(tmp_path / 'x'), '--no-progress']) == 2
+    assert '--reading applies to' in capsys.readouterr().err
+    assert main(['train', '--model', 'pkef', '--reading', 'tf', '--epochs', '1',
+                 '--out', str(tmp_path / 'y'), '--no-progress']) == 2
+    assert "unknown reading 'tf'" in capsys.readouterr().err
+    out = tmp_path / 'z'
+    assert main(['train', '--model', 'pkef', '--reading', 'paper', '--epochs', '1',
+                 '--out', str(out), '--no-progress']) == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert m['reading'] == 'paper' and m['protocol'] == 'validation'
+    assert m['config']['batch_kind'] == 'pairs' and m['config']['batch_size'] == 2048
+    assert '|' in ''.join(m['train_triples_per_epoch'])         # the unique pairs counted

@@ -141,6 +141,10 @@ class BPRSampler:
     def generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
 
+    def triples_per_epoch(self, epoch: int = 1) -> Dict[str, int]:
+        """Triples per behavior that an epoch draws."""
+        return {b: self.num_samples for b in self.behaviors}
+
     def epoch_triples(self, epoch: int) -> Dict[str, Tensor]:
         """All triples of ``epoch``: ``{behavior: [3, num_samples]}``."""
         g = self.generator(epoch)
@@ -266,6 +270,11 @@ class UniquePairSampler(BPRSampler):
         # a stream of its own, so that the BPR triples equal BPRSampler's
         mixed = (self.seed * 1_000_003 + int(epoch)) * 6_364_136_223_846_793_005 + 1_442_695_041
         return torch.Generator().manual_seed(mixed % (2 ** 63))
+
+    def triples_per_epoch(self, epoch: int = 1) -> Dict[str, int]:
+        """Triples per behavior and per unique pair (as ``"k'|k"``) that an epoch draws."""
+        total = len(self) * self.unique_batch_size
+        return {**super().triples_per_epoch(epoch), **{f'{kp}|{k}': total for kp, k in self.pairs}}
 
     def epoch_unique(self, epoch: int) -> Dict[tuple, Tensor]:
         """All unique-loss triples of ``epoch``: ``{(k_prime, k): [3, len(self) *
