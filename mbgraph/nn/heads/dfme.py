@@ -476,15 +476,18 @@ class DFMEHead(MTLHead):
             order = self.gate_outputs(k)
             weight, bias = weight[:, order], bias[order]
         u = fit_u[k][:, users]                                               # [K, B, d]
-        user_logits = (self._gate_features(emb.users[k][users]) @ weight[:d]).unsqueeze(1) \
-            + bias                                                           # [B, 1, K]
+        # everything in a [K, B, C] layout: contiguous, the softmax over the behavior axis
+        user_logits = (self._gate_features(emb.users[k][users]) @ weight[:d]
+                       + bias).t().unsqueeze(2)                              # [K, B, 1]
+        item_logits = (self._gate_features(emb.items[k]) @ weight[d:]).t()   # [K, I]
+        scale = self.score_scale / width
         out = []
         for start in range(0, emb.items.size(1), self.chunk_size):
             v = fit_v[k][:, start:start + self.chunk_size]                   # [K, C, d]
             dots = torch.bmm(u, v.transpose(1, 2))                           # [K, B, C]
-            item_x = self._gate_features(emb.items[k][start:start + self.chunk_size])
-            gate = (user_logits + (item_x @ weight[d:]).unsqueeze(0)).softmax(dim=-1)
-            out.append((gate * dots.permute(1, 2, 0)).sum(-1) * (self.score_scale / width))
+            gate = torch.softmax(user_logits + item_logits[:, start:start + self.chunk_size]
+                                 .unsqueeze(1), dim=0)                       # [K, B, C]
+            out.append(gate.mul_(dots).sum(0).mul_(scale))
         return torch.cat(out, dim=1)
 
     def _reduce(self, x: Tensor) -> Tensor:

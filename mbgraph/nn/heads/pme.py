@@ -263,13 +263,15 @@ class PMEHead(MTLHead):
             order = self.gate_outputs(k)
             weight, bias = weight[:, order], bias[order]
         d = zu.size(-1)
+        # a [K, B, C] layout, the softmax over the behavior axis: contiguous throughout
         if self.gate_input == 'concat':
-            logits = ((zu[k] @ weight[:d]).unsqueeze(1) + (zv[k] @ weight[d:]).unsqueeze(0)
-                      + bias)
-        else:  # logits[b, c, j] = sum_d zu[b, d] zv[c, d] W[d, j]
-            logits = torch.einsum('bdj,cd->bcj', zu[k].unsqueeze(-1) * weight, zv[k]) + bias
-        gate = logits.softmax(dim=-1)                                        # [B, C, K]
-        return self.score_scale * (gate * coef.permute(1, 2, 0)).sum(-1) * own
+            logits = ((zu[k] @ weight[:d] + bias).t().unsqueeze(2)
+                      + (zv[k] @ weight[d:]).t().unsqueeze(1))
+        else:  # logits[j, b, c] = sum_d zu[b, d] zv[c, d] W[d, j]
+            logits = torch.einsum('bdj,cd->jbc', zu[k].unsqueeze(-1) * weight, zv[k]) \
+                + bias.view(-1, 1, 1)
+        gate = logits.softmax(dim=0)                                         # [K, B, C]
+        return gate.mul_(coef).sum(0).mul_(own).mul_(self.score_scale)
 
     # ------------------------------------------------------------------ eq 18, 20
     def unique_scores(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
