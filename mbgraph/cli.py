@@ -9,8 +9,12 @@ r"""The ``mbgraph`` command line.
 ``train`` writes ``OUT/metrics.json`` (test and best-validation metrics, ``epoch_seconds`` =
 median training epoch, ``eval_seconds`` = one full test evaluation pass, peak memory, the
 configuration and the environment), ``OUT/log.jsonl``, ``OUT/checkpoint.pt`` and
-``OUT/best.pt``, and prints a results table. Bad arguments (unknown model, dataset or behavior,
-missing files) print one clear message and exit with status 2.
+``OUT/best.pt``, and prints a results table. Every option is checked
+(:mod:`mbgraph.validation`) before any data is loaded; bad arguments and every anticipated
+failure (unknown model, dataset or behavior, bad or missing files, refused pickles, a corrupt or
+foreign checkpoint, a missing device, an --out holding another run) print one line and exit with
+status 2; a diverged run prints one line naming the loss term and the last good checkpoint and
+exits with status 3.
 
 Data-parallel training over several processes (see :mod:`mbgraph.distributed`)::
 
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
 import logging
+import pickle
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +43,49 @@ MBGMN_DATASETS = ('taobao', 'beibei', 'tmall')
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported on one line, exit status 2."""
+
+
+#: exit status of a run that diverged (:class:`mbgraph.losses.DivergenceError`)
+EXIT_DIVERGED = 3
+
+
+def _anticipated() -> tuple:
+    """Errors the CLI reports on one line with exit status 2 (a traceback is a bug)."""
+    from .io import RunLockedError
+    from .validation import CorruptCheckpointError, OptionError, RunMismatchError
+    return (OptionError, RunMismatchError, CorruptCheckpointError, RunLockedError, OSError,
+            pickle.UnpicklingError, UnicodeError, csv.Error)
+
+
+def check_train_args(args) -> Path:
+    """Every ``train`` option's type and range, the device and the output folder, before any
+    data is loaded; returns the output folder."""
+    from .validation import check_device, check_option, check_options, check_out_dir, cli_flag
+    check_options({k: getattr(args, k) for k in (
+        'epochs', 'batch_size', 'lr', 'lr_decay', 'reg', 'dim', 'layers', 'patience',
+        'eval_every', 'seed', 'threads', 'max_len', 'negatives', 'ks')}, cli_flag)
+    check_option('behaviors', args.behaviors, '--behaviors')
+    check_device(args.device, '--device')
+    if args.resume and args.overwrite:
+        raise UsageError('--resume and --overwrite exclude each other: continue the run in '
+                         '--out, or replace it')
+    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    return check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
+
+
+def clear_run_files(out: Path, why: str) -> None:
+    """Remove an earlier run's files from ``out`` (``--overwrite``, or ``--resume`` without a
+    checkpoint), so that no file of it stays beside the new run's."""
+    from .validation import run_files
+    found = run_files(out)
+    if found:
+        log.warning('%s: removing %s (%s)', out, ', '.join(found), why)
+    for name in found:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
 
 
 def _parse_set(items: Sequence[str]) -> Dict[str, Any]:
@@ -79,7 +129,7 @@ def load_data(dataset: str, data_root: Optional[str], behaviors: Optional[List[s
                 return load_dataset(dataset, data_root, seed=seed, behaviors=behaviors)
         data = load_dataset(dataset, data_root, seed=seed, **kwargs)
         return data if behaviors is None else select_behaviors(data, behaviors)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, pickle.UnpicklingError, UnicodeError, csv.Error) as e:
         raise UsageError(str(e)) from e
 
 
@@ -99,7 +149,7 @@ def make_model(name: str, data, kwargs: Dict[str, Any]):
     try:
         return build_model(name, data, **kwargs)
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from e
+        raise UsageError(f'model {name!r} with options {kwargs}: {e}') from e
 
 
 def format_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
@@ -141,7 +191,7 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
             root = Path(data_root)
             directory = root / 'ml-latest-small' if (root / 'ml-latest-small').is_dir() else root
             return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, UnicodeError, csv.Error) as e:
         raise UsageError(str(e)) from e
     raise UsageError(f'sequence models run on synthetic, ml-latest-small or csv, not '
                      f'{dataset!r}')
@@ -163,16 +213,22 @@ def cmd_train_sequence(args, device: torch.device) -> int:
                          f'20 and train with a constant learning rate')
     dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed,
                              _split_list(args.behaviors))
+    if args.negatives >= dataset.num_items:
+        raise UsageError(f'--negatives {args.negatives}: expected fewer than the '
+                         f'{dataset.num_items} items of {args.dataset!r}')
     kwargs = _parse_set(args.set)
     if args.dim is not None:
         kwargs['dim'] = args.dim
     if args.layers is not None:
         kwargs['num_layers'] = args.layers
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    if args.overwrite:
+        clear_run_files(out, '--overwrite')
     try:
         metrics = train_sequence_model(
             args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
-            out_dir=out, seed=args.seed, batch_size=args.batch_size or 256, lr=args.lr,
+            out_dir=out, seed=args.seed,
+            batch_size=256 if args.batch_size is None else args.batch_size, lr=args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
             patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
     except (TypeError, ValueError) as e:
@@ -203,9 +259,8 @@ def cmd_train(args) -> int:
     (NCCL on CUDA, Gloo on CPU) first; rank 0 alone prints and writes files."""
     from .distributed import cleanup, init_from_env
     from .training import resolve_device
+    check_train_args(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f'--threads must be >= 1, got {args.threads}')
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
@@ -225,7 +280,8 @@ def _train_graph(args, device: torch.device) -> int:
     from .distributed import is_main_process
     from .evaluation import FullRankingEvaluator
     from .training import Trainer, environment, write_metrics
-    ks = [int(k) for k in _split_list(args.ks)]
+    from .validation import data_fingerprint, parse_ks
+    ks = parse_ks(args.ks)
     behaviors = _split_list(args.behaviors)
     data = load_data(args.dataset, args.data_root, behaviors, args.seed)
     kwargs = model_kwargs(args)
@@ -234,16 +290,20 @@ def _train_graph(args, device: torch.device) -> int:
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     config = {'model': args.model, 'dataset': args.dataset, 'data_root': args.data_root,
               'behaviors': data.behaviors, 'model_kwargs': kwargs, 'seed': args.seed,
-              'epochs': args.epochs, 'batch_size': args.batch_size or 2048, 'lr': args.lr,
-              'lr_decay': args.lr_decay, 'patience': args.patience, 'ks': ks,
-              'device': str(device)}
+              'epochs': args.epochs,
+              'batch_size': 2048 if args.batch_size is None else args.batch_size,
+              'lr': args.lr, 'lr_decay': args.lr_decay, 'patience': args.patience, 'ks': ks,
+              'device': str(device), 'data_fingerprint': data_fingerprint(data)}
     sampler = model.batch_source(data, batch_size=config['batch_size'], seed=args.seed)
     val = FullRankingEvaluator(data, 'val', ks=ks) if _has_split(data, 'val') else None
     trainer = Trainer(model, sampler, val, epochs=args.epochs, lr=args.lr,
                       lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
                       eval_every=args.eval_every, device=device, out_dir=out, seed=args.seed,
                       progress=not args.no_progress, config=config, amp=args.amp)
-    summary = trainer.fit(resume=args.resume)
+    if args.overwrite or (args.resume and not (out / 'checkpoint.pt').is_file()):
+        clear_run_files(out, '--overwrite' if args.overwrite else
+                        '--resume found no checkpoint.pt to resume from')
+    summary = trainer.fit(resume=args.resume, allow_changes=_split_list(args.allow_change) or ())
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
     test = test_eval.evaluate(model, device)     # split over ranks under torchrun
     if not is_main_process():
@@ -271,18 +331,32 @@ def _has_split(data, split: str) -> bool:
 
 def cmd_evaluate(args) -> int:
     from .evaluation import FullRankingEvaluator
-    from .training import resolve_device
+    from .training import load_verified, resolve_device
+    from .validation import check_device, data_fingerprint
     path = Path(args.checkpoint)
-    if not path.exists():
-        raise UsageError(f'checkpoint {path} does not exist')
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    check_device(args.device, '--device')
+    if args.out is not None and Path(args.out).is_dir():
+        raise UsageError(f'--out {args.out}: expected a file to write, it is a folder')
+    if not path.is_file():
+        raise UsageError(f'checkpoint {path} does not exist' if not path.exists() else
+                         f'--checkpoint {path}: expected a file, it is a folder')
+    state = load_verified(path)
     config = state.get('config') or {}
-    if 'model' not in config:
+    if 'model' not in config or 'dataset' not in config:
         raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
     data = load_data(config['dataset'], args.data_root or config.get('data_root'),
                      config.get('behaviors'), config.get('seed', 0))
+    saved = config.get('data_fingerprint')
+    if saved is not None and saved != data_fingerprint(data):
+        raise UsageError(f'{path} was trained on other data than {config["dataset"]!r} under '
+                         f'{args.data_root or config.get("data_root")} holds now (data '
+                         f'fingerprint {saved}, now {data_fingerprint(data)})')
     model = make_model(config['model'], data, config.get('model_kwargs', {}))
-    model.load_state_dict(state['model'])
+    try:
+        model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise UsageError(f'{path}: the weights do not fit model {config["model"]!r}: '
+                         f'{str(e).splitlines()[0]}') from None
     device = resolve_device(args.device)
     model.to(device)
     ks = config.get('ks', [10])
@@ -363,7 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--threads', type=int, default=None,
                    help='CPU threads for torch (default: torch\'s choice); on a busy machine 1 '
                    'thread can be several times faster than oversubscribed cores')
-    t.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
+    t.add_argument('--resume', action='store_true',
+                   help='continue from OUT/checkpoint.pt (refused if it is another run\'s)')
+    t.add_argument('--overwrite', action='store_true',
+                   help='replace the run files an earlier run left in OUT')
+    t.add_argument('--allow-change', metavar='OPTION,...',
+                   help='with --resume: options that may differ from the checkpoint\'s run '
+                        '(e.g. lr,patience); the epoch budget always may')
     t.add_argument('--no-progress', action='store_true', help='no progress bars')
     t.add_argument('--amp', action='store_true',
                    help='mixed precision: torch.autocast with float16 + gradient scaling on '
@@ -398,10 +478,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
+    from .losses import DivergenceError
     try:
         return args.func(args)
     except UsageError as e:
         print(f'mbgraph {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except DivergenceError as e:
+        print(f'mbgraph {args.command}: error: {e}', file=sys.stderr)
+        return EXIT_DIVERGED
+    except _anticipated() as e:
+        text = ' '.join(str(e).split()) or type(e).__name__
+        print(f'mbgraph {args.command}: error: {text}', file=sys.stderr)
         return 2
 
 
