@@ -294,7 +294,10 @@ def _train_graph(args, device: torch.device) -> int:
               'batch_size': 2048 if args.batch_size is None else args.batch_size,
               'lr': args.lr, 'lr_decay': args.lr_decay, 'patience': args.patience, 'ks': ks,
               'device': str(device), 'data_fingerprint': data_fingerprint(data)}
-    sampler = model.batch_source(data, batch_size=config['batch_size'], seed=args.seed)
+    try:
+        sampler = model.batch_source(data, batch_size=config['batch_size'], seed=args.seed)
+    except ValueError as e:     # e.g. a behavior without training pairs
+        raise UsageError(str(e)) from e
     val = FullRankingEvaluator(data, 'val', ks=ks) if _has_split(data, 'val') else None
     trainer = Trainer(model, sampler, val, epochs=args.epochs, lr=args.lr,
                       lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
