@@ -8,9 +8,9 @@ atomic. A crash, a kill or a full disk leaves either the old file or the new one
 truncated one; a temporary file left by a killed process is removed by
 :func:`clean_stale_temps` when the next run starts in that folder.
 
-``log.jsonl`` is appended line by line; :func:`read_jsonl` skips a torn last line (a kill in
-the middle of a write) and :func:`trim_jsonl` cuts the log back to the epoch of the checkpoint
-a run resumes from, so that no epoch appears twice.
+``log.jsonl`` is appended line by line after the epoch's checkpoint is saved, and a resumed run
+rewrites it from the checkpoint's history (so no epoch appears twice or goes missing);
+:func:`read_jsonl` skips a torn last line (a kill in the middle of a write).
 
 :class:`RunLock` holds an exclusive ``fcntl.flock`` on ``FOLDER/.lock`` while a process
 trains into the folder: a second process asked to train into it is refused with
@@ -185,23 +185,6 @@ def append_jsonl(path: PathLike, record: Dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def trim_jsonl(path: PathLike, last_epoch: int) -> int:
-    """Rewrite ``path`` (atomically) keeping the records with ``epoch <= last_epoch`` and
-    dropping a torn last line; returns the number of records dropped."""
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    raw = path.read_text(encoding='utf-8', errors='replace').splitlines()
-    records = read_jsonl(path)
-    kept = [r for r in records if int(r.get('epoch', 0)) <= last_epoch]
-    dropped = len([line for line in raw if line.strip()]) - len(kept)
-    if dropped:
-        write_text(path, ''.join(json.dumps(r) + '\n' for r in kept))
-        log.info('%s: dropped %d lines after epoch %d (the checkpoint resumed from)', path,
-                 dropped, last_epoch)
-    return dropped
-
-
 # ------------------------------------------------------------------------------------------
 # checksums
 # ------------------------------------------------------------------------------------------
@@ -226,12 +209,16 @@ class RunLockedError(RuntimeError):
 
 
 class RunLock:
-    """An exclusive, non-blocking ``fcntl.flock`` on ``folder/.lock`` (a no-op where fcntl is
-    missing). Use as a context manager, or :meth:`acquire` / :meth:`release`."""
+    """An exclusive, non-blocking ``fcntl.flock`` on ``folder/name`` (a no-op where fcntl is
+    missing). Use as a context manager, or :meth:`acquire` / :meth:`release`.
 
-    def __init__(self, folder: PathLike):
+    ``mbgraph train`` holds ``.lock`` while it trains; the benchmark runner holds
+    ``.runner.lock`` while its child trains into the folder."""
+
+    def __init__(self, folder: PathLike, name: str = '.lock', what: str = 'training into it'):
         self.folder = Path(folder)
-        self.path = self.folder / '.lock'
+        self.path = self.folder / name
+        self.what = what
         self._fd: Optional[int] = None
 
     def acquire(self) -> 'RunLock':
@@ -249,8 +236,8 @@ class RunLock:
             except OSError:
                 holder = '?'
             os.close(fd)
-            raise RunLockedError(f'{self.folder} is in use: process {holder} is training into '
-                                 'it (wait for it to finish or stop it)') from None
+            raise RunLockedError(f'{self.folder} is in use: process {holder} is {self.what} '
+                                 '(wait for it to finish or stop it)') from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
         self._fd = fd
@@ -271,5 +258,5 @@ class RunLock:
 
 
 __all__ = ['atomic_write', 'write_bytes', 'write_text', 'write_json', 'read_json', 'torch_save',
-           'clean_stale_temps', 'read_jsonl', 'append_jsonl', 'trim_jsonl', 'sha256_file',
+           'clean_stale_temps', 'read_jsonl', 'append_jsonl', 'sha256_file',
            'RunLock', 'RunLockedError', 'OutputError', 'TEMP_SUFFIX']
