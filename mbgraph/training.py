@@ -499,9 +499,10 @@ class Trainer:
             diffs = ['the checkpoint has no run fingerprint (written by an older mbgraph)']
         if diffs:
             raise validation.RunMismatchError(
-                f'{path} belongs to another run: {"; ".join(diffs)} (start a new --out, pass '
-                f'--overwrite to start this one afresh, or --allow-change OPTION to resume with '
-                f'a changed option)')
+                f'{path} belongs to another run (checkpoint -> now: {"; ".join(diffs[:6])}'
+                f'{f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""}); resume '
+                'it as it was, start afresh with --overwrite, or name what may change with '
+                '--allow-change OPTION')
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         if self.scheduler is not None and state['scheduler'] is not None:

@@ -310,14 +310,15 @@ def run_fingerprint(trainer) -> Dict[str, Any]:
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     opt = trainer.optimizer
     group = {k: v for k, v in opt.param_groups[0].items() if k != 'params'}
-    defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in opt.defaults.items()
-                if isinstance(v, (int, float, str, bool, tuple, type(None)))}
     fp: Dict[str, Any] = {
         'model_class': type(model).__name__,
         'parameter_shapes': hashlib.sha256(repr(sorted(shapes.items())).encode()).hexdigest()[:16],
         'seed': trainer.seed,
-        'optimizer': f'{type(opt).__name__} {sorted(defaults.items())}',
-        'initial_lr': group.get('initial_lr', group.get('lr')),
+        'optimizer': type(opt).__name__,
+        'optimizer_options': {k: (list(v) if isinstance(v, tuple) else v)
+                              for k, v in opt.defaults.items() if k != 'lr'
+                              and isinstance(v, (int, float, str, bool, tuple, type(None)))},
+        'lr': group.get('initial_lr', group.get('lr')),
         'lr_decay': getattr(trainer.scheduler, 'gamma', None),
         'batches': _describe_batches(trainer.batches),
         'monitor': trainer.monitor, 'patience': trainer.patience,
@@ -331,33 +332,42 @@ def run_fingerprint(trainer) -> Dict[str, Any]:
 
 
 #: fingerprint keys that may differ on resume without being named: the epoch budget
-ALWAYS_ALLOWED = ('config.epochs',)
+ALWAYS_ALLOWED = ('epochs',)
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = '') -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, name + '.'))
+        else:
+            out[name] = value
+    return out
 
 
 def compare_fingerprints(saved: Mapping[str, Any], now: Mapping[str, Any],
                          allow: Iterable[str] = ()) -> List[str]:
-    """``['lr: checkpoint 0.001, now 0.01', ...]`` for every key that differs, but those in
-    ``allow`` (option names such as ``lr`` or ``patience``, or fingerprint keys) and
-    :data:`ALWAYS_ALLOWED`."""
-    allowed = set(ALWAYS_ALLOWED)
-    for a in allow:
-        allowed |= {a, f'config.{a}'}
-        if a == 'lr':
-            allowed.add('initial_lr')
-    diffs = []
-    for key in sorted(set(saved) | set(now)):
-        if key in allowed:
+    """``['lr 0.001 -> 0.01', ...]`` (checkpoint -> now) for every value that differs, nested
+    ones by dotted name and the CLI's ``config.`` prefix left out, but for the options in
+    ``allow`` and :data:`ALWAYS_ALLOWED`."""
+    allowed = set(ALWAYS_ALLOWED) | {a.strip() for a in allow}
+    a_flat, b_flat = _flatten(saved), _flatten(now)
+    diffs: List[str] = []
+    for key in sorted(set(a_flat) | set(b_flat)):
+        name = key[len('config.'):] if key.startswith('config.') else key
+        if name in allowed or name.split('.')[0] in allowed:
             continue
-        a, b = saved.get(key, '(absent)'), now.get(key, '(absent)')
+        a, b = a_flat.get(key, '(absent)'), b_flat.get(key, '(absent)')
         if _normal(a) != _normal(b):
-            diffs.append(f'{key}: checkpoint {a!r}, now {b!r}')
+            text = f'{name} {a!r} -> {b!r}'
+            if text not in diffs:
+                diffs.append(text)
     return diffs
 
 
 def _normal(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_normal(x) for x in v]
-    if isinstance(v, list):
+    if isinstance(v, (tuple, list)):
         return [_normal(x) for x in v]
     if isinstance(v, dict):
         return {k: _normal(x) for k, x in v.items()}
