@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import logging
 import pickle
@@ -47,6 +48,12 @@ class UsageError(Exception):
 
 #: exit status of a run that diverged (:class:`mbgraph.losses.DivergenceError`)
 EXIT_DIVERGED = 3
+
+
+def RunLock(out: Path):
+    """The run folder's lock (:class:`mbgraph.io.RunLock`)."""
+    from .io import RunLock as Lock
+    return Lock(out)
 
 
 def _anticipated() -> tuple:
@@ -222,7 +229,8 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     if args.layers is not None:
         kwargs['num_layers'] = args.layers
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
-    if args.overwrite:
+    lock = RunLock(out).acquire() if is_main_process() else None
+    if args.overwrite and lock is not None:
         clear_run_files(out, '--overwrite')
     try:
         metrics = train_sequence_model(
@@ -233,6 +241,9 @@ def cmd_train_sequence(args, device: torch.device) -> int:
             patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
+    finally:
+        if lock is not None:
+            lock.release()
     if not is_main_process():
         return 0
     metrics.update({'dataset': args.dataset, 'environment': environment(),
@@ -303,10 +314,13 @@ def _train_graph(args, device: torch.device) -> int:
                       lr_decay=args.lr_decay, monitor=f'ndcg@{ks[0]}', patience=args.patience,
                       eval_every=args.eval_every, device=device, out_dir=out, seed=args.seed,
                       progress=not args.no_progress, config=config, amp=args.amp)
-    if args.overwrite or (args.resume and not (out / 'checkpoint.pt').is_file()):
-        clear_run_files(out, '--overwrite' if args.overwrite else
-                        '--resume found no checkpoint.pt to resume from')
-    summary = trainer.fit(resume=args.resume, allow_changes=_split_list(args.allow_change) or ())
+    # rank 0 holds the lock from clearing an old run to the end of training
+    with RunLock(out) if is_main_process() else contextlib.nullcontext():
+        if args.overwrite or (args.resume and not (out / 'checkpoint.pt').is_file()):
+            clear_run_files(out, '--overwrite' if args.overwrite else
+                            '--resume found no checkpoint.pt to resume from')
+        summary = trainer.fit(resume=args.resume,
+                              allow_changes=_split_list(args.allow_change) or ())
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
     test = test_eval.evaluate(model, device)     # split over ranks under torchrun
     if not is_main_process():

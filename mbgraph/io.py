@@ -213,7 +213,10 @@ class RunLock:
     missing). Use as a context manager, or :meth:`acquire` / :meth:`release`.
 
     ``mbgraph train`` holds ``.lock`` while it trains; the benchmark runner holds
-    ``.runner.lock`` while its child trains into the folder."""
+    ``.runner.lock`` while its child trains into the folder. Within one process the lock is
+    re-entrant (the CLI holds it around clearing an old run and the Trainer's ``fit``)."""
+
+    _held: Dict[str, int] = {}      # path -> how many acquire() calls this process holds
 
     def __init__(self, folder: PathLike, name: str = '.lock', what: str = 'training into it'):
         self.folder = Path(folder)
@@ -226,26 +229,56 @@ class RunLock:
             import fcntl
         except ImportError:     # pragma: no cover - not POSIX
             return self
+        key = str(self.path.resolve())
+        if key in RunLock._held:
+            RunLock._held[key] += 1
+            self._key = key
+            return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                holder = '?'
+                try:
+                    holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or '?'
+                except OSError:
+                    holder = '?'
+                os.close(fd)
+                raise RunLockedError(f'{self.folder} is in use: process {holder} is '
+                                     f'{self.what} (wait for it to finish or stop it)') from None
+            # the holder before us removes the file when it releases: lock the file that is
+            # there now, not one already unlinked
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise RunLockedError(f'{self.folder} is in use: process {holder} is {self.what} '
-                                 '(wait for it to finish or stop it)') from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
         self._fd = fd
+        self._key = key
+        RunLock._held[key] = 1
         return self
 
     def release(self) -> None:
+        """Remove the lock file and release the lock (in that order, see :meth:`acquire`)."""
+        key = getattr(self, '_key', None)
+        if key is None:
+            return
+        self._key = None
+        RunLock._held[key] -= 1
+        if RunLock._held[key] > 0:
+            return
+        del RunLock._held[key]
         if self._fd is not None:
             import fcntl
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -7,6 +7,7 @@
 * resume and evaluate refuse another run's checkpoint, a corrupt one, changed data;
 * the log after a resume, the run folder's lock, the runner's children dying with it.
 """
+import contextlib
 import json
 import os
 import pickle
@@ -473,14 +474,37 @@ def test_read_jsonl_skips_a_torn_last_line_only(tmp_path):
 # the run folder's lock and the runner's children
 # ------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def held_elsewhere(folder: Path, name: str = '.lock'):
+    """Another process holds ``folder``'s lock while the block runs; yields its pid."""
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (f'import sys; from mbgraph.io import RunLock; RunLock({str(folder)!r}, {name!r})'
+            '.acquire(); print("ready", flush=True); sys.stdin.read()')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, 'PYTHONPATH': root})
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        yield proc.pid
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
 def test_a_locked_run_folder_is_refused(tmp_path, capsys):
     out = tmp_path / 'run'
-    with run_io.RunLock(out):
-        with pytest.raises(run_io.RunLockedError, match=f'process {os.getpid()}'):
+    with held_elsewhere(out) as pid:
+        with pytest.raises(run_io.RunLockedError, match=f'process {pid} is training into it'):
             run_io.RunLock(out).acquire()
-        rc, err = run_cli([*TRAIN, '--out', out], capsys)
+        rc, err = run_cli([*TRAIN, '--out', out, '--overwrite'], capsys)
         assert rc == 2 and 'is in use' in one_line(err)
-    assert run_cli([*TRAIN, '--out', out], capsys)[0] == 0     # released
+    # the holder died without releasing (as under kill -9): its lock died with it
+    assert run_cli([*TRAIN, '--out', out], capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'checkpoint.pt', 'log.jsonl',
+                                                     'metrics.json']
+    # within one process the lock is re-entrant
+    with run_io.RunLock(out), run_io.RunLock(out):
+        pass
 
 
 def test_runner_child_dies_with_the_runner(tmp_path):
@@ -531,7 +555,7 @@ def test_runner_skips_a_run_another_runner_holds(tmp_path):
     results = tmp_path / 'results'
     run_dir = results / 'runs' / planned.run.id
     said = []
-    with run_io.RunLock(run_dir, '.runner.lock'):
+    with held_elsewhere(run_dir, '.runner.lock'):
         out = execute(planned, results, data_root=None, device='cpu', threads=1,
                       progress=False, suite='t', echo=said.append)
     assert 'locked' in out and said[0].startswith(f'SKIPPED {planned.run.id}')
