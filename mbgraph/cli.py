@@ -67,11 +67,13 @@ def _anticipated() -> tuple:
 def check_train_args(args) -> Path:
     """Every ``train`` option's type and range, the device and the output folder, before any
     data is loaded; returns the output folder."""
-    from .validation import check_device, check_option, check_options, check_out_dir, cli_flag
+    from .validation import (check_device, check_model_options, check_option, check_options,
+                             check_out_dir, cli_flag)
     check_options({k: getattr(args, k) for k in (
         'epochs', 'batch_size', 'lr', 'lr_decay', 'reg', 'dim', 'layers', 'patience',
         'eval_every', 'seed', 'threads', 'max_len', 'negatives', 'ks')}, cli_flag)
     check_option('behaviors', args.behaviors, '--behaviors')
+    check_model_options(_parse_set(args.set), lambda k: f'--set {k}')
     check_device(args.device, '--device')
     if args.resume and args.overwrite:
         raise UsageError('--resume and --overwrite exclude each other: continue the run in '
@@ -210,7 +212,8 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     from .distributed import is_main_process
     from .training import environment, write_metrics
     graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
-                                           ('--resume', args.resume or None))
+                                           ('--resume', args.resume or None),
+                                           ('--allow-change', args.allow_change))
                   if value is not None]
     if args.ks != '10':
         graph_only.append('--ks')
@@ -218,12 +221,12 @@ def cmd_train_sequence(args, device: torch.device) -> int:
         raise UsageError(f'{", ".join(graph_only)} appl{"ies" if len(graph_only) == 1 else "y"} '
                          f'to graph models only; sequence models are evaluated at K = 10 and '
                          f'20 and train with a constant learning rate')
+    kwargs = _parse_set(args.set)
     dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed,
                              _split_list(args.behaviors))
     if args.negatives >= dataset.num_items:
         raise UsageError(f'--negatives {args.negatives}: expected fewer than the '
                          f'{dataset.num_items} items of {args.dataset!r}')
-    kwargs = _parse_set(args.set)
     if args.dim is not None:
         kwargs['dim'] = args.dim
     if args.layers is not None:
@@ -361,6 +364,10 @@ def cmd_evaluate(args) -> int:
     config = state.get('config') or {}
     if 'model' not in config or 'dataset' not in config:
         raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
+    if str(config['model']).lower() in _sequence_models():
+        raise UsageError(f'{path} is a checkpoint of sequence model {config["model"]!r}: '
+                         'evaluate re-evaluates graph models; the metrics.json beside it holds '
+                         'its test metrics')
     data = load_data(config['dataset'], args.data_root or config.get('data_root'),
                      config.get('behaviors'), config.get('seed', 0))
     saved = config.get('data_fingerprint')

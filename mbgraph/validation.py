@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['OptionError', 'RunMismatchError', 'CorruptCheckpointError', 'OPTIONS',
-           'check_options', 'check_option', 'parse_ks', 'check_device', 'check_out_dir',
+           'check_options', 'check_option', 'check_model_options', 'parse_ks', 'check_device', 'check_out_dir',
            'RUN_FILES', 'run_files', 'data_fingerprint', 'content_checksum', 'run_fingerprint',
            'compare_fingerprints', 'ALWAYS_ALLOWED', 'cli_flag']
 
@@ -116,6 +116,22 @@ OPTIONS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     'max_grad_norm': _positive_float(),
     'loss_bound': _positive_float(),
 }
+
+
+#: ``--set`` keys (model hyperparameters) checked like the option they stand for
+SET_OPTIONS = {'embedding_dim': 'dim', 'dim': 'dim', 'num_layers': 'layers', 'reg': 'reg',
+               'num_negatives': 'negatives', 'max_len': 'max_len'}
+
+
+def check_model_options(kwargs: Mapping[str, Any], name: Callable[[str], str] = str) -> None:
+    """The model hyperparameters of :data:`SET_OPTIONS` (``encoder.``/``head.`` prefixes
+    included) checked like their options; a per-layer list of ``num_layers`` is left to the
+    encoder."""
+    for key, value in kwargs.items():
+        option = SET_OPTIONS.get(key.split('.')[-1])
+        if option is None or (option == 'layers' and isinstance(value, (list, tuple))):
+            continue
+        check_option(option, value, name(key))
 
 
 def cli_flag(option: str) -> str:

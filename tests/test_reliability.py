@@ -115,6 +115,39 @@ def test_argparse_type_errors_exit_2(args, tmp_path, capsys):
     assert rc == 2 and 'error:' in err.splitlines()[-1]
 
 
+_INT_BAD = ['0', '-1', '-5', 'abc', '1.5', '', 'nan', '1e3']
+#: every train option with values it must refuse: exit 2, one line, nothing written
+SWEEP = {
+    **{flag: _INT_BAD for flag in ('--epochs', '--batch-size', '--dim', '--patience',
+                                   '--eval-every', '--threads', '--max-len', '--negatives')},
+    '--layers': ['-1', 'abc', '1.5', ''],
+    '--seed': ['-1', 'abc', '1.5', '', str(2**64)],
+    '--lr': ['0', '-1', 'nan', 'inf', '-inf', 'abc', ''],
+    '--lr-decay': ['0', '-1', '1.5', 'nan', 'inf', 'abc'],
+    '--reg': ['-1', 'nan', 'inf', '-inf', 'abc'],
+    '--ks': ['0', 'abc', '10,', ',', '-1', '1.5', '10;20', '', '5,0'],
+    '--device': ['mps', 'gpu', 'cuda:x', 'cpu:0', '', 'CUDA', 'tpu'],
+    '--behaviors': [',', 'a,,b', 'buy,buy', '', 'view,\x01'],
+    '--stage': ['x', ''],
+    '--set': ['x', '=1', 'embedding_dim=2.5', "num_layers='x'", 'lambdas=3',
+              'nonexistent=1'],
+}
+SWEEP_CASES = [(flag, value) for flag, values in SWEEP.items() for value in values]
+
+
+def test_option_sweep_every_bad_value_exits_2_on_one_line(tmp_path, capsys):
+    outcomes = {}
+    for flag, value in SWEEP_CASES:
+        rc, err = run_cli([*TRAIN, '--out', tmp_path / 'run', flag, value], capsys)
+        assert rc == 2, (flag, value, err)
+        last = err.splitlines()[-1]     # argparse prints its usage above its one-line error
+        assert last.startswith('mbgraph') and 'error:' in last and len(last) < 600, (flag, value)
+        assert 'Traceback' not in err
+        outcomes[(flag, value)] = last
+        assert not (tmp_path / 'run').exists(), (flag, value)
+    assert len(outcomes) == len(SWEEP_CASES) >= 90
+
+
 def test_out_that_is_a_file_or_under_one(tmp_path, capsys):
     f = tmp_path / 'file'
     f.write_text('x')
@@ -297,6 +330,26 @@ def test_resume_with_a_new_epoch_budget_and_a_named_override(tmp_path, capsys):
     assert [r['epoch'] for r in log] == [1, 2, 3]
     assert log[-1]['lr'] == pytest.approx(0.01)     # the new learning rate took effect
     assert json.loads((out / 'metrics.json').read_text())['config']['lr'] == 0.01
+
+
+@pytest.mark.parametrize('model, extra', [
+    ('copf', ['--lr-decay', '0.9']), ('mbcgcn', []),
+    pytest.param('pkef', [], marks=pytest.mark.slow)])
+def test_cli_resume_is_bitwise_identical(model, extra, tmp_path, capsys):
+    base = ['train', '--model', model, '--dim', '8', '--no-progress', '--batch-size', '512',
+            '--seed', '3', *extra]
+    assert run_cli([*base, '--epochs', '2', '--out', tmp_path / 'a'], capsys)[0] == 0
+    assert run_cli([*base, '--epochs', '1', '--out', tmp_path / 'b'], capsys)[0] == 0
+    assert run_cli([*base, '--epochs', '2', '--out', tmp_path / 'b', '--resume'], capsys)[0] == 0
+    a = torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=True)
+    b = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    assert a['history'] == [{**h, 'epoch_seconds': a['history'][i]['epoch_seconds']}
+                            for i, h in enumerate(b['history'])]
+    ta = json.loads((tmp_path / 'a' / 'metrics.json').read_text())['test']
+    tb = json.loads((tmp_path / 'b' / 'metrics.json').read_text())['test']
+    assert ta == tb
 
 
 def test_resume_rewrites_the_log_from_the_checkpoint(tmp_path):
