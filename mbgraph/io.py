@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -115,9 +114,7 @@ def read_json(path: PathLike) -> Any:
 def torch_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj, path)``, atomically."""
     import torch
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return write_bytes(path, buffer.getvalue())
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def clean_stale_temps(folder: PathLike) -> List[Path]:
