@@ -79,14 +79,33 @@ def check_train_args(args) -> Path:
         raise UsageError('--resume and --overwrite exclude each other: continue the run in '
                          '--out, or replace it')
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
-    return check_out_dir(out, resume=args.resume, overwrite=args.overwrite)
+    return check_out_dir(out, resume=args.resume, overwrite=args.overwrite,
+                         inputs=_run_inputs(args, out),
+                         resumable=args.model.lower() not in _sequence_models())
 
 
-def clear_run_files(out: Path, why: str) -> None:
+def _run_inputs(args, out: Path) -> List[str]:
+    """Files of ``out`` the run reads rather than replaces: a DPCPL ``--stage prompt`` run
+    tunes the backbone of a ``--stage pretrain`` run in the same folder (``pretrain/`` and
+    that run's ``metrics.json``)."""
+    if args.model.lower() != 'dpcpl' or args.stage != 'prompt':
+        return []
+    inputs = ['pretrain']
+    try:
+        import json
+        with open(out / 'metrics.json') as f:
+            if (json.load(f).get('config') or {}).get('stage') == 'pretrain':
+                inputs.append('metrics.json')
+    except (OSError, ValueError):
+        pass
+    return inputs
+
+
+def clear_run_files(out: Path, why: str, inputs: Sequence[str] = ()) -> None:
     """Remove an earlier run's files from ``out`` (``--overwrite``, or ``--resume`` without a
-    checkpoint), so that no file of it stays beside the new run's."""
+    checkpoint), so that no file of it stays beside the new run's; ``inputs`` stay."""
     from .validation import run_files
-    found = run_files(out)
+    found = run_files(out, inputs)
     if found:
         log.warning('%s: removing %s (%s)', out, ', '.join(found), why)
     for name in found:
@@ -234,7 +253,7 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     lock = RunLock(out).acquire() if is_main_process() else None
     if args.overwrite and lock is not None:
-        clear_run_files(out, '--overwrite')
+        clear_run_files(out, '--overwrite', _run_inputs(args, out))
     try:
         metrics = train_sequence_model(
             args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,

@@ -213,13 +213,15 @@ RUN_FILES = ('metrics.json', 'log.jsonl', 'checkpoint.pt', 'best.pt', 'pretrain'
              'finetune')
 
 
-def run_files(out: Path) -> List[str]:
-    """The names of :data:`RUN_FILES` present in ``out``."""
-    return [n for n in RUN_FILES if (Path(out) / n).exists()]
+def run_files(out: Path, inputs: Sequence[str] = ()) -> List[str]:
+    """The names of :data:`RUN_FILES` present in ``out``, but ``inputs`` (what the run reads,
+    e.g. the ``pretrain`` stage a DPCPL ``--stage prompt`` run tunes)."""
+    return [n for n in RUN_FILES if n not in inputs and (Path(out) / n).exists()]
 
 
 def check_out_dir(out: Any, *, resume: bool = False, overwrite: bool = False,
-                  name: str = '--out') -> Path:
+                  name: str = '--out', inputs: Sequence[str] = (),
+                  resumable: bool = True) -> Path:
     """Refuse an output folder that cannot be a run folder: a file, one that cannot be
     created or written, or one holding another run's files (unless ``resume`` or
     ``overwrite``)."""
@@ -238,11 +240,12 @@ def check_out_dir(out: Any, *, resume: bool = False, overwrite: bool = False,
         raise OptionError(name, str(out), f'a folder that can be written ({probe} is not '
                           'writable)')
     if path.is_dir() and not resume and not overwrite:
-        found = run_files(path)
+        found = run_files(path, inputs)
         if found:
+            how = ('pass --resume to continue that run or --overwrite to replace it' if resumable
+                   else 'pass --overwrite to replace it')
             raise OptionError(name, str(out), f'a folder without another run\'s files (it holds '
-                              f'{", ".join(found)}): pass --resume to continue that run or '
-                              f'--overwrite to replace it')
+                              f'{", ".join(found)}): {how}')
     return path
 
 

@@ -182,6 +182,24 @@ def test_out_holding_another_run_is_refused_unless_resume_or_overwrite(tmp_path,
     assert json.loads((out / 'metrics.json').read_text())['config']['seed'] == 1
 
 
+def test_dpcpl_prompt_stage_may_tune_the_pretrain_stage_of_its_folder(tmp_path):
+    from mbgraph.cli import build_parser, check_train_args, clear_run_files, _run_inputs
+    out = tmp_path / 'dp'
+    (out / 'pretrain').mkdir(parents=True)
+    (out / 'pretrain' / 'ebm.pt').write_bytes(b'backbone')
+    (out / 'metrics.json').write_text(json.dumps({'config': {'stage': 'pretrain'}}))
+    parse = build_parser().parse_args
+    args = parse(['train', '--model', 'dpcpl', '--stage', 'prompt', '--out', str(out)])
+    assert check_train_args(args) == out
+    # another model into that folder is refused (no --resume for sequence models)
+    with pytest.raises(OptionError, match=r'holds metrics.json, pretrain\): pass --overwrite'):
+        check_train_args(parse(['train', '--model', 'sasrec', '--out', str(out)]))
+    # --overwrite of a prompt stage keeps the backbone it tunes
+    (out / 'prompt').mkdir()
+    clear_run_files(out, '--overwrite', _run_inputs(args, out))
+    assert (out / 'pretrain' / 'ebm.pt').is_file() and not (out / 'prompt').exists()
+
+
 def test_python_api_checks_the_same_table(tmp_path):
     with pytest.raises(OptionError, match=r'epochs=-1: expected an integer >= 1'):
         make_trainer(small_graph(), tmp_path, epochs=-1)
