@@ -28,7 +28,6 @@ import contextlib
 import csv
 import logging
 import pickle
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -50,70 +49,12 @@ class UsageError(Exception):
 EXIT_DIVERGED = 3
 
 
-def RunLock(out: Path):
-    """The run folder's lock (:class:`mbgraph.io.RunLock`)."""
-    from .io import RunLock as Lock
-    return Lock(out)
-
-
 def _anticipated() -> tuple:
     """Errors the CLI reports on one line with exit status 2 (a traceback is a bug)."""
     from .io import RunLockedError
     from .validation import CorruptCheckpointError, OptionError, RunMismatchError
     return (OptionError, RunMismatchError, CorruptCheckpointError, RunLockedError, OSError,
             pickle.UnpicklingError, UnicodeError, csv.Error)
-
-
-def check_train_args(args) -> Path:
-    """Every ``train`` option's type and range, the device and the output folder, before any
-    data is loaded; returns the output folder."""
-    from .validation import (check_device, check_model_options, check_option, check_options,
-                             check_out_dir, cli_flag)
-    check_options({k: getattr(args, k) for k in (
-        'epochs', 'batch_size', 'lr', 'lr_decay', 'reg', 'dim', 'layers', 'patience',
-        'eval_every', 'seed', 'threads', 'max_len', 'negatives', 'ks')}, cli_flag)
-    check_option('behaviors', args.behaviors, '--behaviors')
-    check_model_options(_parse_set(args.set), lambda k: f'--set {k}')
-    check_device(args.device, '--device')
-    if args.resume and args.overwrite:
-        raise UsageError('--resume and --overwrite exclude each other: continue the run in '
-                         '--out, or replace it')
-    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
-    return check_out_dir(out, resume=args.resume, overwrite=args.overwrite,
-                         inputs=_run_inputs(args, out),
-                         resumable=args.model.lower() not in _sequence_models())
-
-
-def _run_inputs(args, out: Path) -> List[str]:
-    """Files of ``out`` the run reads rather than replaces: a DPCPL ``--stage prompt`` run
-    tunes the backbone of a ``--stage pretrain`` run in the same folder (``pretrain/`` and
-    that run's ``metrics.json``)."""
-    if args.model.lower() != 'dpcpl' or args.stage != 'prompt':
-        return []
-    inputs = ['pretrain']
-    try:
-        import json
-        with open(out / 'metrics.json') as f:
-            if (json.load(f).get('config') or {}).get('stage') == 'pretrain':
-                inputs.append('metrics.json')
-    except (OSError, ValueError):
-        pass
-    return inputs
-
-
-def clear_run_files(out: Path, why: str, inputs: Sequence[str] = ()) -> None:
-    """Remove an earlier run's files from ``out`` (``--overwrite``, or ``--resume`` without a
-    checkpoint), so that no file of it stays beside the new run's; ``inputs`` stay."""
-    from .validation import run_files
-    found = run_files(out, inputs)
-    if found:
-        log.warning('%s: removing %s (%s)', out, ', '.join(found), why)
-    for name in found:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
 
 
 def _parse_set(items: Sequence[str]) -> Dict[str, Any]:
@@ -229,7 +170,9 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     """Sequence models (mbgraph_seq) through the same Trainer and metrics.json."""
     from mbgraph_seq.train import train_sequence_model
     from .distributed import is_main_process
+    from .io import RunLock
     from .training import environment, write_metrics
+    from .validation import clear_run_files, run_inputs
     graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
                                            ('--resume', args.resume or None),
                                            ('--allow-change', args.allow_change))
@@ -253,7 +196,7 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     lock = RunLock(out).acquire() if is_main_process() else None
     if args.overwrite and lock is not None:
-        clear_run_files(out, '--overwrite', _run_inputs(args, out))
+        clear_run_files(out, '--overwrite', run_inputs(args.model, args.stage, out))
     try:
         metrics = train_sequence_model(
             args.model, dataset, epochs=args.epochs, stage=args.stage, device=device,
@@ -292,7 +235,8 @@ def cmd_train(args) -> int:
     (NCCL on CUDA, Gloo on CPU) first; rank 0 alone prints and writes files."""
     from .distributed import cleanup, init_from_env
     from .training import resolve_device
-    check_train_args(args)
+    from .validation import check_train_args
+    check_train_args(args, _sequence_models(), _parse_set(args.set))
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
@@ -312,8 +256,9 @@ def cmd_train(args) -> int:
 def _train_graph(args, device: torch.device) -> int:
     from .distributed import is_main_process
     from .evaluation import FullRankingEvaluator
+    from .io import RunLock
     from .training import Trainer, environment, write_metrics
-    from .validation import data_fingerprint, parse_ks
+    from .validation import clear_run_files, data_fingerprint, parse_ks
     ks = parse_ks(args.ks)
     behaviors = _split_list(args.behaviors)
     data = load_data(args.dataset, args.data_root, behaviors, args.seed)
@@ -370,8 +315,8 @@ def _has_split(data, split: str) -> bool:
 
 def cmd_evaluate(args) -> int:
     from .evaluation import FullRankingEvaluator
-    from .training import load_verified, resolve_device
-    from .validation import check_device, data_fingerprint
+    from .training import resolve_device
+    from .validation import check_device, data_fingerprint, load_verified
     path = Path(args.checkpoint)
     check_device(args.device, '--device')
     if args.out is not None and Path(args.out).is_dir():

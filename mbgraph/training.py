@@ -492,7 +492,7 @@ class Trainer:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f'checkpoint {path} does not exist')
-        state = load_verified(path, self.device)
+        state = validation.load_verified(path, self.device)
         diffs = validation.compare_fingerprints(state.get('fingerprint') or {},
                                                 self.fingerprint(), allow_changes)
         if 'fingerprint' not in state:
@@ -528,31 +528,6 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.base_lrs = [base for _ in self.optimizer.param_groups]
             self.scheduler._last_lr = [g['lr'] for g in self.optimizer.param_groups]
-
-
-def load_verified(path: Union[str, Path], map_location='cpu') -> Dict[str, Any]:
-    """``torch.load`` a checkpoint with ``weights_only=True`` (a checkpoint is a pickle: only
-    tensors and plain data are accepted) and check its content checksum; raises
-    :class:`~mbgraph.validation.CorruptCheckpointError` naming the file otherwise."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:      # truncated zip, foreign pickle, refused global
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise validation.CorruptCheckpointError(
-            f'{path} is not a readable mbgraph checkpoint ({first[:200]})') from None
-    if not isinstance(state, dict) or 'model' not in state:
-        raise validation.CorruptCheckpointError(
-            f'{path} is not an mbgraph checkpoint (no model state)')
-    saved = state.pop('checksum', None)
-    if saved is not None and validation.content_checksum(state) != saved:
-        raise validation.CorruptCheckpointError(
-            f'{path} is corrupt: its content does not match the checksum it was written with')
-    if saved is None:
-        log.warning('%s carries no checksum (written by an older mbgraph); not verified', path)
-    return state
 
 
 def _numpy_state_to_tensors(state):

@@ -23,6 +23,7 @@ epoch budget must be the same unless the user names it in ``allow`` (``--allow-c
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -30,9 +31,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['OptionError', 'RunMismatchError', 'CorruptCheckpointError', 'OPTIONS',
-           'check_options', 'check_option', 'check_model_options', 'parse_ks', 'check_device', 'check_out_dir',
+           'check_options', 'check_option', 'check_model_options', 'check_train_args',
+           'run_inputs', 'clear_run_files', 'parse_ks', 'check_device', 'check_out_dir',
            'RUN_FILES', 'run_files', 'data_fingerprint', 'content_checksum', 'run_fingerprint',
-           'compare_fingerprints', 'ALWAYS_ALLOWED', 'cli_flag']
+           'compare_fingerprints', 'ALWAYS_ALLOWED', 'cli_flag', 'load_verified']
 
 
 class OptionError(ValueError):
@@ -249,6 +251,58 @@ def check_out_dir(out: Any, *, resume: bool = False, overwrite: bool = False,
     return path
 
 
+def run_inputs(model: str, stage: Optional[str], out: Path) -> List[str]:
+    """Files of ``out`` a run reads rather than replaces: a DPCPL ``stage='prompt'`` run tunes
+    the backbone of a ``stage='pretrain'`` run in the same folder (``pretrain/`` and that
+    run's ``metrics.json``)."""
+    if model.lower() != 'dpcpl' or stage != 'prompt':
+        return []
+    inputs = ['pretrain']
+    try:
+        import json
+        with open(Path(out) / 'metrics.json') as f:
+            if (json.load(f).get('config') or {}).get('stage') == 'pretrain':
+                inputs.append('metrics.json')
+    except (OSError, ValueError, AttributeError):
+        pass
+    return inputs
+
+
+def clear_run_files(out: Path, why: str, inputs: Sequence[str] = ()) -> None:
+    """Remove an earlier run's files from ``out`` (``--overwrite``, or ``--resume`` without a
+    checkpoint), so that no file of it stays beside the new run's; ``inputs`` stay."""
+    import shutil
+    found = run_files(out, inputs)
+    if found:
+        logging.getLogger('mbgraph').warning('%s: removing %s (%s)', out, ', '.join(found), why)
+    for name in found:
+        target = Path(out) / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
+def check_train_args(args, sequence_models: Iterable[str] = (),
+                     overrides: Optional[Mapping[str, Any]] = None) -> Path:
+    """Every option of ``mbgraph train`` (its argparse namespace): type and range, the model
+    sizes among the ``--set`` ``overrides``, the device and the output folder, before any
+    data is loaded; returns the output folder."""
+    check_options({k: getattr(args, k) for k in (
+        'epochs', 'batch_size', 'lr', 'lr_decay', 'reg', 'dim', 'layers', 'patience',
+        'eval_every', 'seed', 'threads', 'max_len', 'negatives', 'ks')}, cli_flag)
+    check_option('behaviors', args.behaviors, '--behaviors')
+    check_model_options(overrides or {}, lambda k: f'--set {k}')
+    check_device(args.device, '--device')
+    if args.resume and args.overwrite:
+        raise OptionError('--overwrite', True, 'not together with --resume (continue the run '
+                          'in --out, or replace it)')
+    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    return check_out_dir(out, resume=args.resume, overwrite=args.overwrite,
+                         inputs=run_inputs(args.model, args.stage, out),
+                         resumable=args.model.lower() not in set(sequence_models))
+
+
 # ------------------------------------------------------------------------------------------
 # fingerprints
 # ------------------------------------------------------------------------------------------
@@ -391,3 +445,30 @@ def _normal(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _normal(x) for k, x in v.items()}
     return v
+
+
+def load_verified(path: Any, map_location: Any = 'cpu') -> Dict[str, Any]:
+    """``torch.load`` a checkpoint with ``weights_only=True`` (a checkpoint is a pickle: only
+    tensors and plain data are accepted) and check its content checksum; raises
+    :class:`CorruptCheckpointError` naming the file otherwise."""
+    import torch
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:      # truncated zip, foreign pickle, refused global
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptCheckpointError(
+            f'{path} is not a readable mbgraph checkpoint ({first[:200]})') from None
+    if not isinstance(state, dict) or 'model' not in state:
+        raise CorruptCheckpointError(
+            f'{path} is not an mbgraph checkpoint (no model state)')
+    saved = state.pop('checksum', None)
+    if saved is not None and content_checksum(state) != saved:
+        raise CorruptCheckpointError(
+            f'{path} is corrupt: its content does not match the checksum it was written with')
+    if saved is None:
+        logging.getLogger(__name__).warning('%s carries no checksum (written by an older '
+                                            'mbgraph); not verified', path)
+    return state

@@ -84,7 +84,7 @@ BAD_TRAIN_OPTIONS = [
     (['--negatives', '0'], '--negatives=0'),
     (['--behaviors', ','], "--behaviors=','"),
     (['--behaviors', 'buy,buy'], "--behaviors='buy,buy'"),
-    (['--resume', '--overwrite'], '--resume and --overwrite exclude each other'),
+    (['--resume', '--overwrite'], '--overwrite=True: expected not together with --resume'),
     (['--set', 'novalue'], "--set expects KEY=VALUE, got 'novalue'"),
     (['--set', 'head.gamma=1'], "model 'lightgcn' with options"),
     (['--model', 'nope'], "unknown model 'nope'"),
@@ -183,20 +183,22 @@ def test_out_holding_another_run_is_refused_unless_resume_or_overwrite(tmp_path,
 
 
 def test_dpcpl_prompt_stage_may_tune_the_pretrain_stage_of_its_folder(tmp_path):
-    from mbgraph.cli import build_parser, check_train_args, clear_run_files, _run_inputs
+    from mbgraph.cli import build_parser
+    from mbgraph.validation import check_train_args, clear_run_files, run_inputs
     out = tmp_path / 'dp'
     (out / 'pretrain').mkdir(parents=True)
     (out / 'pretrain' / 'ebm.pt').write_bytes(b'backbone')
     (out / 'metrics.json').write_text(json.dumps({'config': {'stage': 'pretrain'}}))
     parse = build_parser().parse_args
     args = parse(['train', '--model', 'dpcpl', '--stage', 'prompt', '--out', str(out)])
-    assert check_train_args(args) == out
+    assert check_train_args(args, ['sasrec', 'dpcpl']) == out
     # another model into that folder is refused (no --resume for sequence models)
     with pytest.raises(OptionError, match=r'holds metrics.json, pretrain\): pass --overwrite'):
-        check_train_args(parse(['train', '--model', 'sasrec', '--out', str(out)]))
+        check_train_args(parse(['train', '--model', 'sasrec', '--out', str(out)]),
+                         ['sasrec', 'dpcpl'])
     # --overwrite of a prompt stage keeps the backbone it tunes
     (out / 'prompt').mkdir()
-    clear_run_files(out, '--overwrite', _run_inputs(args, out))
+    clear_run_files(out, '--overwrite', run_inputs('dpcpl', 'prompt', out))
     assert (out / 'pretrain' / 'ebm.pt').is_file() and not (out / 'prompt').exists()
 
 
