@@ -323,7 +323,8 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f'--out {args.out}: expected a file to write, it is a folder')
     if not path.is_file():
         raise UsageError(f'checkpoint {path} does not exist' if not path.exists() else
-                         f'--checkpoint {path}: expected a file, it is a folder')
+                         f'--checkpoint {path}: expected a checkpoint file, it is '
+                         f'{"a folder" if path.is_dir() else "not a regular file"}')
     state = load_verified(path)
     config = state.get('config') or {}
     if 'model' not in config or 'dataset' not in config:

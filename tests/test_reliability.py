@@ -241,7 +241,7 @@ def test_bad_checkpoints_exit_2(trained, tmp_path, capsys):
     raw = best.read_bytes()
     cases = {}
     cases['missing'] = (tmp_path / 'nope.pt', 'does not exist')
-    cases['folder'] = (trained, 'expected a file, it is a folder')
+    cases['folder'] = (trained, 'expected a checkpoint file, it is a folder')
     (tmp_path / 'truncated.pt').write_bytes(raw[:len(raw) // 2])
     cases['truncated'] = (tmp_path / 'truncated.pt', 'is not a readable mbgraph checkpoint')
     (tmp_path / 'empty.pt').write_bytes(b'')

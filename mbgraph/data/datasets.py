@@ -505,7 +505,9 @@ def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such file; expected a delimited log with user, '
+        what = ('is a folder' if path.is_dir() else 'is not a regular file' if path.exists()
+                else 'no such file')
+        raise FileNotFoundError(f'{path}: {what}; expected a delimited log with user, '
                                 'item, behavior[, timestamp] columns')
     if sep is None:
         sep = _sniff_sep(path, encoding)
