@@ -139,15 +139,19 @@ PR_SET_PDEATHSIG = 1
 
 def _die_with_parent(parent: int):
     """A ``preexec_fn``: the child gets SIGKILL when the runner dies (Linux; elsewhere only
-    the process group below), and exits at once if the runner is already gone."""
+    the process group below), and exits at once if the runner is already gone. libc is
+    looked up here, in the runner: between fork and exec the child only calls it."""
+    prctl = None
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+
     def setup() -> None:
-        if sys.platform.startswith('linux'):
-            try:
-                import ctypes
-                libc = ctypes.CDLL(None, use_errno=True)
-                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            except (OSError, AttributeError):
-                pass
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:      # the runner died before prctl took effect
             os._exit(1)
     return setup

@@ -803,3 +803,38 @@ def test_io_module_is_documented_by_its_doctest():
     import mbgraph.validation
     assert doctest.testmod(mbgraph.validation).failed == 0
 
+
+
+@pytest.mark.slow
+def test_runner_killed_with_sigkill_leaves_no_child_and_resumes_exactly(tmp_path):
+    """The runner killed with kill -9 in the middle of a run: its child dies with it, and the
+    re-run suite resumes the run, every epoch once in its curve (about a minute on 2 cores)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, 'PYTHONPATH': root, 'OMP_NUM_THREADS': '1'}
+    cmd = [sys.executable, '-m', 'benchmarks', 'run', 'quick', '--only', 'lightgcn-*',
+           '--epochs', '40', '--seeds', '1', '--results', str(tmp_path), '--no-progress',
+           '--threads', '1']
+    runner = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    logs = []
+    while time.time() < deadline:
+        logs = list((tmp_path / 'quick' / 'runs').glob('*/log.jsonl'))
+        if logs and len(logs[0].read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    assert logs, 'the run never started'
+    children = subprocess.run(['pgrep', '-P', str(runner.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children
+    os.kill(runner.pid, signal.SIGKILL)
+    runner.wait()
+    time.sleep(2)
+    for pid in children:
+        assert not Path(f'/proc/{pid}').exists() or \
+            open(f'/proc/{pid}/stat').read().split(')')[-1].split()[0] == 'Z'
+    assert subprocess.run(cmd, cwd=root, env=env, capture_output=True,
+                          timeout=600).returncode == 0
+    result = json.loads(next((tmp_path / 'quick').glob('lightgcn-*.json')).read_text())
+    epochs = [p['epoch'] for p in result['curve']]
+    assert result['resumed'] and epochs == list(range(1, len(epochs) + 1))
