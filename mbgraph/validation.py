@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -454,13 +455,25 @@ def load_verified(path: Any, map_location: Any = 'cpu') -> Dict[str, Any]:
     import torch
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():     # torch's pickle-protocol notes on foreign files
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:      # truncated zip, foreign pickle, refused global
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if text.startswith('Weights only load failed'):
+            # torch's advice to load with weights_only=False is not ours to give: keep what
+            # it refused
+            paragraphs = [' '.join(p.split()) for p in re.split(r'\n\s*\n', text)[1:]]
+            kept = [p.split('WeightsUnpickler error:')[-1].strip() for p in paragraphs
+                    if p and not p.startswith('Check the documentation')]
+            why = 'refused by the restricted loader: ' + ('; '.join(k for k in kept if k)
+                                                          or 'not tensors and plain data')
+        else:
+            why = text.splitlines()[0] if text else type(e).__name__
         raise CorruptCheckpointError(
-            f'{path} is not a readable mbgraph checkpoint ({first[:200]})') from None
+            f'{path} is not a readable mbgraph checkpoint ({why[:200]})') from None
     if not isinstance(state, dict) or 'model' not in state:
         raise CorruptCheckpointError(
             f'{path} is not an mbgraph checkpoint (no model state)')

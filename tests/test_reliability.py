@@ -232,8 +232,13 @@ def _evaluate(capsys, checkpoint, *extra):
 
 
 class _Evil:
+    """A pickle that runs ``touch MARKER`` when loaded by an unrestricted unpickler."""
+
+    def __init__(self, marker='/dev/null'):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (os.system, ('echo pwned > /dev/null',))
+        return (os.system, (f'touch {shlex.quote(self.marker)}',))
 
 
 def test_bad_checkpoints_exit_2(trained, tmp_path, capsys):
@@ -250,11 +255,13 @@ def test_bad_checkpoints_exit_2(trained, tmp_path, capsys):
     cases['text'] = (tmp_path / 'text.pt', 'is not a readable mbgraph checkpoint')
     torch.save({'weights': torch.zeros(2)}, tmp_path / 'foreign.pt')
     cases['foreign'] = (tmp_path / 'foreign.pt', 'is not an mbgraph checkpoint')
-    torch.save(_Evil(), tmp_path / 'evil.pt')
-    cases['malicious'] = (tmp_path / 'evil.pt', 'is not a readable mbgraph checkpoint')
+    marker = tmp_path / 'pwned'
+    torch.save(_Evil(marker), tmp_path / 'evil.pt')
+    cases['malicious'] = (tmp_path / 'evil.pt', 'refused by the restricted loader: Trying to '
+                                                'load unsupported GLOBAL posix.system')
     with open(tmp_path / 'pickle.pt', 'wb') as f:
-        pickle.dump(_Evil(), f)
-    cases['raw pickle'] = (tmp_path / 'pickle.pt', 'is not a readable mbgraph checkpoint')
+        pickle.dump(_Evil(marker), f)
+    cases['raw pickle'] = (tmp_path / 'pickle.pt', 'refused by the restricted loader')
     # the tensors changed but not the checksum: another number, silently, before
     state = torch.load(best, weights_only=True)
     state['model'] = {k: v + 1e-3 for k, v in state['model'].items()}
@@ -270,6 +277,7 @@ def test_bad_checkpoints_exit_2(trained, tmp_path, capsys):
         rc, err = _evaluate(capsys, path)
         assert rc == 2, name
         assert message in one_line(err), (name, err)
+    assert not marker.exists()      # no payload ran
 
 
 FLIP_TRIALS = 12
@@ -788,9 +796,10 @@ def test_refused_and_truncated_dataset_pickles_exit_2(tmp_path, capsys):
     rc, err = run_cli(['datasets', '--data-root', root, '--dataset', 'taobao'], capsys)
     assert rc == 2 and 'could not unpickle' in one_line(err)
     with open(folder / 'trn_cart', 'wb') as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(tmp_path / 'pwned'), f)
     rc, err = run_cli(['datasets', '--data-root', root, '--dataset', 'taobao'], capsys)
     assert rc == 2 and 'refused to unpickle posix.system' in one_line(err)
+    assert not (tmp_path / 'pwned').exists()
     with open(folder / 'trn_cart', 'wb') as f:      # bytes() with a size: refused
         f.write(b'\x80\x02c__builtin__\nbytes\nK\x05\x85R.')
     rc, err = run_cli(['datasets', '--data-root', root, '--dataset', 'taobao'], capsys)
