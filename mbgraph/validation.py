@@ -399,8 +399,9 @@ def run_fingerprint(trainer) -> Dict[str, Any]:
         'eval_every': trainer.eval_every, 'max_grad_norm': trainer.max_grad_norm,
         'amp': trainer.amp, 'world_size': trainer.world_size,
     }
+    # where the data and the run live do not define it (the data's fingerprint does)
     for key, value in trainer.config.items():
-        if key not in ('device',):
+        if key not in ('device', 'data_root'):
             fp[f'config.{key}'] = value
     return fp
 
