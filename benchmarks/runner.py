@@ -375,6 +375,7 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
         return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': 0,
                 'failed': 0, 'missing_data': sorted(missing)}
     results.mkdir(parents=True, exist_ok=True)
+    run_io.clean_stale_temps(results)   # what killed runners and runs left half written
     done = failed = locked = 0
     bar = tqdm(todo, desc=f'suite {suite}', unit='run', disable=not progress or not todo,
                dynamic_ncols=True, position=0)
