@@ -315,7 +315,7 @@ def _hash_tensor(h, t) -> None:
     if t.is_sparse or t.layout != torch.strided:
         t = t.to_dense()
     if t.numel():
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())     # the buffer, not a copy
 
 
 def _hash_obj(h, obj: Any) -> None:
