@@ -34,7 +34,7 @@ from mbgraph.distributed import is_main_process
 from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
 from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, \
     write_metrics
-from mbgraph.validation import OptionError, check_options
+from mbgraph.validation import OptionError, check_options, content_checksum, load_verified
 
 from .data import SequenceDataset
 from .models import SEQ_MODELS
@@ -223,8 +223,10 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
         pre_metrics = {'val': summary['best_val'], **_summary_fields(summary),
                        'seconds': time.perf_counter() - t0, **_count(backbone)}
         if ebm_path is not None and is_main_process():
-            run_io.torch_save({'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs,
-                               'pretrain': pre_metrics}, ebm_path)
+            saved = {'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs,
+                     'pretrain': pre_metrics}
+            saved['checksum'] = content_checksum(saved)
+            run_io.torch_save(saved, ebm_path)
         if stage == 'pretrain':
             metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
             metrics.update({'val': summary['best_val'], **_summary_fields(summary),
@@ -239,7 +241,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
             raise FileNotFoundError(f"stage='prompt' needs a pre-trained EBM: {ebm_path} does not "
                                     "exist (run stage='pretrain' with the same out_dir, or pass "
                                     "pretrained=PATH)")
-        state = torch.load(ebm_path, map_location='cpu', weights_only=True)
+        state = load_verified(ebm_path)     # a truncated or foreign file: a named error
         if state.get('ebm_kwargs', {}) != ebm_kwargs:
             raise ValueError(f'the saved EBM was built with {state.get("ebm_kwargs")}, not '
                              f'{ebm_kwargs}: pass the same EBM hyperparameters')

@@ -847,3 +847,13 @@ def test_runner_killed_with_sigkill_leaves_no_child_and_resumes_exactly(tmp_path
     result = json.loads(next((tmp_path / 'quick').glob('lightgcn-*.json')).read_text())
     epochs = [p['epoch'] for p in result['curve']]
     assert result['resumed'] and epochs == list(range(1, len(epochs) + 1))
+
+
+def test_a_bad_pretrained_backbone_exits_2(tmp_path, capsys):
+    for name, content in (('truncated', b'PK\x03\x04 not a whole zip'), ('empty', b'')):
+        path = tmp_path / f'{name}.pt'
+        path.write_bytes(content)
+        rc, err = run_cli(['train', '--model', 'dpcpl', '--stage', 'prompt', '--epochs', '1',
+                           '--dim', '8', '--negatives', '20', '--no-progress', '--out',
+                           tmp_path / name, '--set', f'pretrained={str(path)!r}'], capsys)
+        assert rc == 2 and 'is not a readable mbgraph checkpoint' in one_line(err), name
