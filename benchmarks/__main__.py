@@ -76,6 +76,7 @@ def cmd_run(args) -> int:
     print(f'wrote {results / "tables.md"}' + ''.join(f', {p}' for p in plots))
     print(f'suite {Path(args.suite).name}: {counts["done"]} run, {counts["skipped"]} skipped (finished '
           f'earlier), {counts["failed"]} failed'
+          + (f', {counts["locked"]} in use by another runner' if counts.get('locked') else '')
           + (f', datasets not found: {", ".join(counts["missing_data"])}'
              if counts['missing_data'] else '')
           + f'; {time.perf_counter() - start:.0f} s')
@@ -158,12 +159,33 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _check_args(args) -> None:
+    """The overrides' types and ranges, as ``mbgraph train`` checks them (``--seeds 0``
+    would run nothing)."""
+    from mbgraph.validation import OptionError, check_device, check_options
+    try:
+        check_options({'epochs': args.epochs, 'lr': args.lr,
+                       'threads': getattr(args, 'threads', None),
+                       'max_len': getattr(args, 'max_len', None)},
+                      lambda k: '--' + k.replace('_', '-'))
+        if getattr(args, 'device', None) is not None:
+            check_device(args.device, '--device')
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f'--seeds={args.seeds}: expected an integer >= 1 (seeds 0..N-1)')
+    results = Path(args.results)
+    if results.exists() and not results.is_dir():
+        raise ConfigError(f'--results={args.results!r}: expected a folder (it is a file)')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == 'run':
         # `kill PID` stops the runner like Ctrl-C: the running subprocess is terminated too
         signal.signal(signal.SIGTERM, _interrupt)
     try:
+        _check_args(args)
         return args.func(args)
     except ConfigError as e:
         print(f'benchmarks: error: {e}', file=sys.stderr)

@@ -156,6 +156,8 @@ class Run:
                '--device', device]
         if not is_sequence_model(self.model):
             cmd.append('--resume')      # sequence models restart an interrupted run
+        else:
+            cmd.append('--overwrite')   # ... replacing what the interrupted one left
         hyper = dict(self.hyper)
         root = hyper.pop('data_path', None) or data_root
         if root is not None and self.dataset != 'synthetic':
@@ -283,10 +285,24 @@ def _check_keys(got: Mapping[str, Any], allowed: set, where: str) -> None:
 
 
 def _check_hyper(hyper: Any, where: str) -> Dict[str, Any]:
+    """Known keys, each of the type and in the range ``mbgraph train`` accepts
+    (:mod:`mbgraph.validation`, the table the command line checks its options with)."""
+    from mbgraph.validation import OptionError, check_options
     if not isinstance(hyper, dict):
         raise ConfigError(f'{where}: expected a table of hyperparameters, got {hyper!r}')
     _check_keys(hyper, set(HYPER_FLAGS), where)
+    try:
+        check_options(hyper)
+    except OptionError as e:
+        raise ConfigError(f'{where}: {e.option} = {e.value!r}: expected {e.expected}') from None
+    for key in ('data_path',):
+        if key in hyper and not isinstance(hyper[key], str):
+            raise ConfigError(f'{where}: {key} = {hyper[key]!r}: expected a path string')
     return dict(hyper)
+
+
+#: a table id names result files (curves_ID.png): no folders, no leading dot
+TABLE_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
 def _paper_numbers(paper: Any, where: str) -> Dict[str, Tuple[float, ...]]:
@@ -315,6 +331,9 @@ def load_table(path: Path) -> Table:
     if not isinstance(table, dict) or 'id' not in table or 'datasets' not in table:
         raise ConfigError(f'{where}: needs a [table] section with id and datasets')
     _check_keys(table, TABLE_KEYS, f'{where} [table]')
+    if not isinstance(table['id'], str) or not TABLE_ID.match(table['id']):
+        raise ConfigError(f'{where} [table]: id = {table["id"]!r}: expected letters, digits, '
+                          "'_', '-' and '.' (it names files in the results folder)")
     datasets = table['datasets']
     if not isinstance(datasets, list) or not datasets:
         raise ConfigError(f'{where} [table]: datasets must be a non-empty list')

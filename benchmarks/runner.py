@@ -14,20 +14,31 @@ For a run with id ``RID`` in suite ``S`` (see :mod:`benchmarks.config`):
 * a failed run writes ``RESULTS/S/RID.failed.json`` (command, status, the end of its stderr)
   and the suite goes on; it is retried on the next invocation.
 
-Every subprocess gets its own process, so ``peak_rss_mb`` is that run's own peak.
+Every subprocess gets its own process, so ``peak_rss_mb`` is that run's own peak. The runner
+owns its children: each starts in a process group of its own with a parent-death signal
+(Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so a runner killed even with ``kill -9`` takes
+its running child with it, and an interrupted runner (Ctrl-C, SIGTERM) stops the child's whole
+group. While a child trains into ``runs/RID/`` the runner holds ``runs/RID/.runner.lock``
+(``fcntl.flock``): a second runner on the same results skips that run instead of writing into
+it too.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
 import os
+import shlex
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm.auto import tqdm
+
+from mbgraph import io as run_io
 
 from .config import Row, Run, Table, expand, is_sequence_model
 
@@ -109,10 +120,7 @@ def read_curve(run_dir: Path) -> List[Dict[str, Any]]:
                         (None, run_dir / 'log.jsonl')):
         if not path.is_file():
             continue
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
+        for rec in run_io.read_jsonl(path):     # a torn last line is skipped
             point = {'epoch': rec.get('epoch'), 'loss': rec.get('loss'),
                      'epoch_seconds': rec.get('epoch_seconds')}
             if 'val' in rec:
@@ -126,11 +134,46 @@ def read_curve(run_dir: Path) -> List[Dict[str, Any]]:
 
 
 def _write_json(path: Path, obj: Dict[str, Any]) -> None:
-    tmp = path.with_suffix('.json.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.write('\n')
-    os.replace(tmp, path)
+    run_io.write_json(path, obj, default=str)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    """A ``preexec_fn``: the child gets SIGKILL when the runner dies (Linux; elsewhere only
+    the process group below), and exits at once if the runner is already gone. libc is
+    looked up here, in the runner: between fork and exec the child only calls it."""
+    prctl = None
+    if sys.platform.startswith('linux'):
+        try:
+            import ctypes
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            prctl = None
+
+    def setup() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:      # the runner died before prctl took effect
+            os._exit(1)
+    return setup
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate the child's process group, killing it after 10 seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 def _epochs_done(run_dir: Path) -> int:
@@ -169,7 +212,8 @@ def _subprocess(cmd: List[str], run_dir: Path, total: int, threads: Optional[int
     bar = tqdm(total=total, desc=desc, unit='epoch', leave=False, position=1,
                disable=not progress, dynamic_ncols=True)
     with open(run_dir / 'stdout.log', 'w') as out, open(run_dir / 'stderr.log', 'w') as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
         try:
             while proc.poll() is None:
                 time.sleep(0.5)
@@ -178,8 +222,7 @@ def _subprocess(cmd: List[str], run_dir: Path, total: int, threads: Optional[int
                     if done > bar.n:
                         bar.update(min(done, total) - bar.n)
         except BaseException:   # Ctrl-C: stop the run; its checkpoint resumes it next time
-            proc.terminate()
-            proc.wait()
+            _stop(proc)
             raise
         finally:
             bar.close()
@@ -236,6 +279,22 @@ def execute(planned: Planned, results: Path, *, data_root: Optional[str], device
     run = planned.run
     run_dir = results / 'runs' / run.id
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_io.RunLock(run_dir, '.runner.lock', 'running it from a benchmark runner')
+    try:
+        lock.acquire()
+    except run_io.RunLockedError as e:
+        echo(f'SKIPPED {run.id}: {e}')
+        return {'run_id': run.id, 'suite': suite, 'returncode': None, 'locked': str(e)}
+    try:
+        return _execute(planned, results, run_dir, data_root=data_root, device=device,
+                        threads=threads, progress=progress, suite=suite, echo=echo)
+    finally:
+        lock.release()
+
+
+def _execute(planned: Planned, results: Path, run_dir: Path, *, data_root, device, threads,
+             progress, suite, echo) -> Dict[str, Any]:
+    run = planned.run
     failed = results / f'{run.id}.failed.json'
     extra: Dict[str, Any] = {}
     ebm = None
@@ -310,24 +369,26 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
                 pre_dir, ebm = pretrain_paths(results, pre)
                 if pre.id not in shown and not (pre_dir / 'metrics.json').is_file():
                     echo(f'    first the shared pre-training {pre.id}:')
-                    echo('    ' + ' '.join(_quote(a) for a in pre.command(
-                        data_root, pre_dir, device=device, threads=threads)[1:]))
+                    echo('    ' + _pasteable(pre.command(data_root, pre_dir, device=device,
+                                                         threads=threads)))
                 shown.add(pre.id)
-            echo('    ' + ' '.join(_quote(a) for a in
-                                   p.run.command(data_root, results / 'runs' / p.run.id,
-                                                 device=device, threads=threads,
-                                                 pretrained=ebm)[1:]))
+            echo('    ' + _pasteable(p.run.command(data_root, results / 'runs' / p.run.id,
+                                                   device=device, threads=threads,
+                                                   pretrained=ebm)))
         return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': 0,
                 'failed': 0, 'missing_data': sorted(missing)}
     results.mkdir(parents=True, exist_ok=True)
-    done = failed = 0
+    run_io.clean_stale_temps(results)   # what killed runners and runs left half written
+    done = failed = locked = 0
     bar = tqdm(todo, desc=f'suite {suite}', unit='run', disable=not progress or not todo,
                dynamic_ncols=True, position=0)
     for p in bar:
         bar.set_postfix_str(p.run.id)
         out = execute(p, results, data_root=data_root, device=device, threads=threads,
                       progress=progress, suite=suite, echo=tqdm.write if progress else echo)
-        if out.get('returncode', 0) != 0:
+        if 'locked' in out:
+            locked += 1
+        elif out.get('returncode', 0) != 0:
             failed += 1
         else:
             done += 1
@@ -338,12 +399,14 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
             (tqdm.write if progress else echo)(msg)
     bar.close()
     return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': done,
-            'failed': failed, 'missing_data': sorted(missing)}
+            'failed': failed, 'locked': locked, 'missing_data': sorted(missing)}
 
 
-def _quote(arg: str) -> str:
-    import shlex
-    return shlex.quote(arg)
+def _pasteable(cmd: List[str]) -> str:
+    """``cmd`` as a shell line that runs as the runner would run it, from any folder: this
+    checkout on ``PYTHONPATH``, every argument quoted."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return f'PYTHONPATH={shlex.quote(root)} ' + shlex.join(cmd)
 
 
 def load_results(results: Path) -> Dict[str, Dict[str, Any]]:

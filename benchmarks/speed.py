@@ -34,6 +34,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mbgraph import io as run_io
+
 DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -280,9 +282,7 @@ def run_micro(args, results: Path, echo=print) -> Dict[str, Any]:
         echo(f'speed: EBM vs self-attention, lengths {lengths_up_to(max_len)} ({device})')
         seq += sequence_scaling(lengths_up_to(max_len), device)
     for key, rows in (('propagation', prop), ('evaluation', evals), ('sequence_scaling', seq)):
-        with open(results / f'speed_{key}.json', 'w') as f:
-            json.dump({**out, 'rows': rows}, f, indent=2, default=str)
-            f.write('\n')
+        run_io.write_json(results / f'speed_{key}.json', {**out, 'rows': rows}, default=str)
     render(results)
     return {'propagation': prop, 'evaluation': evals, 'sequence_scaling': seq}
 
@@ -353,7 +353,7 @@ def render(results: Path) -> str:
             parts += ['Plots: ' + ', '.join(f'`{p.name}`' for p in plots), '']
     text = '\n'.join(parts)
     if text:
-        (results / 'speed.md').write_text(text)
+        run_io.write_text(results / 'speed.md', text)
     return text
 
 
@@ -380,7 +380,7 @@ def plot_scaling(rows: Sequence[Dict[str, Any]], directory: Path) -> List[Path]:
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = Path(directory) / fname
-        fig.savefig(path, dpi=110)
+        run_io.atomic_write(path, lambda f: fig.savefig(f, dpi=110, format='png'))
         plt.close(fig)
         out.append(path)
     return out

@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from mbgraph import io as run_io
+
 from .config import Table, expand
 
 #: short labels of the usual metric paths
@@ -200,7 +202,7 @@ def plot_curves(table: Table, results: Dict[str, Dict[str, Any]], out: Path,
     fig.suptitle(table.title, fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    run_io.atomic_write(out, lambda f: fig.savefig(f, dpi=110, format='png'))
     plt.close(fig)
     return out
 
@@ -225,7 +227,7 @@ def write_outputs(tables: Sequence[Table], results: Dict[str, Dict[str, Any]], d
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     text = render_suite(tables, results, suite, seeds, epochs, lr)
-    (directory / 'tables.md').write_text(text)
+    run_io.write_text(directory / 'tables.md', text)
     plots = []
     for table in tables:
         path = plot_curves(table, results, directory / f'curves_{table.id}.png', seeds=seeds,

@@ -9,8 +9,12 @@ r"""The ``mbgraph`` command line.
 ``train`` writes ``OUT/metrics.json`` (test and best-validation metrics, ``epoch_seconds`` =
 median training epoch, ``eval_seconds`` = one full test evaluation pass, peak memory, the
 configuration and the environment), ``OUT/log.jsonl``, ``OUT/checkpoint.pt`` and
-``OUT/best.pt``, and prints a results table. Bad arguments (unknown model, dataset or behavior,
-missing files) print one clear message and exit with status 2.
+``OUT/best.pt``, and prints a results table. Every option is checked
+(:mod:`mbgraph.validation`) before any data is loaded; bad arguments and every anticipated
+failure (unknown model, dataset or behavior, bad or missing files, refused pickles, a corrupt or
+foreign checkpoint, a missing device, an --out holding another run) print one line and exit with
+status 2; a diverged run prints one line naming the loss term and the last good checkpoint and
+exits with status 3.
 
 Data-parallel training over several processes (see :mod:`mbgraph.distributed`)::
 
@@ -20,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import csv
 import logging
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -36,6 +43,18 @@ MBGMN_DATASETS = ('taobao', 'beibei', 'tmall')
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported on one line, exit status 2."""
+
+
+#: exit status of a run that diverged (:class:`mbgraph.losses.DivergenceError`)
+EXIT_DIVERGED = 3
+
+
+def _anticipated() -> tuple:
+    """Errors the CLI reports on one line with exit status 2 (a traceback is a bug)."""
+    from .io import RunLockedError
+    from .validation import CorruptCheckpointError, OptionError, RunMismatchError
+    return (OptionError, RunMismatchError, CorruptCheckpointError, RunLockedError, OSError,
+            pickle.UnpicklingError, UnicodeError, csv.Error)
 
 
 def _parse_set(items: Sequence[str]) -> Dict[str, Any]:
@@ -79,7 +98,7 @@ def load_data(dataset: str, data_root: Optional[str], behaviors: Optional[List[s
                 return load_dataset(dataset, data_root, seed=seed, behaviors=behaviors)
         data = load_dataset(dataset, data_root, seed=seed, **kwargs)
         return data if behaviors is None else select_behaviors(data, behaviors)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, pickle.UnpicklingError, UnicodeError, csv.Error) as e:
         raise UsageError(str(e)) from e
 
 
@@ -99,7 +118,7 @@ def make_model(name: str, data, kwargs: Dict[str, Any]):
     try:
         return build_model(name, data, **kwargs)
     except (TypeError, ValueError) as e:
-        raise UsageError(str(e)) from e
+        raise UsageError(f'model {name!r} with options {kwargs}: {e}') from e
 
 
 def format_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
@@ -141,7 +160,7 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
             root = Path(data_root)
             directory = root / 'ml-latest-small' if (root / 'ml-latest-small').is_dir() else root
             return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError, UnicodeError, csv.Error) as e:
         raise UsageError(str(e)) from e
     raise UsageError(f'sequence models run on synthetic, ml-latest-small or csv, not '
                      f'{dataset!r}')
@@ -151,11 +170,14 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     """Sequence models (mbgraph_seq) through the same Trainer and metrics.json."""
     from mbgraph_seq.train import train_sequence_model
     from .distributed import is_main_process
+    from .io import RunLock
     from .training import environment, write_metrics
+    from .validation import clear_run_files, run_inputs
     graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
                                            ('--lr-decay-steps', args.lr_decay_steps),
                                            ('--reading', args.reading),
-                                           ('--resume', args.resume or None))
+                                           ('--resume', args.resume or None),
+                                           ('--allow-change', args.allow_change))
                   if value is not None]
     if args.protocol != 'validation':
         graph_only.append('--protocol')
@@ -165,23 +187,33 @@ def cmd_train_sequence(args, device: torch.device) -> int:
         raise UsageError(f'{", ".join(graph_only)} appl{"ies" if len(graph_only) == 1 else "y"} '
                          f'to graph models only; sequence models are evaluated at K = 10 and '
                          f'20 and train with a constant learning rate')
+    kwargs = _parse_set(args.set)
     dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed,
                              _split_list(args.behaviors))
-    kwargs = _parse_set(args.set)
+    if args.negatives >= dataset.num_items:
+        raise UsageError(f'--negatives {args.negatives}: expected fewer than the '
+                         f'{dataset.num_items} items of {args.dataset!r}')
     if args.dim is not None:
         kwargs['dim'] = args.dim
     if args.layers is not None:
         kwargs['num_layers'] = args.layers
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    lock = RunLock(out).acquire() if is_main_process() else None
+    if args.overwrite and lock is not None:
+        clear_run_files(out, '--overwrite', run_inputs(args.model, args.stage, out))
     try:
         metrics = train_sequence_model(
             args.model, dataset, epochs=100 if args.epochs is None else args.epochs,
             stage=args.stage, device=device, out_dir=out, seed=args.seed,
-            batch_size=args.batch_size or 256, lr=1e-3 if args.lr is None else args.lr,
+            batch_size=256 if args.batch_size is None else args.batch_size,
+            lr=1e-3 if args.lr is None else args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
             patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
+    finally:
+        if lock is not None:
+            lock.release()
     if not is_main_process():
         return 0
     metrics.update({'dataset': args.dataset, 'environment': environment(),
@@ -209,10 +241,10 @@ def cmd_train(args) -> int:
     from .distributed import cleanup, init_from_env
     from .runtime import keep_freed_memory
     from .training import resolve_device
+    from .validation import check_train_args
+    check_train_args(args, _sequence_models(), _parse_set(args.set))
     keep_freed_memory()       # no per-step page faults of large temporaries (mbgraph.runtime)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f'--threads must be >= 1, got {args.threads}')
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
@@ -273,9 +305,11 @@ def _train_graph(args, device: torch.device) -> int:
     from .data.multiplex import merge_validation
     from .distributed import is_main_process
     from .evaluation import FullRankingEvaluator
+    from .io import RunLock
     from .models.readings import DEFAULT_READING, readings_of
     from .training import Trainer, environment, write_metrics
-    ks = [int(k) for k in _split_list(args.ks)]
+    from .validation import clear_run_files, data_fingerprint, parse_ks
+    ks = parse_ks(args.ks)
     behaviors = _split_list(args.behaviors)
     data = load_data(args.dataset, args.data_root, behaviors, args.seed)
     if args.protocol == 'paper':
@@ -302,7 +336,8 @@ def _train_graph(args, device: torch.device) -> int:
               'epochs': plan['epochs'], 'batch_size': plan['batch_size'],
               'batch_kind': plan['batch_kind'], 'lr': plan['lr'], 'lr_decay': plan['lr_decay'],
               'lr_decay_steps': plan['lr_decay_steps'], 'patience': args.patience, 'ks': ks,
-              'protocol': args.protocol, 'device': str(device)}
+              'protocol': args.protocol, 'device': str(device),
+              'data_fingerprint': data_fingerprint(data)}
     paper = args.protocol == 'paper'
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
     val = FullRankingEvaluator(data, 'val', ks=ks) if not paper and _has_split(data, 'val') \
@@ -316,7 +351,13 @@ def _train_graph(args, device: torch.device) -> int:
                           amp=args.amp, watch=test_eval if paper else None)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    summary = trainer.fit(resume=args.resume)
+    # rank 0 holds the lock from clearing an old run to the end of training
+    with RunLock(out) if is_main_process() else contextlib.nullcontext():
+        if args.overwrite or (args.resume and not (out / 'checkpoint.pt').is_file()):
+            clear_run_files(out, '--overwrite' if args.overwrite else
+                            '--resume found no checkpoint.pt to resume from')
+        summary = trainer.fit(resume=args.resume,
+                              allow_changes=_split_list(args.allow_change) or ())
     test = test_eval.evaluate(model, device)     # split over ranks under torchrun
     if not is_main_process():
         return 0
@@ -362,23 +403,42 @@ def _has_split(data, split: str) -> bool:
 def cmd_evaluate(args) -> int:
     from .evaluation import FullRankingEvaluator
     from .training import resolve_device
+    from .validation import check_device, data_fingerprint, load_verified
     path = Path(args.checkpoint)
-    if not path.exists():
-        raise UsageError(f'checkpoint {path} does not exist')
-    state = torch.load(path, map_location='cpu', weights_only=True)
+    check_device(args.device, '--device')
+    if args.out is not None and Path(args.out).is_dir():
+        raise UsageError(f'--out {args.out}: expected a file to write, it is a folder')
+    if not path.is_file():
+        raise UsageError(f'checkpoint {path} does not exist' if not path.exists() else
+                         f'--checkpoint {path}: expected a checkpoint file, it is '
+                         f'{"a folder" if path.is_dir() else "not a regular file"}')
+    state = load_verified(path)
     config = state.get('config') or {}
-    if 'model' not in config:
+    if 'model' not in config or 'dataset' not in config:
         raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
+    if str(config['model']).lower() in _sequence_models():
+        raise UsageError(f'{path} is a checkpoint of sequence model {config["model"]!r}: '
+                         'evaluate re-evaluates graph models; the metrics.json beside it holds '
+                         'its test metrics')
     data = load_data(config['dataset'], args.data_root or config.get('data_root'),
                      config.get('behaviors'), config.get('seed', 0))
+    saved = config.get('data_fingerprint')
     if config.get('protocol') == 'paper':    # trained on every training interaction
         from .data.multiplex import merge_validation
         if args.split == 'val':
             raise UsageError(f'{path} was trained under --protocol paper: it has no '
                              'validation split (use --split test)')
         merge_validation(data)
+    if saved is not None and saved != data_fingerprint(data):
+        raise UsageError(f'{path} was trained on other data than {config["dataset"]!r} under '
+                         f'{args.data_root or config.get("data_root")} holds now (data '
+                         f'fingerprint {saved}, now {data_fingerprint(data)})')
     model = make_model(config['model'], data, config.get('model_kwargs', {}))
-    model.load_state_dict(state['model'])
+    try:
+        model.load_state_dict(state['model'])
+    except RuntimeError as e:
+        raise UsageError(f'{path}: the weights do not fit model {config["model"]!r}: '
+                         f'{str(e).splitlines()[0]}') from None
     device = resolve_device(args.device)
     model.to(device)
     ks = config.get('ks', [10])
@@ -473,7 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--threads', type=int, default=None,
                    help='CPU threads for torch (default: torch\'s choice); on a busy machine 1 '
                    'thread can be several times faster than oversubscribed cores')
-    t.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.pt')
+    t.add_argument('--resume', action='store_true',
+                   help='continue from OUT/checkpoint.pt (refused if it is another run\'s)')
+    t.add_argument('--overwrite', action='store_true',
+                   help='replace the run files an earlier run left in OUT')
+    t.add_argument('--allow-change', metavar='OPTION,...',
+                   help='with --resume: options that may differ from the checkpoint\'s run '
+                        '(e.g. lr,patience); the epoch budget always may')
     t.add_argument('--no-progress', action='store_true', help='no progress bars')
     t.add_argument('--amp', action='store_true',
                    help='mixed precision: torch.autocast with float16 + gradient scaling on '
@@ -508,10 +574,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
+    from .losses import DivergenceError
     try:
         return args.func(args)
     except UsageError as e:
         print(f'mbgraph {args.command}: error: {e}', file=sys.stderr)
+        return 2
+    except DivergenceError as e:
+        print(f'mbgraph {args.command}: error: {e}', file=sys.stderr)
+        return EXIT_DIVERGED
+    except _anticipated() as e:
+        text = ' '.join(str(e).split()) or type(e).__name__
+        print(f'mbgraph {args.command}: error: {text}', file=sys.stderr)
         return 2
 
 

@@ -182,6 +182,10 @@ class SampledEvaluator(_Evaluator):
         super().__init__(pairs, num_items, ks, metrics, batch_size, split)
         if num_negatives <= 0:
             raise ValueError(f'num_negatives must be positive, got {num_negatives}')
+        if num_negatives >= num_items:
+            raise ValueError(f'num_negatives={num_negatives}: expected fewer than the '
+                             f'{num_items} items (each negative is an item the user never '
+                             'interacted with)')
         seen = InteractionSet(torch.cat([exclude, pairs], dim=1), num_items)
         g = torch.Generator().manual_seed(seed)
         pair_users = self.users[self.rows]

@@ -124,6 +124,21 @@ def l2_loss(*tensors: Tensor, batch_size: Optional[int] = None) -> Tensor:
     return sum(t.pow(2).sum() for t in tensors) / (2.0 * b)
 
 
+class DivergenceError(FloatingPointError):
+    """Training diverged: a loss term went NaN or infinite, or its mean grew past the trainer's
+    ``loss_bound``. Names the term, the value, where it happened and the last good checkpoint
+    (kept: the diverged step is not applied nor saved)."""
+
+    def __init__(self, term: str, value: float, where: str, how: str,
+                 last_good: Optional[object] = None, last_good_epoch: Optional[int] = None):
+        self.term, self.value, self.where = term, value, where
+        self.last_good, self.last_good_epoch = last_good, last_good_epoch
+        kept = (f'the last good checkpoint is {last_good} (epoch {last_good_epoch})'
+                if last_good is not None else 'no checkpoint was written before it')
+        super().__init__(f'training diverged at {where}: loss term {term!r} {how}; {kept}; '
+                         'lower the learning rate or check the inputs')
+
+
 def check_finite(loss: Tensor, where: str) -> Tensor:
     """Raise ``FloatingPointError`` naming ``where`` if ``loss`` is NaN or infinite."""
     if not torch.isfinite(loss).all():

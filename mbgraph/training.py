@@ -41,6 +41,7 @@ import copy
 import inspect
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -50,7 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -58,7 +59,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from .losses import check_finite
+from . import io as run_io
+from . import validation
+from .losses import DivergenceError
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,13 @@ class Trainer:
         sync_every: on CUDA, read the running loss back to the host (and check it is finite)
             every this many steps instead of every step, so the steps in between queue kernels
             without waiting for the device.
+        loss_bound: a mean loss term above this (in absolute value) counts as diverged, like a
+            NaN or infinite one: :class:`~mbgraph.losses.DivergenceError`.
+
+    Every option is checked by :func:`mbgraph.validation.check_options` first
+    (:class:`~mbgraph.validation.OptionError` names the bad one). Checkpoints carry the run's
+    :func:`~mbgraph.validation.run_fingerprint` and a content checksum: resuming from another
+    run's checkpoint, or a corrupt one, is refused (see :meth:`load_checkpoint`).
     """
 
     def __init__(self, model: torch.nn.Module, batches, val_evaluator=None, *,
@@ -196,12 +206,14 @@ class Trainer:
                  progress: bool = True, max_grad_norm: Optional[float] = None,
                  config: Optional[Dict[str, Any]] = None, amp: bool = False,
                  distributed: Optional[bool] = None, find_unused_parameters: bool = True,
-                 sync_every: int = 10, lr_decay_steps: Optional[int] = None,
-                 watch=None):
-        if epochs < 0:
-            raise ValueError(f'epochs must be >= 0, got {epochs}')
-        if eval_every < 1 or patience < 1:
-            raise ValueError('eval_every and patience must be >= 1')
+                 sync_every: int = 10, loss_bound: float = 1e8,
+                 lr_decay_steps: Optional[int] = None, watch=None):
+        validation.check_options({'epochs': epochs, 'lr': lr, 'lr_decay': lr_decay,
+                                  'weight_decay': weight_decay, 'patience': patience,
+                                  'eval_every': eval_every, 'seed': seed,
+                                  'max_grad_norm': max_grad_norm, 'sync_every': sync_every,
+                                  'loss_bound': loss_bound})
+        self.loss_bound = float(loss_bound)
         self.device = resolve_device(device)
         self.seed = int(seed)
         seed_everything(self.seed)
@@ -209,12 +221,14 @@ class Trainer:
         self.batches = batches
         self.val_evaluator = val_evaluator
         self.epochs = int(epochs)
+        self._lr = float(lr)
         self.optimizer = optimizer or torch.optim.Adam(
             [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
         if lr_decay_steps is not None and (lr_decay is None or int(lr_decay_steps) < 1):
             raise ValueError(f'lr_decay_steps needs lr_decay and a value >= 1, got '
                              f'{lr_decay_steps} (lr_decay={lr_decay})')
         self.lr_decay_steps = None if lr_decay_steps is None else int(lr_decay_steps)
+        self.lr_decay = None if lr_decay is None else float(lr_decay)
         if self.lr_decay_steps is not None:   # stepped after every optimizer step
             steps, rate = self.lr_decay_steps, float(lr_decay)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -226,8 +240,6 @@ class Trainer:
         self.monitor = monitor
         self.patience = int(patience)
         self.eval_every = int(eval_every)
-        if sync_every < 1:
-            raise ValueError(f'sync_every must be >= 1, got {sync_every}')
         if distributed is None:
             distributed = dist_utils.is_distributed()
         elif distributed and not dist_utils.is_distributed():
@@ -304,7 +316,7 @@ class Trainer:
                 v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
                 sums[k] = sums[k] + v if k in sums else v
             if n - checked >= self.sync_every:
-                self._check_finite(sums['loss'], epoch, checked, i)
+                self._check_divergence(sums, n - checked, epoch, checked, i)
                 checked = n
                 if i % 10 == 0 or self.sync_every > 1:
                     bar.set_postfix(loss=f'{float(sums["loss"]) / n:.4f}')
@@ -318,7 +330,7 @@ class Trainer:
         if n == 0:
             raise ValueError('the batch source yielded no batches: the training split is empty')
         if checked < n:
-            self._check_finite(sums['loss'], epoch, checked, n - 1)
+            self._check_divergence(sums, n - checked, epoch, checked, n - 1)
         if self.scheduler is not None and self.lr_decay_steps is None:
             self.scheduler.step()
         names = sorted(sums)
@@ -327,32 +339,73 @@ class Trainer:
             means = dist_utils.all_reduce_sum(means) / self.world_size
         return {k: float(v) for k, v in zip(names, means.tolist())}
 
-    def _check_finite(self, loss_sum: Tensor, epoch: int, first: int, last: int) -> None:
-        here = not bool(torch.isfinite(loss_sum))
-        bad = dist_utils.any_rank(here, self.device) if self.world_size > 1 else here
-        if bad:
-            where = (f'batch {last}' if first == last else f'batches {first}-{last}')
-            # this rank's loss, or NaN when only another rank's loss is not finite
-            check_finite(loss_sum if here else torch.tensor(float('nan')),
-                         f'epoch {epoch}, {where}' + (f' (on some of the {self.world_size} '
-                                                      'ranks)' if self.world_size > 1 else ''))
+    def _check_divergence(self, sums: Dict[str, Tensor], steps: int, epoch: int, first: int,
+                          last: int) -> None:
+        """Raise :class:`DivergenceError` when a loss term (running sum over the epoch) is NaN,
+        infinite or its mean beyond ``loss_bound``; on every rank at once when distributed,
+        so that a diverged rank stops all of them."""
+        names = ['loss', *sorted(k for k in sums if k != 'loss')]
+        values = torch.stack([sums[k].float().reshape(()) for k in names])
+        means = values / max(1, first + steps)
+        bad = ~torch.isfinite(values) | (means.abs() > self.loss_bound)
+        here = bool(bad.any())
+        anywhere = dist_utils.any_rank(here, self.device) if self.world_size > 1 else here
+        if not anywhere:
+            return
+        where = f'batch {last}' if first == last else f'batches {first}-{last}'
+        if self.world_size > 1:
+            where += f' (on some of the {self.world_size} ranks)'
+        if here:
+            parts = [n for n, b in zip(names, bad.tolist()) if b and n != 'loss'] or ['loss']
+            term = parts[0]
+            value = float(means[names.index(term)])
+            how = (f'is {value}' if not math.isfinite(value) else
+                   f'has a mean of {value:.3g}, beyond the bound {self.loss_bound:g}')
+        else:
+            term, value, how = 'loss', float('nan'), 'is not finite on another rank'
+        last_good = None
+        if self.out_dir is not None and self.epoch >= 1 and \
+                (self.out_dir / 'checkpoint.pt').is_file():
+            last_good = self.out_dir / 'checkpoint.pt'
+        raise DivergenceError(term, value, f'epoch {epoch}, {where}', how, last_good,
+                              self.epoch if last_good is not None else None)
 
-    def fit(self, resume: Union[bool, str, Path] = False) -> Dict[str, Any]:
+    def fit(self, resume: Union[bool, str, Path] = False,
+            allow_changes: Sequence[str] = ()) -> Dict[str, Any]:
         """Train until ``epochs`` or early stopping; restore the best weights.
+
+        While it trains, rank 0 holds ``out_dir``'s :class:`~mbgraph.io.RunLock`: a second
+        process training into the same folder is refused.
 
         Args:
             resume: ``True`` resumes from ``out_dir/checkpoint.pt`` if it exists; a path
-                resumes from that checkpoint.
+                resumes from that checkpoint. ``log.jsonl`` is rewritten from the
+                checkpoint's history, so no epoch appears twice.
+            allow_changes: options that may differ from the checkpoint's run (see
+                :meth:`load_checkpoint`); the epoch budget always may.
         """
+        lock = None
+        if self.out_dir is not None and self.rank == 0:
+            lock = run_io.RunLock(self.out_dir).acquire()
+        try:
+            return self._fit(resume, allow_changes)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume, allow_changes) -> Dict[str, Any]:
+        if self.out_dir is not None and self.rank == 0:
+            run_io.clean_stale_temps(self.out_dir)
         if resume:
             path = (self.out_dir / 'checkpoint.pt') if resume is True else Path(resume)
             if resume is not True or path.exists():
-                self.load_checkpoint(path)
+                self.load_checkpoint(path, allow_changes)
                 log.info('resumed from %s after epoch %d', path, self.epoch)
         if self.out_dir is not None and self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            if self.epoch == 0:     # a fresh run starts a fresh log
-                (self.out_dir / 'log.jsonl').unlink(missing_ok=True)
+            # a fresh run starts a fresh log; a resumed one continues the checkpoint's
+            run_io.write_text(self.out_dir / 'log.jsonl',
+                              ''.join(json.dumps(r) + '\n' for r in self.history))
         bar = tqdm(range(self.epoch + 1, self.epochs + 1), desc='training', unit='epoch',
                    disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
@@ -366,7 +419,8 @@ class Trainer:
             record: Dict[str, Any] = {'epoch': epoch, **losses,
                                       'epoch_seconds': self.epoch_seconds[-1],
                                       'lr': self.optimizer.param_groups[0]['lr']}
-            if self.val_evaluator is not None and epoch % self.eval_every == 0:
+            last = epoch == self.epochs
+            if self.val_evaluator is not None and (epoch % self.eval_every == 0 or last):
                 val = self.val_evaluator.evaluate(self.model, self.device)
                 self.eval_seconds.append(self.val_evaluator.last_seconds)
                 record['val'] = val
@@ -377,23 +431,26 @@ class Trainer:
                     self.best_val, self.best_epoch, self.bad_evals = val, epoch, 0
                     self.best_state = copy.deepcopy(self.model.state_dict())
                     if self.out_dir is not None and self.rank == 0:
-                        torch.save({'model': self.best_state, 'epoch': epoch, 'val': val,
-                                    'config': self.config}, self.out_dir / 'best.pt')
+                        self._save_best(epoch, val)
                 else:
                     self.bad_evals += 1
                 bar.set_postfix({self.monitor: f'{val[self.monitor]:.4f}',
                                  'best': f'{self.best_val[self.monitor]:.4f}'})
-            if self.watch is not None and (epoch == 1 or epoch % self.eval_every == 0):
+            if self.watch is not None and (epoch == 1 or epoch % self.eval_every == 0
+                                           or last):
                 record['watch'] = self.watch.evaluate(self.model, self.device)
             self.epoch = epoch
             self.history.append(record)
             if self.out_dir is not None and self.rank == 0:
-                with open(self.out_dir / 'log.jsonl', 'a') as f:
-                    f.write(json.dumps(record) + '\n')
+                # the checkpoint first: a log line is never ahead of the checkpoint
                 self.save_checkpoint(self.out_dir / 'checkpoint.pt')
+                run_io.append_jsonl(self.out_dir / 'log.jsonl', record)
             log.info('epoch %d: %s', epoch, json.dumps(record))
         if self.val_evaluator is None:
             self.best_epoch = self.epoch
+            if self.out_dir is not None and self.rank == 0 and self.epoch >= 1:
+                self.best_state = copy.deepcopy(self.model.state_dict())
+                self._save_best(self.epoch, None)
         elif self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return self.summary()
@@ -428,19 +485,47 @@ class Trainer:
                              if torch.cuda.is_available() else None)},
         }
 
-    def save_checkpoint(self, path: Union[str, Path]) -> None:
-        """Write everything needed to resume (model, optimizer, RNG states, history)."""
-        tmp = Path(str(path) + '.tmp')
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+    def fingerprint(self) -> Dict[str, Any]:
+        """What defines this run (:func:`mbgraph.validation.run_fingerprint`)."""
+        return validation.run_fingerprint(self)
 
-    def load_checkpoint(self, path: Union[str, Path]) -> None:
-        """Restore a :meth:`save_checkpoint` file; :meth:`fit` then continues after its epoch."""
+    def _save_best(self, epoch: int, val: Optional[Dict[str, float]]) -> None:
+        state = {'model': self.best_state, 'epoch': epoch, 'val': val, 'config': self.config,
+                 'fingerprint': self.fingerprint()}
+        state['checksum'] = validation.content_checksum(state)
+        run_io.torch_save(state, self.out_dir / 'best.pt')
+
+    def save_checkpoint(self, path: Union[str, Path]) -> None:
+        """Write everything needed to resume (model, optimizer, RNG states, history, the
+        run's fingerprint and a checksum of it all), atomically."""
+        state = self.state_dict()
+        state['fingerprint'] = self.fingerprint()
+        state['checksum'] = validation.content_checksum(state)
+        run_io.torch_save(state, path)
+
+    def load_checkpoint(self, path: Union[str, Path], allow_changes: Sequence[str] = ()) -> None:
+        """Restore a :meth:`save_checkpoint` file; :meth:`fit` then continues after its epoch.
+
+        Refused with :class:`~mbgraph.validation.CorruptCheckpointError` when the file cannot
+        be read or its content does not match its checksum, and with
+        :class:`~mbgraph.validation.RunMismatchError` listing the differences when it was
+        written by another run (other options, data, seed, batches) -- but for the epoch
+        budget and the options named in ``allow_changes`` (a changed ``lr`` then takes
+        effect from the next epoch)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f'checkpoint {path} does not exist')
-        # weights_only: a checkpoint is a pickle; refuse anything but tensors and plain data
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = validation.load_verified(path, self.device)
+        diffs = validation.compare_fingerprints(state.get('fingerprint') or {},
+                                                self.fingerprint(), allow_changes)
+        if 'fingerprint' not in state:
+            diffs = ['the checkpoint has no run fingerprint (written by an older mbgraph)']
+        if diffs:
+            raise validation.RunMismatchError(
+                f'{path} belongs to another run (checkpoint -> now: {"; ".join(diffs[:6])}'
+                f'{f"; and {len(diffs) - 6} more" if len(diffs) > 6 else ""}); resume '
+                'it as it was, start afresh with --overwrite, or name what may change with '
+                '--allow-change OPTION')
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         if self.scheduler is not None and state['scheduler'] is not None:
@@ -454,6 +539,21 @@ class Trainer:
         np.random.set_state(_numpy_state_from_tensors(rng['numpy']))
         if rng.get('cuda') is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng['cuda'])
+        if 'lr' in allow_changes:   # the new learning rate, decayed as far as the run has come
+            self._set_lr()
+
+    def _set_lr(self) -> None:
+        base = self._lr
+        if self.lr_decay_steps is not None:   # the staircase, as far as the steps have come
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        else:
+            factor = getattr(self.scheduler, 'gamma', 1.0) ** self.epoch
+        for group in self.optimizer.param_groups:
+            group['initial_lr'] = base
+            group['lr'] = base * factor
+        if self.scheduler is not None:
+            self.scheduler.base_lrs = [base for _ in self.optimizer.param_groups]
+            self.scheduler._last_lr = [g['lr'] for g in self.optimizer.param_groups]
 
 
 def _numpy_state_to_tensors(state):
@@ -467,10 +567,5 @@ def _numpy_state_from_tensors(state):
 
 
 def write_metrics(path: Union[str, Path], metrics: Dict[str, Any]) -> Path:
-    """Write ``metrics.json`` (pretty-printed, keys sorted) and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(metrics, f, indent=2, sort_keys=True, default=float)
-        f.write('\n')
-    return path
+    """Write ``metrics.json`` (pretty-printed, keys sorted) atomically and return its path."""
+    return run_io.write_json(path, metrics)

@@ -29,10 +29,12 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from mbgraph import io as run_io
 from mbgraph.distributed import is_main_process
 from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
 from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, \
     write_metrics
+from mbgraph.validation import OptionError, check_options, content_checksum, load_verified
 
 from .data import SequenceDataset
 from .models import SEQ_MODELS
@@ -140,6 +142,15 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
     if stage != 'both' and name != 'dpcpl':
         raise ValueError(f"stage={stage!r} applies to DPCPL only (model {name!r} trains in one "
                          "stage)")
+    check_options({'epochs': epochs, 'batch_size': batch_size, 'lr': lr, 'seed': seed,
+                   'negatives': num_negatives_eval, 'patience': patience,
+                   'eval_every': eval_every, 'weight_decay': weight_decay,
+                   'dim': model_kwargs.get('dim'), 'layers': model_kwargs.get('num_layers')},
+                  lambda k: {'negatives': 'num_negatives_eval', 'layers': 'num_layers'}.get(k, k))
+    if num_negatives_eval >= dataset.num_items:
+        raise OptionError('num_negatives_eval', num_negatives_eval,
+                          f'fewer than the {dataset.num_items} items of the dataset '
+                          '(each negative is an item the user never interacted with)')
     device = resolve_device(device)
     out_dir = Path(out_dir) if out_dir is not None else None
     config = {'model': name, 'dataset': dataset.name, 'epochs': epochs, 'seed': seed,
@@ -212,9 +223,10 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
         pre_metrics = {'val': summary['best_val'], **_summary_fields(summary),
                        'seconds': time.perf_counter() - t0, **_count(backbone)}
         if ebm_path is not None and is_main_process():
-            ebm_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs,
-                        'pretrain': pre_metrics}, ebm_path)
+            saved = {'model': backbone.state_dict(), 'ebm_kwargs': ebm_kwargs,
+                     'pretrain': pre_metrics}
+            saved['checksum'] = content_checksum(saved)
+            run_io.torch_save(saved, ebm_path)
         if stage == 'pretrain':
             metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
             metrics.update({'val': summary['best_val'], **_summary_fields(summary),
@@ -229,7 +241,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
             raise FileNotFoundError(f"stage='prompt' needs a pre-trained EBM: {ebm_path} does not "
                                     "exist (run stage='pretrain' with the same out_dir, or pass "
                                     "pretrained=PATH)")
-        state = torch.load(ebm_path, map_location='cpu', weights_only=True)
+        state = load_verified(ebm_path)     # a truncated or foreign file: a named error
         if state.get('ebm_kwargs', {}) != ebm_kwargs:
             raise ValueError(f'the saved EBM was built with {state.get("ebm_kwargs")}, not '
                              f'{ebm_kwargs}: pass the same EBM hyperparameters')

@@ -72,6 +72,23 @@ class RestrictedUnpicklingError(pickle.UnpicklingError):
     """A pickle referenced something other than the scipy/numpy types a dataset file may hold."""
 
 
+class DataFormatError(ValueError):
+    """A data file is malformed (not text in its encoding, a NUL byte, an over-long field,
+    non-finite or negative matrix values); the message names the file (and line)."""
+
+
+#: the longest field a delimited log may hold (Python's csv default)
+MAX_FIELD = 131072
+
+
+def _short(values: Sequence, n: int = 8) -> str:
+    """``values`` as a list of at most ``n`` shown, with how many more: keeps messages short
+    when a wrong column makes every row's value a "behavior"."""
+    values = list(values)
+    shown = ', '.join(repr(v)[:60] for v in values[:n])
+    return f'[{shown}' + (f', ... ({len(values) - n} more)]' if len(values) > n else ']')
+
+
 def _numpy_attr(name: str, submodule: str = 'multiarray'):
     """``numpy._core.<submodule>.<name>`` (numpy >= 2) or ``numpy.core.<submodule>.<name>``."""
     for module in (f'numpy._core.{submodule}', f'numpy.core.{submodule}'):
@@ -90,6 +107,15 @@ def _latin1_encode(obj, encoding='utf-8', errors='strict'):
         raise RestrictedUnpicklingError(
             f'refused _codecs.encode with encoding {encoding!r}: only latin1 text is allowed')
     return obj.encode('latin1', errors)
+
+
+def _bytes(*args):
+    """Stand-in for ``bytes`` as protocol-2 pickles call it: ``bytes()`` for an empty buffer
+    (scipy's empty matrices pickle their data that way); nothing else."""
+    if args and not (len(args) == 1 and isinstance(args[0], (bytes, bytearray))):
+        raise RestrictedUnpicklingError(f'refused bytes{tuple(type(a).__name__ for a in args)}: '
+                                        'only bytes() of an empty buffer is allowed')
+    return bytes(*args)
 
 
 def _allowed_globals() -> Dict[Tuple[str, str], Callable]:
@@ -115,6 +141,9 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable]:
         # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(text, 'latin1')
         # (the real taobao trn_pv does)
         ('_codecs', 'encode'): _latin1_encode,
+        # ... and an empty bytes object as bytes() (scipy's empty matrices)
+        ('__builtin__', 'bytes'): _bytes,
+        ('builtins', 'bytes'): _bytes,
     }
 
 
@@ -231,14 +260,35 @@ def _sorted_ids(raw: Sequence[str]) -> Tuple[list, Dict[str, int]]:
     return [as_int[r] for r in ordered], {r: i for i, r in enumerate(ordered)}
 
 
+def _text_encoding(encoding: str) -> str:
+    """utf-8 reads as utf-8-sig: a byte-order mark is not part of the first field."""
+    return 'utf-8-sig' if encoding.lower().replace('_', '-') in ('utf-8', 'utf8') else encoding
+
+
 def _csv_rows(path: Path, sep: str, encoding: str = 'utf-8') -> Iterator[Tuple[int, List[str]]]:
-    """(line number, fields) of each non-blank record of a delimited file."""
-    with open(path, newline='', encoding=encoding) as f:
-        reader = csv.reader(f, delimiter=sep)
-        for row in reader:
-            if not row or all(not field.strip() for field in row):
-                continue
-            yield reader.line_num, [field.strip() for field in row]
+    """(line number, fields) of each non-blank record of a delimited file; a byte-order mark
+    is dropped, and text that is not ``encoding``, a NUL byte or a field longer than
+    :data:`MAX_FIELD` raise :class:`DataFormatError` naming the file and line."""
+    line = 0
+    try:
+        with open(path, newline='', encoding=_text_encoding(encoding)) as f:
+            reader = csv.reader(f, delimiter=sep)
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not field.strip() for field in row):
+                    continue
+                if any('\x00' in field for field in row):
+                    raise DataFormatError(f'{path}, line {line}: a NUL byte in a field (a binary '
+                                          'or UTF-16 file?); expected delimited text')
+                yield line, [field.strip() for field in row]
+    except UnicodeDecodeError as e:
+        where = f' after line {line}' if line else ''
+        raise DataFormatError(f'{path}: not {encoding} text (byte 0x{e.object[e.start]:02x}'
+                              f'{where}); convert the file to {encoding} or pass '
+                              'encoding=...') from None
+    except csv.Error as e:
+        hint = (' (a wrong separator or an unclosed quote?)' if 'field limit' in str(e) else '')
+        raise DataFormatError(f'{path}, line {line + 1}: {e}{hint}') from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,6 +315,14 @@ def _csr_edges(m, path: Path, behavior: str) -> torch.Tensor:
     rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(indptr))
     cols = np.asarray(m.indices, dtype=np.int64)
     values = np.asarray(m.data)
+    if values.dtype.kind == 'f' and not np.isfinite(values).all():
+        raise DataFormatError(f'{path}: {int((~np.isfinite(values)).sum())} stored values are NaN '
+                              f'or infinite; expected interaction counts (>= 0)')
+    if values.dtype.kind in 'if' and (values < 0).any():
+        raise DataFormatError(f'{path}: {int((values < 0).sum())} stored values are negative '
+                              f'(the smallest {values.min()}); expected interaction counts (>= 0)')
+    if values.dtype.kind not in 'iufb':
+        raise DataFormatError(f'{path}: stored values of dtype {values.dtype}; expected numbers')
     nonzero = values != 0
     if not nonzero.all():
         log.warning('%s: ignored %d explicitly stored zeros (not interactions)',
@@ -402,8 +460,13 @@ def _sniff_sep(path: Path, encoding: str) -> str:
         return '\t'
     if suffix == '.csv':
         return ','
-    with open(path, newline='', encoding=encoding) as f:
-        sample = f.read(65536)
+    try:
+        with open(path, newline='', encoding=_text_encoding(encoding)) as f:
+            sample = f.read(65536)
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f'{path}: not {encoding} text (byte 0x{e.object[e.start]:02x} at '
+                              f'offset {e.start}); convert the file to {encoding} or pass '
+                              'encoding=...') from None
     try:
         return csv.Sniffer().sniff(sample, delimiters=',\t;| ').delimiter
     except csv.Error:
@@ -442,7 +505,9 @@ def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'{path}: no such file; expected a delimited log with user, '
+        what = ('is a folder' if path.is_dir() else 'is not a regular file' if path.exists()
+                else 'no such file')
+        raise FileNotFoundError(f'{path}: {what}; expected a delimited log with user, '
                                 'item, behavior[, timestamp] columns')
     if sep is None:
         sep = _sniff_sep(path, encoding)
@@ -470,7 +535,7 @@ def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
             elif pos == 3:
                 index.append(None)  # no timestamp column
             else:
-                raise ValueError(f'{path}: header {first[1]} has no column {c!r}')
+                raise ValueError(f'{path}: header {_short(first[1], 20)} has no column {c!r}')
         else:
             index.append(pos)
     if len(index) == 4 and index[3] is not None and not has_header:
@@ -491,7 +556,7 @@ def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
     def parse(line: int, row: List[str]) -> None:
         if len(row) <= needed:
             raise ValueError(f'{path}, line {line}: expected at least {needed + 1} fields, got '
-                             f'{len(row)}: {row}')
+                             f'{len(row)}: {_short(row)}')
         for what, i in (('user', iu), ('item', ii), ('behavior', ib)):
             if row[i] == '':
                 raise ValueError(f'{path}, line {line}: empty {what} field')
@@ -520,14 +585,16 @@ def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
     if behaviors is None:
         order = found if len(found) == 1 else _infer_order(found)
         if order is None:
-            raise ValueError(f'{path}: the file has behaviors {found}; pass behaviors=[...] in '
-                             'order upstream -> downstream with the target last')
+            raise ValueError(f'{path}: the file has {len(found)} behaviors {_short(found)}; '
+                             'pass behaviors=[...] in order upstream -> downstream with the '
+                             'target last' + (' (so many behavior values: is the behavior '
+                                              'column the right one?)' if len(found) > 8 else ''))
     else:
         order = [str(b) for b in behaviors]
         unknown = [b for b in found if b not in order]
         if unknown:
-            raise ValueError(f'{path}: behavior values {unknown} in the file are not in '
-                             f'behaviors={order}')
+            raise ValueError(f'{path}: {len(unknown)} behavior values {_short(unknown)} in the '
+                             f'file are not in behaviors={_short(order)}')
         absent = [b for b in order if b not in found]
         if absent:
             log.warning('%s: behaviors %s have no interactions in the file', path, absent)

@@ -124,7 +124,8 @@ class BPRSampler:
         self.edges: Dict[str, Tensor] = {b: data[edge_type(b)].edge_index for b in self.behaviors}
         empty = [b for b, e in self.edges.items() if e.size(1) == 0]
         if empty:
-            raise ValueError(f'behaviors {empty} have no training pairs to sample from')
+            raise ValueError(f'behaviors {empty} have no training pairs to sample from; '
+                             'leave them out (--behaviors, or select_behaviors)')
         self.sets = {b: InteractionSet(e, self.num_items) for b, e in self.edges.items()}
         self.num_samples = int(num_samples if num_samples is not None
                                else data[edge_type(target_behavior(data))].edge_index.size(1))
