@@ -348,7 +348,8 @@ def _train_graph(args, device: torch.device) -> int:
                           monitor=f'ndcg@{ks[0]}', patience=args.patience,
                           eval_every=args.eval_every, device=device, out_dir=out,
                           seed=args.seed, progress=not args.no_progress, config=config,
-                          amp=args.amp, watch=test_eval if paper else None)
+                          amp=args.amp, watch=test_eval if paper else None,
+                          stop_at=_stop_at(args.stop_at, ks))
     except ValueError as e:
         raise UsageError(str(e)) from e
     # rank 0 holds the lock from clearing an old run to the end of training
@@ -387,6 +388,22 @@ def _train_graph(args, device: torch.device) -> int:
     print(format_table([row], list(row)))
     print(f'wrote {path}')
     return 0
+
+
+def _stop_at(value: Optional[str], ks: List[int]):
+    """``--stop-at hr@10=0.1051`` -> ``('hr@10', 0.1051)``."""
+    if value is None:
+        return None
+    metric, _, number = value.partition('=')
+    names = [f'{m}@{k}' for m in ('hr', 'ndcg') for k in ks]
+    try:
+        target = float(number)
+    except ValueError:
+        target = None
+    if metric not in names or target is None or not 0 < target <= 1:
+        raise UsageError(f'--stop-at {value}: expected METRIC=VALUE with METRIC one of '
+                         f'{", ".join(names)} and VALUE in (0, 1], e.g. hr@10=0.1051')
+    return metric, target
 
 
 def _reading_models() -> List[str]:
@@ -523,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='any other model hyperparameter, as a Python literal (repeatable); '
                    'prefix encoder./head. for the encoder or head of a composed model, e.g. '
                    "--set head.gamma=0.1 --set \"lambdas={'cart': 0.5, 'buy': 0.5}\"")
+    t.add_argument('--stop-at', metavar='METRIC=VALUE',
+                   help='time to accuracy: stop after the first evaluation whose METRIC (the '
+                   'validation one; the watched test one under --protocol paper) reaches '
+                   'VALUE, e.g. hr@10=0.1051; metrics.json then holds time_to_target')
     t.add_argument('--patience', type=int, default=10,
                    help='stop after this many evaluations without validation improvement')
     t.add_argument('--eval-every', type=int, default=1)

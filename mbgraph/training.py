@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -169,6 +169,10 @@ class Trainer:
             are only logged (``record['watch']``), never used to select or stop: the
             paper protocol watches the test split this way, and its result is the last
             epoch's test.
+        stop_at: ``(metric, value)``: stop after the first evaluation at which ``metric``
+            reaches ``value`` (the validation metric, or the watched one without a
+            validation evaluator), the time-to-accuracy benchmark; :attr:`reached` then
+            holds the epoch, the training seconds and the triples seen until then.
         monitor: validation metric to maximise (e.g. ``'ndcg@10'``).
         patience: stop after this many evaluations without improvement.
         eval_every: evaluate every this many epochs.
@@ -207,7 +211,8 @@ class Trainer:
                  config: Optional[Dict[str, Any]] = None, amp: bool = False,
                  distributed: Optional[bool] = None, find_unused_parameters: bool = True,
                  sync_every: int = 10, loss_bound: float = 1e8,
-                 lr_decay_steps: Optional[int] = None, watch=None):
+                 lr_decay_steps: Optional[int] = None, watch=None,
+                 stop_at: Optional[Tuple[str, float]] = None):
         validation.check_options({'epochs': epochs, 'lr': lr, 'lr_decay': lr_decay,
                                   'weight_decay': weight_decay, 'patience': patience,
                                   'eval_every': eval_every, 'seed': seed,
@@ -237,6 +242,11 @@ class Trainer:
             self.scheduler = (torch.optim.lr_scheduler.ExponentialLR(self.optimizer, lr_decay)
                               if lr_decay is not None else None)
         self.watch = watch
+        if stop_at is not None and (len(stop_at) != 2 or not isinstance(stop_at[0], str)):
+            raise ValueError(f"stop_at must be (metric, value), e.g. ('hr@10', 0.1), got "
+                             f'{stop_at!r}')
+        self.stop_at = None if stop_at is None else (stop_at[0], float(stop_at[1]))
+        self.reached: Optional[Dict[str, Any]] = None
         self.monitor = monitor
         self.patience = int(patience)
         self.eval_every = int(eval_every)
@@ -441,11 +451,15 @@ class Trainer:
                 record['watch'] = self.watch.evaluate(self.model, self.device)
             self.epoch = epoch
             self.history.append(record)
+            if self.stop_at is not None and self.reached is None:
+                self._check_target(record)
             if self.out_dir is not None and self.rank == 0:
                 # the checkpoint first: a log line is never ahead of the checkpoint
                 self.save_checkpoint(self.out_dir / 'checkpoint.pt')
                 run_io.append_jsonl(self.out_dir / 'log.jsonl', record)
             log.info('epoch %d: %s', epoch, json.dumps(record))
+            if self.reached is not None:
+                break
         if self.val_evaluator is None:
             self.best_epoch = self.epoch
             if self.out_dir is not None and self.rank == 0 and self.epoch >= 1:
@@ -454,6 +468,19 @@ class Trainer:
         elif self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return self.summary()
+
+    def _check_target(self, record: Dict[str, Any]) -> None:
+        metric, value = self.stop_at
+        got = (record.get('val') or record.get('watch') or {}).get(metric)
+        if got is not None and got >= value:
+            per_epoch = (self.batches.triples_per_epoch(1)
+                         if hasattr(self.batches, 'triples_per_epoch') else {})
+            self.reached = {'metric': metric, 'target': value, 'value': got,
+                            'split': 'val' if 'val' in record else 'test (watched)',
+                            'epoch': record['epoch'],
+                            'train_seconds': float(sum(self.epoch_seconds)),
+                            'eval_seconds': float(sum(self.eval_seconds)),
+                            'triples_seen': int(sum(per_epoch.values())) * record['epoch']}
 
     # ------------------------------------------------------------------ results
     def summary(self) -> Dict[str, Any]:
@@ -466,6 +493,7 @@ class Trainer:
                               if self.epoch_seconds else None),
             'eval_seconds': (statistics.median(self.eval_seconds)
                              if self.eval_seconds else None),
+            **({'time_to_target': self.reached} if self.stop_at is not None else {}),
             **peak_memory_mb(self.device),
         }
 

@@ -165,3 +165,18 @@ def test_reading_flag_checked(tmp_path, capsys):
     assert m['reading'] == 'paper' and m['protocol'] == 'validation'
     assert m['config']['batch_kind'] == 'pairs' and m['config']['batch_size'] == 2048
     assert '|' in ''.join(m['train_triples_per_epoch'])         # the unique pairs counted
+
+
+def test_stop_at_time_to_accuracy(tmp_path, capsys):
+    out = tmp_path / 'tta'
+    assert main(['train', '--model', 'lightgcn', '--dataset', 'synthetic', '--epochs', '30',
+                 '--lr', '0.01', '--stop-at', 'hr@10=0.05', '--out', str(out),
+                 '--no-progress']) == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    reached = m['time_to_target']
+    assert reached['metric'] == 'hr@10' and reached['value'] >= 0.05
+    assert m['epochs_run'] == reached['epoch'] < 30 and reached['split'] == 'val'
+    assert reached['triples_seen'] == reached['epoch'] * m['train_triples_per_epoch']['all']
+    assert main(['train', '--model', 'lightgcn', '--stop-at', 'auc=0.5', '--epochs', '1',
+                 '--out', str(tmp_path / 'bad'), '--no-progress']) == 2
+    assert '--stop-at auc=0.5: expected METRIC=VALUE' in capsys.readouterr().err
