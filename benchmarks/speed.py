@@ -212,13 +212,62 @@ def propagation(data, device: torch.device, dim: int = 64, repeats: int = 10
             for name, f, b in zip(backends, fwd, fb)]
 
 
-def evaluation_throughput(data, dataset: str, device: torch.device, repeats: int = 3
-                          ) -> List[Dict[str, Any]]:
-    """Test users per second of a full-ranking pass, for LightGCN and COPF."""
+#: the graph models the evaluation and training rows time
+EVAL_MODELS = ('lightgcn', 'mbcgcn', 'crgcn', 'pkef', 'copf')
+TRAIN_MODELS = ('pkef', 'copf')
+
+
+def training_throughput(data, dataset: str, device: torch.device,
+                        models: Sequence[str] = TRAIN_MODELS, steps: int = 5,
+                        warmup: int = 2) -> List[Dict[str, Any]]:
+    """Seconds per training step (loss, backward, Adam) of the named models' default
+    reading, and seconds per million training triples (median step x steps per epoch /
+    triples per epoch), with the load average beside each row: the machine is shared."""
+    import os
+
+    from mbgraph.models import build_model
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = build_model(name, data).to(device)
+        sampler = model.batch_source(data, seed=0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        it = iter(sampler.batches(1, device=device if device.type != 'cpu' else None))
+        drawn = [next(it) for _ in range(min(warmup + steps, sampler.num_batches()))]
+        batches = [drawn[i % len(drawn)] for i in range(warmup + steps)]   # small data: reuse
+
+        def step(batch):
+            loss, _ = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        times = []
+        for i, batch in enumerate(batches):
+            _sync(device)
+            t0 = time.perf_counter()
+            step(batch)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        per_epoch = sampler.triples_per_epoch(1)
+        total = int(sum(per_epoch.values()))
+        median = statistics.median(times or [float('nan')])
+        rows.append({'model': name, 'reading': getattr(model, 'reading', None),
+                     'dataset': dataset, 'behaviors': ','.join(data.behaviors),
+                     'device': str(device), 'step_seconds': median,
+                     'steps_per_epoch': sampler.num_batches(), 'triples_per_epoch': total,
+                     'seconds_per_million_triples': median * sampler.num_batches() / total
+                     * 1e6, 'load_average': os.getloadavg()[0]})
+    return rows
+
+
+def evaluation_throughput(data, dataset: str, device: torch.device, repeats: int = 3,
+                          models: Sequence[str] = EVAL_MODELS) -> List[Dict[str, Any]]:
+    """Test users per second of a full-ranking pass, for every graph model of ``models``."""
     from mbgraph.evaluation import FullRankingEvaluator
     from mbgraph.models import build_model
     rows = []
-    for name in ('lightgcn', 'copf'):
+    for name in models:
         torch.manual_seed(0)
         model = build_model(name, data).to(device)
         ev = FullRankingEvaluator(data, 'test', ks=[10])
@@ -253,10 +302,12 @@ def _graphs(data_root: Optional[str]) -> List[Tuple[str, Any]]:
     from mbgraph.data.datasets import load_dataset
 
     from .runner import dataset_available
+    from mbgraph.data.multiplex import select_behaviors
     out = [('synthetic', load_dataset('synthetic', None, seed=0))]
     ok, _ = dataset_available('taobao', data_root)
     if ok:
-        out.append(('taobao', load_dataset('taobao', data_root)))
+        taobao = load_dataset('taobao', data_root)
+        out += [('taobao', taobao), ('taobao', select_behaviors(taobao, ['cart', 'buy']))]
     return out
 
 
@@ -270,21 +321,28 @@ def run_micro(args, results: Path, echo=print) -> Dict[str, Any]:
     env = environment()
     graphs = _graphs(getattr(args, 'data_root', None))
     out: Dict[str, Any] = {'environment': env, 'date': time.strftime('%Y-%m-%d %H:%M:%S')}
-    prop, evals, seq = [], [], []
+    prop, evals, seq, train = [], [], [], []
     for device in devices():
         for name, data in graphs:
-            echo(f'speed: propagation backends on {name} ({device})')
-            for r in propagation(data, device):
-                prop.append({'dataset': name, **r})
-            echo(f'speed: full-ranking evaluation on {name} ({device})')
-            evals += evaluation_throughput(data, name, device)
+            full = len(data.behaviors) == 3          # the cart -> buy copy: training rows only
+            if full:
+                echo(f'speed: propagation backends on {name} ({device})')
+                for r in propagation(data, device):
+                    prop.append({'dataset': name, **r})
+                echo(f'speed: full-ranking evaluation on {name} ({device})')
+                evals += evaluation_throughput(data, name, device)
+            echo(f'speed: training steps of {", ".join(TRAIN_MODELS)} on {name} '
+                 f'({",".join(data.behaviors)}, {device})')
+            train += training_throughput(data, name, device)
         max_len = args.max_len or (4096 if device.type == 'cuda' else 1024)
         echo(f'speed: EBM vs self-attention, lengths {lengths_up_to(max_len)} ({device})')
         seq += sequence_scaling(lengths_up_to(max_len), device)
-    for key, rows in (('propagation', prop), ('evaluation', evals), ('sequence_scaling', seq)):
+    for key, rows in (('propagation', prop), ('evaluation', evals), ('sequence_scaling', seq),
+                      ('training', train)):
         run_io.write_json(results / f'speed_{key}.json', {**out, 'rows': rows}, default=str)
     render(results)
-    return {'propagation': prop, 'evaluation': evals, 'sequence_scaling': seq}
+    return {'propagation': prop, 'evaluation': evals, 'sequence_scaling': seq,
+            'training': train}
 
 
 def _load(results: Path, key: str) -> Optional[Dict[str, Any]]:
@@ -324,6 +382,21 @@ def render(results: Path) -> str:
         for r in ev['rows']:
             parts.append(f'| {r["model"]} | {r["dataset"]} | {r["device"]} | {r["users"]:,} | '
                          f'{r["items"]:,} | {r["seconds"]:.3f} | {r["users_per_second"]:,.0f} |')
+        parts.append('')
+    tr = _load(results, 'training')
+    if tr:
+        parts += ['### Training steps of the named models (default reading)', '',
+                  'One step = loss, backward, Adam; median of 5 after 2 warm-up steps. Seconds '
+                  'per million triples = median step x steps per epoch / training triples per '
+                  'epoch. The load average (1 min) beside each row: the machine is shared.', '',
+                  '| model | reading | dataset | behaviors | device | s / step | steps / epoch '
+                  '| triples / epoch | s / M triples | load |',
+                  '|---|---|---|---|---|---:|---:|---:|---:|---:|']
+        for r in tr['rows']:
+            parts.append(f'| {r["model"]} | {r["reading"]} | {r["dataset"]} | {r["behaviors"]} '
+                         f'| {r["device"]} | {r["step_seconds"]:.3f} | {r["steps_per_epoch"]} | '
+                         f'{r["triples_per_epoch"]:,} | {r["seconds_per_million_triples"]:.1f} '
+                         f'| {r["load_average"]:.1f} |')
         parts.append('')
     if seq:
         rows = seq['rows']

@@ -395,3 +395,19 @@ def test_curves_reads_watched_test_and_validation(tmp_path, capsys):
     table = capsys.readouterr().out
     assert '| 3 | 0.3000 |  |' in table and '| 1 | 0.1000 | 0.2000 |' in table
     assert curves.main([str(tmp_path / 'missing')]) == 2
+
+
+def test_training_throughput_rows_render(tmp_path):
+    from benchmarks import speed
+    from mbgraph.data.datasets import synthetic
+    from mbgraph.io import write_json
+    data = synthetic(num_users=120, num_items=60, seed=0)
+    rows = speed.training_throughput(data, 'synthetic', torch.device('cpu'), steps=1, warmup=1)
+    assert [r['model'] for r in rows] == ['pkef', 'copf']
+    for r in rows:
+        assert r['reading'] == 'code' and r['step_seconds'] > 0
+        assert r['seconds_per_million_triples'] == pytest.approx(
+            r['step_seconds'] * r['steps_per_epoch'] / r['triples_per_epoch'] * 1e6)
+    write_json(tmp_path / 'speed_training.json', {'rows': rows})
+    text = speed.render(tmp_path)
+    assert '### Training steps of the named models' in text and '| pkef | code |' in text
