@@ -202,10 +202,14 @@ class Trainer:
         self.batches = batches
         self.val_evaluator = val_evaluator
         self.epochs = int(epochs)
-        self.optimizer = optimizer or torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # a model without parameters (mbgraph.models.baselines) is training-free: fit() runs
+        # no epoch and no optimizer step, it evaluates the validation split once
+        self.training_free = optimizer is None and not params
+        self.optimizer = None if self.training_free else optimizer or torch.optim.Adam(
+            params, lr=lr, weight_decay=weight_decay)
         self.scheduler = (torch.optim.lr_scheduler.ExponentialLR(self.optimizer, lr_decay)
-                          if lr_decay is not None else None)
+                          if lr_decay is not None and self.optimizer is not None else None)
         self.monitor = monitor
         self.patience = int(patience)
         self.eval_every = int(eval_every)
@@ -227,7 +231,7 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler('cuda') if self.amp and self.device.type == 'cuda'
                        else None)
         self.loss_module: torch.nn.Module = _LossForward(self.model)
-        if distributed:
+        if distributed and not self.training_free:
             from torch.nn.parallel import DistributedDataParallel
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
@@ -334,6 +338,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.epoch == 0:     # a fresh run starts a fresh log
                 (self.out_dir / 'log.jsonl').unlink(missing_ok=True)
+        if self.training_free:
+            return self._fit_training_free()
         bar = tqdm(range(self.epoch + 1, self.epochs + 1), desc='training', unit='epoch',
                    disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
@@ -377,6 +383,22 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         return self.summary()
 
+    def _fit_training_free(self) -> dict[str, Any]:
+        """Zero epochs: one validation pass (epoch 0) and a best.pt holding the configuration,
+        so that ``mbgraph evaluate`` rebuilds the model from the data as for any run."""
+        self.epoch = self.best_epoch = 0
+        if self.val_evaluator is not None:
+            self.best_val = self.val_evaluator.evaluate(self.model, self.device)
+            self.eval_seconds.append(self.val_evaluator.last_seconds)
+        record = {'epoch': 0, 'training_free': True, 'val': self.best_val}
+        self.history.append(record)
+        if self.out_dir is not None and self.rank == 0:
+            with open(self.out_dir / 'log.jsonl', 'a') as f:
+                f.write(json.dumps(record) + '\n')
+            torch.save({'model': self.model.state_dict(), 'epoch': 0, 'val': self.best_val,
+                        'config': self.config}, self.out_dir / 'best.pt')
+        return self.summary()
+
     # ------------------------------------------------------------------ results
     def summary(self) -> Dict[str, Any]:
         """Best epoch and validation metrics, epochs run, median epoch seconds, memory."""
@@ -395,7 +417,7 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         return {
             'model': self.model.state_dict(),
-            'optimizer': self.optimizer.state_dict(),
+            'optimizer': self.optimizer.state_dict() if self.optimizer is not None else None,
             'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
             'epoch': self.epoch, 'best_val': self.best_val, 'best_epoch': self.best_epoch,
             'best_state': self.best_state, 'bad_evals': self.bad_evals,
