@@ -943,6 +943,8 @@ DATASETS: Dict[str, Callable[..., HeteroData]] = {
     'csv': _csv_entry,
     'sslrec': _elsewhere('sslrec', 'sslrec_entry'),
     'retailrocket': _elsewhere('sslrec', 'retailrocket_entry'),
+    'recbole': _elsewhere('recbole', 'recbole_entry'),
+    'behavior_txt': _elsewhere('behavior_txt', 'behavior_txt_entry'),
 }
 
 
@@ -952,12 +954,16 @@ def load_dataset(name: str, root: Optional[PathLike] = None, *,
     """Load a dataset by name (one of ``DATASETS``) as a validated multiplex graph.
 
     Args:
-        name: 'synthetic', 'taobao', 'beibei', 'tmall', 'ml-latest-small' / 'movielens' or
-            'csv'.
+        name: 'synthetic', 'taobao', 'beibei', 'tmall', 'retailrocket', 'ml-latest-small' /
+            'movielens', or a format: 'csv', 'sslrec', 'recbole', 'behavior_txt'.
         root: data folder. MB-GMN datasets are looked up in ``root/<name>``,
-            ``root/<name>-mbgmn`` or ``root`` itself; MovieLens in ``root/ml-latest-small`` or
-            ``root``; 'csv' takes ``path=...`` (or ``root`` as the file); 'synthetic' needs
-            none.
+            ``root/<name>-mbgmn`` or ``root`` itself; 'retailrocket' in
+            ``root/retailrocket-sslrec`` (SSLRec's files, :mod:`mbgraph.data.sslrec`) or
+            ``root``; MovieLens in ``root/ml-latest-small`` or ``root``; 'sslrec' and
+            'behavior_txt' (:mod:`mbgraph.data.behavior_txt`) take the folder itself, 'csv' and
+            'recbole' (:mod:`mbgraph.data.recbole`) the file (or ``path=...``); 'synthetic'
+            needs none. PyG's Taobao object is converted by
+            :func:`mbgraph.data.pyg.from_pyg_taobao`.
         behaviors: behavior order / subset (last = target); dataset default when None.
         seed: seed of random splits (validation holdout, synthetic generation).
         kwargs: passed to the loader (e.g. ``num_users`` for synthetic, ``sep`` for csv,
