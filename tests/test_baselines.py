@@ -1,6 +1,7 @@
 """The training-free baselines (mbgraph.models.baselines) recomputed by hand on a tiny graph,
 the Trainer and CLI running them with no epoch, and the shortcut shares."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,24 @@ def test_cli_datasets_prints_the_shortcuts(capsys):
     assert main(['datasets', '--shortcuts']) == 0
     out = capsys.readouterr().out
     assert "test: " in out and "already in the user's training view" in out
+
+
+# --------------------------------------------------------------------------------------------
+# real data (slow)
+# --------------------------------------------------------------------------------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+
+
+@pytest.mark.slow
+def test_shortcut_shares_of_the_shared_datasets():
+    from mbgraph.data.datasets import load_dataset
+    if not (SHARED_DATA / 'taobao-mbgmn').is_dir() or \
+            not (SHARED_DATA / 'retailrocket-sslrec').is_dir():
+        pytest.skip(f'taobao-mbgmn or retailrocket-sslrec not under {SHARED_DATA}')
+    taobao = shortcut_shares(load_dataset('taobao', SHARED_DATA))
+    assert taobao['pairs'] == 15449
+    assert round(100 * taobao['share']['pv'], 1) == 81.9      # the issue's numbers
+    assert round(100 * taobao['share']['cart'], 1) == 21.9
+    retail = shortcut_shares(load_dataset('retailrocket', SHARED_DATA))
+    assert retail['pairs'] == 2174 and retail['any'] == 0.0
