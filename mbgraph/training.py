@@ -151,6 +151,10 @@ def environment() -> Dict[str, Any]:
 class Trainer:
     """Train any mbgraph model (see the module docstring for the contract).
 
+    A model without trainable parameters (the training-free baselines of
+    :mod:`mbgraph.models.baselines`) runs zero epochs: :meth:`fit` evaluates the validation
+    split once and writes ``best.pt``; its batch source may be None.
+
     Args:
         model: the model; moved to ``device``.
         batches: the batch source.
