@@ -182,6 +182,14 @@ class CascadingRank(TrainingFree):
     setting on Taobao is :math:`\alpha = 0, \beta = 0.9` (the defaults), Tmall
     :math:`\alpha = 0.7, \beta = 0.2`, Tenrec :math:`\alpha = 0.3, \beta = 0.6`.
 
+    Reading: the three terms, their weights (:math:`\gamma = 1 - \alpha - \beta`), the
+    tolerance on the residual and ``max_iter`` = 100 are the paper's; that the query is the
+    user's one-hot node vector, that :math:`\mathbf{r}_0 = \mathbf{q}` (with the paper's
+    Taobao :math:`\alpha = 0` the query must enter through the first behavior), that each
+    :math:`\tilde{\mathbf{A}}_t` is behavior :math:`t`'s own graph (not a union) and the
+    residual's norm (L1) are this implementation's reading, as the method section could not
+    be consulted in full here.
+
     Args:
         data: the multiplex graph; its behavior order is the cascade.
         alpha: :math:`\alpha`, strength of query fitting.
