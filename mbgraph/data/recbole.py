@@ -169,7 +169,8 @@ def read_recbole_log(path: PathLike, behaviors: Sequence[str] | None = None, *,
         if order is None:
             raise ValueError(f'{path}: the file has behaviors {found}; pass behaviors=[...] '
                              'in order upstream -> downstream with the target last')
-    keep = np.isin(np.asarray(acts, dtype=object), np.asarray(order, dtype=object))
+    wanted = set(order)
+    keep = np.fromiter((a in wanted for a in acts), dtype=bool, count=len(acts))
     if not keep.all():
         log.info('%s: left out %d rows of behaviors %s (not in %s)', path,
                  int((~keep).sum()), sorted(set(found) - set(order)), order)
