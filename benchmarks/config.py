@@ -66,7 +66,8 @@ TOP_KEYS = {'table', 'hyper', 'dataset', 'row'}
 DEFAULT_COLUMNS = ('test.hr@10', 'test.ndcg@10')
 
 #: datasets the graph side reads; the sequence side reads synthetic and ml-latest-small
-GRAPH_DATASETS = ('synthetic', 'taobao', 'beibei', 'tmall', 'ml-latest-small', 'csv')
+GRAPH_DATASETS = ('synthetic', 'taobao', 'beibei', 'tmall', 'retailrocket', 'ml-latest-small',
+                  'csv')
 SEQUENCE_DATASETS = ('synthetic', 'ml-latest-small', 'csv')
 #: [hyper] keys that `mbgraph train` refuses for sequence models
 GRAPH_ONLY_HYPER = {'reg', 'lr_decay', 'ks'}

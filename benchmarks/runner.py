@@ -66,6 +66,12 @@ def dataset_available(dataset: str, data_root: Optional[str],
             if d.is_dir() and any(d.glob('trn_*')):
                 return True, str(d)
         return False, f'no {dataset}/ or {dataset}-mbgmn/ with trn_* files under {root_path}'
+    if dataset == 'retailrocket':
+        # SSLRec's files (mbgraph.data.sslrec.resolve_sslrec_dir looks in the same places)
+        for d in (root_path / 'retailrocket-sslrec', root_path / 'retailrocket', root_path):
+            if d.is_dir() and any(d.glob('train_mat_*.pkl')):
+                return True, str(d)
+        return False, f'no retailrocket-sslrec/ with train_mat_*.pkl files under {root_path}'
     if dataset in ('ml-latest-small', 'movielens'):
         for d in (root_path / 'ml-latest-small', root_path):
             if (d / 'ratings.csv').is_file():

@@ -39,6 +39,8 @@ log = logging.getLogger('mbgraph')
 
 
 MBGMN_DATASETS = ('taobao', 'beibei', 'tmall')
+#: datasets whose loader takes --behaviors as the files to read and their order
+ORDERED_BY_LOADER = MBGMN_DATASETS + ('sslrec', 'retailrocket', 'behavior_txt', 'recbole')
 
 
 class UsageError(Exception):
@@ -87,7 +89,7 @@ def load_data(dataset: str, data_root: Optional[str], behaviors: Optional[List[s
         raise UsageError("dataset 'csv' needs --data-root FILE: a delimited log with user, "
                          "item, behavior[, timestamp] columns")
     kwargs = {}
-    if behaviors is not None and dataset in MBGMN_DATASETS:
+    if behaviors is not None and dataset in ORDERED_BY_LOADER:
         kwargs['behaviors'] = behaviors     # read only those behavior files
     try:
         if dataset == 'csv' and behaviors is not None:
@@ -303,6 +305,7 @@ def _throughput(sampler, summary: Dict[str, Any]) -> Dict[str, Any]:
 
 def _train_graph(args, device: torch.device) -> int:
     from .data.multiplex import merge_validation
+    from .data.shortcuts import shortcut_shares
     from .distributed import is_main_process
     from .evaluation import FullRankingEvaluator
     from .io import RunLock
@@ -370,7 +373,7 @@ def _train_graph(args, device: torch.device) -> int:
                'test_users': int(test_eval.users.numel()),
                **_throughput(sampler, summary),
                'config': config, 'environment': environment(), 'date': time.strftime('%Y-%m-%d'),
-               **_launch_facts(args)}
+               'shortcuts': shortcut_shares(data), **_launch_facts(args)}
     if paper:
         curve = [{'epoch': r['epoch'], **r['watch']} for r in trainer.history if 'watch' in r]
         if not curve or curve[-1]['epoch'] != trainer.epoch:
@@ -473,13 +476,17 @@ def cmd_evaluate(args) -> int:
 
 def cmd_datasets(args) -> int:
     from .data.datasets import describe
+    from .data.shortcuts import format_shortcuts, shortcut_shares
     names = args.dataset or ['synthetic']
     if not args.dataset and args.data_root:
         names = [n for n in _found_datasets(args.data_root)] or names
     for name in names:
-        data = load_data(name, args.data_root, None, 0)
+        data = load_data(name, args.data_root, _split_list(args.behaviors), 0)
         print(f'## {name}')
         print(describe(data))
+        if args.shortcuts:
+            print(format_shortcuts(shortcut_shares(data, 'test')))
+            print(format_shortcuts(shortcut_shares(data, 'val')))
         print()
     return 0
 
@@ -489,7 +496,8 @@ def _found_datasets(root: str) -> List[str]:
     found = []
     root_path = Path(root)
     for name, sub in (('taobao', 'taobao-mbgmn'), ('beibei', 'beibei-mbgmn'),
-                      ('tmall', 'tmall-mbgmn'), ('ml-latest-small', 'ml-latest-small')):
+                      ('tmall', 'tmall-mbgmn'), ('retailrocket', 'retailrocket-sslrec'),
+                      ('ml-latest-small', 'ml-latest-small')):
         if (root_path / sub).is_dir() or (root_path / name).is_dir():
             found.append(name)
     return found
@@ -504,10 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser('train', help='train a model and evaluate it on the test split')
     t.add_argument('--model', required=True,
                    help='graph: lightgcn | lightgcn_m | mbcgcn | crgcn | pkef | copf, or '
-                   'ENCODER+HEAD (e.g. mbcgcn+dfme); sequence: sasrec | ebm | dpcpl | hmar | '
-                   'pomrec')
+                   'ENCODER+HEAD (e.g. mbcgcn+dfme); training-free: mostpop | history | '
+                   'cascadingrank; sequence: sasrec | ebm | dpcpl | hmar | pomrec')
     t.add_argument('--dataset', default='synthetic',
-                   help='synthetic | taobao | beibei | tmall | ml-latest-small | csv')
+                   help='synthetic | taobao | beibei | tmall | retailrocket | sslrec | '
+                   'behavior_txt | recbole | ml-latest-small | csv')
     t.add_argument('--data-root', help='directory holding the dataset (e.g. ../shared/data)')
     t.add_argument('--behaviors', help='comma-separated behavior order to use, target last '
                    '(e.g. cart,buy); default: all of the dataset')
@@ -586,6 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument('--data-root', help='directory holding the datasets')
     d.add_argument('--dataset', action='append', help='dataset name (repeatable); default: '
                    'every dataset found under --data-root, else synthetic')
+    d.add_argument('--behaviors', help='comma-separated behavior order, target last')
+    d.add_argument('--shortcuts', action='store_true', help='also print, for the test and '
+                   'validation splits, the share of held-out items the user already had under '
+                   'each auxiliary behavior in training')
     d.set_defaults(func=cmd_datasets)
     return p
 

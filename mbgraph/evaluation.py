@@ -87,7 +87,7 @@ class _Evaluator:
         model.eval()
         if hasattr(model, 'prepare_eval'):
             model.prepare_eval(self.split)
-        device = device or next(model.parameters()).device
+        device = device or _device_of(model)
         collection = metric_collection(self.ks, self.metric_names).to(device)
         t0 = time.perf_counter()
         try:
@@ -110,6 +110,14 @@ class _Evaluator:
             out = {name: float(v) for name, v in collection.compute().items()}
         self.last_seconds = time.perf_counter() - t0
         return out
+
+
+def _device_of(model) -> torch.device:
+    """The device of a model's parameters, else of its buffers (training-free models have
+    buffers only), else the CPU."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device('cpu')
 
 
 class FullRankingEvaluator(_Evaluator):

@@ -154,6 +154,10 @@ def environment() -> Dict[str, Any]:
 class Trainer:
     """Train any mbgraph model (see the module docstring for the contract).
 
+    A model without trainable parameters (the training-free baselines of
+    :mod:`mbgraph.models.baselines`) runs zero epochs: :meth:`fit` evaluates the validation
+    split once and writes ``best.pt``; its batch source may be None.
+
     Args:
         model: the model; moved to ``device``.
         batches: the batch source.
@@ -227,20 +231,25 @@ class Trainer:
         self.val_evaluator = val_evaluator
         self.epochs = int(epochs)
         self._lr = float(lr)
-        self.optimizer = optimizer or torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+        params = [p for p in model.parameters() if p.requires_grad]
+        # a model without parameters (mbgraph.models.baselines) is training-free: fit() runs
+        # no epoch and no optimizer step, it evaluates the validation split once
+        self.training_free = optimizer is None and not params
+        self.optimizer = None if self.training_free else optimizer or torch.optim.Adam(
+            params, lr=lr, weight_decay=weight_decay)
         if lr_decay_steps is not None and (lr_decay is None or int(lr_decay_steps) < 1):
             raise ValueError(f'lr_decay_steps needs lr_decay and a value >= 1, got '
                              f'{lr_decay_steps} (lr_decay={lr_decay})')
         self.lr_decay_steps = None if lr_decay_steps is None else int(lr_decay_steps)
         self.lr_decay = None if lr_decay is None else float(lr_decay)
-        if self.lr_decay_steps is not None:   # stepped after every optimizer step
+        if self.optimizer is None or lr_decay is None:
+            self.scheduler = None
+        elif self.lr_decay_steps is not None:   # stepped after every optimizer step
             steps, rate = self.lr_decay_steps, float(lr_decay)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(
                 self.optimizer, lambda step: rate ** (step // steps))
         else:
-            self.scheduler = (torch.optim.lr_scheduler.ExponentialLR(self.optimizer, lr_decay)
-                              if lr_decay is not None else None)
+            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, lr_decay)
         self.watch = watch
         if stop_at is not None and (len(stop_at) != 2 or not isinstance(stop_at[0], str)):
             raise ValueError(f"stop_at must be (metric, value), e.g. ('hr@10', 0.1), got "
@@ -266,7 +275,7 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler('cuda') if self.amp and self.device.type == 'cuda'
                        else None)
         self.loss_module: torch.nn.Module = _LossForward(self.model)
-        if distributed:
+        if distributed and not self.training_free:
             from torch.nn.parallel import DistributedDataParallel
             self.loss_module = DistributedDataParallel(
                 self.loss_module,
@@ -416,6 +425,8 @@ class Trainer:
             # a fresh run starts a fresh log; a resumed one continues the checkpoint's
             run_io.write_text(self.out_dir / 'log.jsonl',
                               ''.join(json.dumps(r) + '\n' for r in self.history))
+        if self.training_free:
+            return self._fit_training_free()
         bar = tqdm(range(self.epoch + 1, self.epochs + 1), desc='training', unit='epoch',
                    disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
@@ -482,6 +493,21 @@ class Trainer:
                             'eval_seconds': float(sum(self.eval_seconds)),
                             'triples_seen': int(sum(per_epoch.values())) * record['epoch']}
 
+    def _fit_training_free(self) -> Dict[str, Any]:
+        """Zero epochs: one validation pass (epoch 0) and a best.pt holding the configuration,
+        so that ``mbgraph evaluate`` rebuilds the model from the data as for any run."""
+        self.epoch = self.best_epoch = 0
+        if self.val_evaluator is not None:
+            self.best_val = self.val_evaluator.evaluate(self.model, self.device)
+            self.eval_seconds.append(self.val_evaluator.last_seconds)
+        record = {'epoch': 0, 'training_free': True, 'val': self.best_val}
+        self.history.append(record)
+        if self.out_dir is not None and self.rank == 0:
+            run_io.append_jsonl(self.out_dir / 'log.jsonl', record)
+            self.best_state = self.model.state_dict()
+            self._save_best(0, self.best_val)
+        return self.summary()
+
     # ------------------------------------------------------------------ results
     def summary(self) -> Dict[str, Any]:
         """Best epoch and validation metrics, epochs run, median epoch seconds, memory."""
@@ -501,7 +527,7 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         return {
             'model': self.model.state_dict(),
-            'optimizer': self.optimizer.state_dict(),
+            'optimizer': self.optimizer.state_dict() if self.optimizer is not None else None,
             'scheduler': self.scheduler.state_dict() if self.scheduler is not None else None,
             'epoch': self.epoch, 'best_val': self.best_val, 'best_epoch': self.best_epoch,
             'best_state': self.best_state, 'bad_evals': self.bad_evals,

@@ -385,15 +385,17 @@ def run_fingerprint(trainer) -> Dict[str, Any]:
     JSON-able values, compared key by key by :func:`compare_fingerprints`."""
     model = trainer.model
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
-    opt = trainer.optimizer
-    group = {k: v for k, v in opt.param_groups[0].items() if k != 'params'}
+    opt = trainer.optimizer    # None for a training-free model (mbgraph.models.baselines)
+    group = {} if opt is None else {k: v for k, v in opt.param_groups[0].items()
+                                    if k != 'params'}
     fp: Dict[str, Any] = {
         'model_class': type(model).__name__,
         'parameter_shapes': hashlib.sha256(repr(sorted(shapes.items())).encode()).hexdigest()[:16],
         'seed': trainer.seed,
-        'optimizer': type(opt).__name__,
+        'optimizer': None if opt is None else type(opt).__name__,
         'optimizer_options': {k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in opt.defaults.items() if k != 'lr'
+                              for k, v in (opt.defaults if opt is not None else {}).items()
+                              if k != 'lr'
                               and isinstance(v, (int, float, str, bool, tuple, type(None)))},
         'lr': group.get('initial_lr', group.get('lr')),
         'lr_decay': getattr(trainer.scheduler, 'gamma', trainer.lr_decay),

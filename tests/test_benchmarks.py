@@ -46,7 +46,8 @@ def write(tmp_path, text, name='t.toml'):
 # ------------------------------------------------------------------------------ config files
 
 def test_every_shipped_suite_loads():
-    assert {'quick', 'graph', 'seq', 'speed', 'taobao-budget'} <= set(list_suites())
+    assert {'quick', 'graph', 'seq', 'speed', 'taobao-budget', 'leaderboard'} <= \
+        set(list_suites())
     for suite in list_suites():
         tables = load_suite(suite)
         assert tables and all(t.rows for t in tables)
@@ -336,6 +337,11 @@ def test_datasets_are_found_by_name(tmp_path):
     ok, why = dataset_available('beibei', str(tmp_path / 'taobao-mbgmn'))
     assert not ok and 'beibei' in why
     assert not dataset_available('ml-latest-small', str(tmp_path))[0]
+    assert not dataset_available('retailrocket', str(tmp_path))[0]
+    (tmp_path / 'retailrocket-sslrec').mkdir()
+    (tmp_path / 'retailrocket-sslrec' / 'train_mat_buy.pkl').write_bytes(b'')
+    assert dataset_available('retailrocket', str(tmp_path)) == (
+        True, str(tmp_path / 'retailrocket-sslrec'))
     assert dataset_available('synthetic', None)[0]
     assert not dataset_available('csv', None)[0]
 
@@ -411,3 +417,17 @@ def test_training_throughput_rows_render(tmp_path):
     write_json(tmp_path / 'speed_training.json', {'rows': rows})
     text = speed.render(tmp_path)
     assert '### Training steps of the named models' in text and '| pkef | code |' in text
+
+
+def test_the_leaderboard_has_every_graph_model_and_baseline_on_three_settings():
+    from mbgraph.models import MODELS
+    tables = {t.id: t for t in load_suite('leaderboard')}
+    assert set(tables) == {'leaderboard_taobao_cart_buy', 'leaderboard_taobao_pv_cart_buy',
+                           'leaderboard_retailrocket'}
+    for table in tables.values():
+        assert {r.model for r in table.rows} == set(MODELS)
+        assert table.seeds == 3 and 'test.hr@20' in table.columns
+    assert tables['leaderboard_taobao_cart_buy'].dataset_hyper['taobao']['behaviors'] == \
+        'cart,buy'
+    assert tables['leaderboard_taobao_pv_cart_buy'].dataset_hyper['taobao']['behaviors'] == \
+        'pv,cart,buy'

@@ -139,8 +139,12 @@ def test_mbgmn_refuses_malicious_pickle(tmp_path, payload, refused, target):
 
 def test_mbgmn_refuses_other_numpy_and_scipy_objects(tmp_path):
     d = write_mbgmn(tmp_path / 'taobao')
+    dump(sp.csc_matrix(np.array(BUY)), d / 'trn_buy')
+    with pytest.raises(RestrictedUnpicklingError, match='csc'):
+        load_mbgmn(d)
+    # COO passes the unpickler (SSLRec's test_mat.pkl is one) but is not the MB-GMN format
     dump(sp.coo_matrix(np.array(BUY)), d / 'trn_buy')
-    with pytest.raises(RestrictedUnpicklingError, match='coo'):
+    with pytest.raises(ValueError, match='expected a pickled scipy.sparse.csr_matrix'):
         load_mbgmn(d)
 
 

@@ -11,6 +11,10 @@ from mbgraph_seq.models import SEQ_MODELS
 from mbgraph_seq.nn.filter import EfficientFilterLayer
 from mbgraph_seq.nn.prompts import coding_rate
 
+#: the models that train (the training-free baselines have no loss and no parameters)
+TRAINABLE = sorted(n for n in MODELS if getattr(MODELS[n], 'trainable', True))
+
+
 def needs_cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
                                                reason='needs a CUDA device')(test))
@@ -52,7 +56,7 @@ def test_fft_filter_and_coding_rate_run_in_float32_under_autocast():
     assert rate.dtype == torch.float32 and torch.isfinite(rate)
 
 
-@pytest.mark.parametrize('name', sorted(MODELS))
+@pytest.mark.parametrize('name', TRAINABLE)
 def test_every_graph_model_trains_under_cpu_autocast(name, data):
     torch.manual_seed(0)
     model = build_model(name, data, embedding_dim=16)
@@ -83,7 +87,7 @@ def test_every_sequence_model_trains_under_cpu_autocast(name):
 
 # ---------------------------------------------------------------------------------- CUDA
 @needs_cuda
-@pytest.mark.parametrize('name', sorted(MODELS))
+@pytest.mark.parametrize('name', TRAINABLE)
 @pytest.mark.parametrize('amp', [False, True])
 def test_graph_models_on_cuda_match_cpu(name, amp, data):
     torch.manual_seed(0)

@@ -121,6 +121,7 @@ def _bytes(*args):
 def _allowed_globals() -> Dict[Tuple[str, str], Callable]:
     import scipy.sparse
     csr = scipy.sparse.csr_matrix
+    coo = scipy.sparse.coo_matrix
     reconstruct = _numpy_attr('_reconstruct')
     scalar = _numpy_attr('scalar')
     frombuffer = _numpy_attr('_frombuffer', 'numeric')
@@ -128,6 +129,9 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable]:
         # the CSR class under its current and its pre-1.8 scipy module path
         ('scipy.sparse._csr', 'csr_matrix'): csr,
         ('scipy.sparse.csr', 'csr_matrix'): csr,
+        # COO as well: the SSLRec toolkit's test_mat.pkl is one
+        ('scipy.sparse._coo', 'coo_matrix'): coo,
+        ('scipy.sparse.coo', 'coo_matrix'): coo,
         # numpy array (and array scalar) reconstruction, numpy >= 2 and older module paths
         ('numpy._core.multiarray', '_reconstruct'): reconstruct,
         ('numpy.core.multiarray', '_reconstruct'): reconstruct,
@@ -148,7 +152,7 @@ def _allowed_globals() -> Dict[Tuple[str, str], Callable]:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only scipy CSR matrices and numpy arrays; any other global
+    """Unpickler that resolves only scipy CSR / COO matrices and numpy arrays; any other global
     (``os.system``, ``builtins.eval``, ...) raises :class:`RestrictedUnpicklingError` naming
     it and the file, before anything is called."""
 
@@ -164,12 +168,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         if obj is None:
             raise RestrictedUnpicklingError(
                 f'{self.source}: refused to unpickle {module}.{name}: dataset pickles may hold '
-                'only scipy.sparse.csr_matrix and numpy arrays')
+                'only scipy.sparse.csr_matrix / coo_matrix and numpy arrays')
         return obj
 
 
 def safe_unpickle(path: PathLike):
-    """Load ``path`` with :class:`RestrictedUnpickler` (scipy CSR / numpy arrays / plain Python
+    """Load ``path`` with :class:`RestrictedUnpickler` (scipy CSR / COO, numpy arrays, plain Python
     containers only)."""
     path = Path(path)
     with open(path, 'rb') as f:
@@ -633,6 +637,17 @@ def load_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
     """
     path = Path(path)
     log_ = read_interaction_log(path, behaviors, sep, columns, header, encoding)
+    return graph_from_log(log_, seed=seed, name=name if name is not None else path.stem,
+                          source=str(path))
+
+
+def graph_from_log(log_: dict, *, seed: int = 0, name: str | None = None,
+                   source: str = '<log>') -> HeteroData:
+    """The multiplex graph of an interaction log in the layout :func:`read_interaction_log`
+    returns (``'user'``, ``'item'``, ``'behavior'`` codes into ``'behaviors'``, ``'timestamp'``
+    or None, ``'user_raw_id'``, ``'item_raw_id'``), split by leave-one-out on the target as
+    :func:`load_interaction_log` describes. ``source`` names the log in messages."""
+    path = source
     u, i, b, order = log_['user'], log_['item'], log_['behavior'], log_['behaviors']
     user_raw, item_raw = log_['user_raw_id'], log_['item_raw_id']
     num_users, num_items = len(user_raw), len(item_raw)
@@ -658,8 +673,7 @@ def load_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
         edges[beh] = _edge(u[idx], i[idx])
     data = make_multiplex(num_users, num_items, order, edges,
                           val=_edge(u[tgt[val]], i[tgt[val]]),
-                          test=_edge(u[tgt[test]], i[tgt[test]]),
-                          name=name if name is not None else path.stem)
+                          test=_edge(u[tgt[test]], i[tgt[test]]), name=name)
     data[USER].raw_id = user_raw
     data[ITEM].raw_id = item_raw
     return _finish(data)
@@ -975,6 +989,16 @@ def _csv_entry(root: Optional[PathLike] = None, *, behaviors=None, seed: int = 0
     return load_interaction_log(path, behaviors=behaviors, seed=seed, **kwargs)
 
 
+def _elsewhere(module: str, entry: str) -> Callable[..., HeteroData]:
+    """A registry entry whose loader lives in ``mbgraph.data.<module>`` (imported on first
+    use: those modules import this one)."""
+    def load(root: PathLike | None = None, **kwargs) -> HeteroData:
+        loader = getattr(importlib.import_module(f'{__package__}.{module}'), entry)
+        return loader(root, **kwargs)
+    load.__doc__ = f'mbgraph.data.{module}.{entry}'
+    return load
+
+
 #: name -> loader ``(root=None, *, behaviors=None, seed=0, **kwargs) -> HeteroData``
 DATASETS: Dict[str, Callable[..., HeteroData]] = {
     'synthetic': _synthetic_entry,
@@ -984,6 +1008,10 @@ DATASETS: Dict[str, Callable[..., HeteroData]] = {
     'ml-latest-small': _movielens_entry,
     'movielens': _movielens_entry,
     'csv': _csv_entry,
+    'sslrec': _elsewhere('sslrec', 'sslrec_entry'),
+    'retailrocket': _elsewhere('sslrec', 'retailrocket_entry'),
+    'recbole': _elsewhere('recbole', 'recbole_entry'),
+    'behavior_txt': _elsewhere('behavior_txt', 'behavior_txt_entry'),
 }
 
 
@@ -993,12 +1021,16 @@ def load_dataset(name: str, root: Optional[PathLike] = None, *,
     """Load a dataset by name (one of ``DATASETS``) as a validated multiplex graph.
 
     Args:
-        name: 'synthetic', 'taobao', 'beibei', 'tmall', 'ml-latest-small' / 'movielens' or
-            'csv'.
+        name: 'synthetic', 'taobao', 'beibei', 'tmall', 'retailrocket', 'ml-latest-small' /
+            'movielens', or a format: 'csv', 'sslrec', 'recbole', 'behavior_txt'.
         root: data folder. MB-GMN datasets are looked up in ``root/<name>``,
-            ``root/<name>-mbgmn`` or ``root`` itself; MovieLens in ``root/ml-latest-small`` or
-            ``root``; 'csv' takes ``path=...`` (or ``root`` as the file); 'synthetic' needs
-            none.
+            ``root/<name>-mbgmn`` or ``root`` itself; 'retailrocket' in
+            ``root/retailrocket-sslrec`` (SSLRec's files, :mod:`mbgraph.data.sslrec`) or
+            ``root``; MovieLens in ``root/ml-latest-small`` or ``root``; 'sslrec' and
+            'behavior_txt' (:mod:`mbgraph.data.behavior_txt`) take the folder itself, 'csv' and
+            'recbole' (:mod:`mbgraph.data.recbole`) the file (or ``path=...``); 'synthetic'
+            needs none. PyG's Taobao object is converted by
+            :func:`mbgraph.data.pyg.from_pyg_taobao`.
         behaviors: behavior order / subset (last = target); dataset default when None.
         seed: seed of random splits (validation holdout, synthetic generation).
         kwargs: passed to the loader (e.g. ``num_users`` for synthetic, ``sep`` for csv,

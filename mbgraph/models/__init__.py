@@ -2,13 +2,16 @@
 
 ``build_model(name, data, **hyperparameters)`` builds any of them by name: ``lightgcn``,
 ``lightgcn_m``, ``mbcgcn``, ``crgcn``, ``pkef``, ``copf``, or an ``'ENCODER+HEAD'``
-composition such as ``'mbcgcn+dfme'`` (see :mod:`mbgraph.models.multi_behavior`).
+composition such as ``'mbcgcn+dfme'`` (see :mod:`mbgraph.models.multi_behavior`), or a
+training-free baseline: ``mostpop``, ``history``, ``cascadingrank``
+(:mod:`mbgraph.models.baselines`).
 """
 from typing import Callable, Dict
 
 from torch_geometric.data import HeteroData
 
 from .base import GraphRecommender
+from .baselines import CascadingRank, History, MostPop, TrainingFree
 from .composed import MultiBehaviorModel
 from .lightgcn import LightGCN, LightGCN_M
 from .multi_behavior import (COPF, CRGCN, ENCODERS, HEADS, MBCGCN, PKEF, ComposedModel,
@@ -22,6 +25,9 @@ MODELS: Dict[str, Callable] = {
     'crgcn': CRGCN,
     'pkef': PKEF,
     'copf': COPF,
+    'mostpop': MostPop,
+    'history': History,
+    'cascadingrank': CascadingRank,
 }
 
 
@@ -49,4 +55,5 @@ def build_model(name: str, data: HeteroData, **kwargs):
 
 
 __all__ = ['GraphRecommender', 'MultiBehaviorModel', 'ComposedModel', 'LightGCN', 'LightGCN_M',
-           'MBCGCN', 'CRGCN', 'PKEF', 'COPF', 'MODELS', 'build_model', 'is_known_model']
+           'MBCGCN', 'CRGCN', 'PKEF', 'COPF', 'MostPop', 'History', 'CascadingRank',
+           'TrainingFree', 'MODELS', 'build_model', 'is_known_model']

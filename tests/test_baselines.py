@@ -1,0 +1,189 @@
+"""The training-free baselines (mbgraph.models.baselines) recomputed by hand on a tiny graph,
+the Trainer and CLI running them with no epoch, and the shortcut shares."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mbgraph.cli import main
+from mbgraph.data import make_multiplex
+from mbgraph.data.datasets import synthetic
+from mbgraph.data.shortcuts import format_shortcuts, shortcut_shares
+from mbgraph.evaluation import FullRankingEvaluator
+from mbgraph.models import MODELS, CascadingRank, History, MostPop, build_model
+from mbgraph.training import Trainer
+
+# 3 users, 5 items; view -> cart -> buy
+VIEW = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 3), (2, 0), (2, 4)]
+CART = [(0, 1), (0, 3), (1, 3), (2, 4)]
+BUY = [(0, 4), (1, 0), (1, 4), (2, 1)]
+TEST = [(0, 1), (1, 3), (2, 2)]
+
+
+def ei(pairs):
+    return torch.tensor(pairs, dtype=torch.long).t()
+
+
+@pytest.fixture
+def data():
+    return make_multiplex(3, 5, ['view', 'cart', 'buy'],
+                          {'view': ei(VIEW), 'cart': ei(CART), 'buy': ei(BUY)}, test=ei(TEST))
+
+
+def test_mostpop_is_the_target_popularity(data):
+    model = MostPop(data)
+    pop = [1, 1, 0, 0, 2]            # buys per item, by hand
+    assert model.score(torch.tensor([0, 2])).tolist() == [pop, pop]
+    assert model.score(torch.tensor([1]), torch.tensor([[4, 2]])).tolist() == [[2, 0]]
+
+
+def test_history_ranks_downstream_first_then_count_then_popularity(data):
+    scores = History(data).score(torch.arange(3))
+    # user 0: carted 1 and 3 (1 also viewed: count 2) > viewed 0, 2 (0 more popular)
+    #         > item 4 (not in the history; popular)
+    order0 = scores[0].argsort(descending=True).tolist()
+    assert order0 == [1, 3, 0, 2, 4]
+    # user 1: carted 3 (and viewed) > viewed 1 > unseen by popularity: 4 (2 buys), 0 (1), 2 (0)
+    assert scores[1].argsort(descending=True).tolist() == [3, 1, 4, 0, 2]
+    # user 2: carted 4 (viewed too) > viewed 0 > unseen 1 (1 buy) > 2, 3 (no buys)
+    order2 = scores[2].argsort(descending=True).tolist()
+    assert order2[:3] == [4, 0, 1] and sorted(order2[3:]) == [2, 3]
+    # the exact encoding: K * deep + count + pop / (1 + max pop), K = 3 behaviors
+    assert scores[0].tolist() == pytest.approx([3 + 1 + 1 / 3, 6 + 2 + 1 / 3, 3 + 1 + 0,
+                                                6 + 1 + 0, 2 / 3])
+
+
+def test_history_evaluated_by_full_ranking(data):
+    ev = FullRankingEvaluator(data, 'test', ks=(1, 2))
+    result = ev.evaluate(History(data))
+    # training buys masked: user 0 ranks [1, 3, 0, 2] -> test item 1 first; user 1 [3, 2]
+    # (items 0, 4 bought) -> 3 first; user 2 [4, 0, ...] (1 bought) -> item 2 not in top 2
+    assert result['hr@1'] == pytest.approx(2 / 3)
+    assert result['hr@2'] == pytest.approx(2 / 3)
+
+
+def dense_cascadingrank(data_pairs, num_users, num_items, users, alpha, beta):
+    """The paper's fixed points by direct solves: r_t = (I - gamma A_t)^-1 (alpha q + beta
+    r_{t-1}), r_0 = q, A_t = D^-1/2 A D^-1/2 of behavior t's user-item graph."""
+    n = num_users + num_items
+    gamma = 1 - alpha - beta
+    q = np.zeros((n, len(users)))
+    q[users, np.arange(len(users))] = 1
+    r = q
+    for pairs in data_pairs:
+        a = np.zeros((n, n))
+        for u, i in pairs:
+            a[u, num_users + i] = a[num_users + i, u] = 1
+        d = a.sum(1)
+        inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0)
+        a_norm = inv[:, None] * a * inv[None, :]
+        r = np.linalg.solve(np.eye(n) - gamma * a_norm, alpha * q + beta * r)
+    return r[num_users:].T
+
+
+@pytest.mark.parametrize('alpha, beta', [(0.0, 0.9), (0.3, 0.6), (0.7, 0.2), (0.5, 0.5)])
+def test_cascadingrank_matches_the_dense_fixed_point(data, alpha, beta):
+    model = CascadingRank(data, alpha=alpha, beta=beta, tolerance=1e-9, max_iter=1000)
+    users = torch.tensor([0, 1, 2])
+    expected = dense_cascadingrank([VIEW, CART, BUY], 3, 5, [0, 1, 2], alpha, beta)
+    got = model.score(users).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    assert len(model.iterations) == 3
+    # a candidate subset scores the same as the full row
+    cand = torch.tensor([[4, 0], [2, 3], [1, 1]])
+    assert torch.allclose(model.score(users, cand), model.score(users).gather(1, cand))
+
+
+def test_cascadingrank_rejects_bad_coefficients(data):
+    with pytest.raises(ValueError, match='alpha \\+ beta <= 1'):
+        CascadingRank(data, alpha=0.6, beta=0.6)
+    with pytest.raises(ValueError, match='ranks nothing'):
+        CascadingRank(data, alpha=0.0, beta=0.0)
+
+
+def test_baselines_are_registered_and_parameter_free(data):
+    for name in ('mostpop', 'history', 'cascadingrank'):
+        assert name in MODELS
+        model = build_model(name, data)
+        assert list(model.parameters()) == [] and model.trainable is False
+        assert model.batch_source(data) is None
+        with pytest.raises(RuntimeError, match='training-free'):
+            model.loss({})
+    with pytest.raises(TypeError):
+        build_model('mostpop', data, embedding_dim=8)
+
+
+def test_trainer_runs_no_epoch_for_a_training_free_model(tmp_path):
+    graph = synthetic(num_users=120, num_items=80, seed=1)
+    model = History(graph)
+    trainer = Trainer(model, model.batch_source(graph), FullRankingEvaluator(graph, 'val'),
+                      epochs=5, progress=False, out_dir=tmp_path)
+    assert trainer.optimizer is None
+    summary = trainer.fit()
+    assert summary['epochs_run'] == 0 and summary['best_epoch'] == 0
+    assert summary['best_val'] == FullRankingEvaluator(graph, 'val').evaluate(model)
+    assert (tmp_path / 'best.pt').is_file()
+    log = [json.loads(line) for line in (tmp_path / 'log.jsonl').read_text().splitlines()]
+    assert log == [{'epoch': 0, 'training_free': True, 'val': summary['best_val']}]
+
+
+@pytest.mark.parametrize('model', ['mostpop', 'history', 'cascadingrank'])
+def test_cli_trains_and_evaluates_a_baseline(tmp_path, capsys, model):
+    out = tmp_path / model
+    assert main(['train', '--model', model, '--dataset', 'synthetic', '--out', str(out),
+                 '--no-progress', '--ks', '10,20']) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['epochs_run'] == 0 and set(metrics['test']) == {'hr@10', 'hr@20', 'ndcg@10',
+                                                                   'ndcg@20'}
+    assert set(metrics['shortcuts']['share']) == {'view', 'cart'}
+    assert main(['evaluate', '--checkpoint', str(out / 'best.pt')]) == 0
+    printed = capsys.readouterr().out
+    assert f"{metrics['test']['hr@10']:.4f}" in printed
+
+
+def test_cli_passes_model_options_to_cascadingrank(tmp_path):
+    out = tmp_path / 'cr'
+    assert main(['train', '--model', 'cascadingrank', '--dataset', 'synthetic', '--out', str(out),
+                 '--no-progress', '--set', 'alpha=0.3', '--set', 'beta=0.6']) == 0
+    assert json.loads((out / 'metrics.json').read_text())['config']['model_kwargs'] == {
+        'alpha': 0.3, 'beta': 0.6}
+    assert main(['train', '--model', 'cascadingrank', '--dataset', 'synthetic', '--out', str(out),
+                 '--no-progress', '--set', 'alpha=0.9', '--set', 'beta=0.9']) == 2
+
+
+def test_shortcut_shares_by_hand(data):
+    shares = shortcut_shares(data)
+    # test pairs (0, 1): viewed and carted; (1, 3): viewed and carted; (2, 2): neither
+    assert shares == {'split': 'test', 'pairs': 3, 'share': {'view': 2 / 3, 'cart': 2 / 3},
+                      'any': 2 / 3}
+    assert 'view 66.7%' in format_shortcuts(shares)
+    assert shortcut_shares(data, 'val')['pairs'] == 0
+
+
+def test_cli_datasets_prints_the_shortcuts(capsys):
+    assert main(['datasets', '--shortcuts']) == 0
+    out = capsys.readouterr().out
+    assert "test: " in out and "already in the user's training view" in out
+
+
+# --------------------------------------------------------------------------------------------
+# real data (slow)
+# --------------------------------------------------------------------------------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+
+
+@pytest.mark.slow
+def test_shortcut_shares_of_the_shared_datasets():
+    from mbgraph.data.datasets import load_dataset
+    if not (SHARED_DATA / 'taobao-mbgmn').is_dir() or \
+            not (SHARED_DATA / 'retailrocket-sslrec').is_dir():
+        pytest.skip(f'taobao-mbgmn or retailrocket-sslrec not under {SHARED_DATA}')
+    taobao = shortcut_shares(load_dataset('taobao', SHARED_DATA))
+    assert taobao['pairs'] == 15449
+    assert round(100 * taobao['share']['pv'], 1) == 81.9      # the issue's numbers
+    assert round(100 * taobao['share']['cart'], 1) == 21.9
+    retail = shortcut_shares(load_dataset('retailrocket', SHARED_DATA))
+    assert retail['pairs'] == 2174 and retail['any'] == 0.0
