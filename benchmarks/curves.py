@@ -89,10 +89,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('runs', nargs='+', type=Path, help='run folders (mbgraph train --out)')
     p.add_argument('--metric', default='hr@10')
     p.add_argument('--out', type=Path, help='PNG to write (needs matplotlib)')
-    p.add_argument('--labels', help='comma-separated legend labels, one per run')
+    p.add_argument('--labels', help='legend labels separated by semicolons, one per run')
     p.add_argument('--title', default='')
     args = p.parse_args(argv)
-    labels = args.labels.split(',') if args.labels else None
+    labels = args.labels.split(';') if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         print(f'--labels names {len(labels)} runs, {len(args.runs)} given', file=sys.stderr)
         return 2
