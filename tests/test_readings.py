@@ -17,7 +17,7 @@ from mbgraph.data.sampling import UserBatchSampler
 from mbgraph.models import COPF, PKEF
 from mbgraph.models.readings import READINGS, describe, loss_weights, reading_table
 
-U, I, D = 4, 5, 6
+U, NI, D = 4, 5, 6
 BEHAVIORS = ['pv', 'cart', 'buy']
 EDGES = {
     'pv': [(0, 0), (0, 1), (0, 2), (1, 1), (1, 3), (2, 0), (2, 4), (3, 2), (3, 3), (3, 4)],
@@ -28,12 +28,12 @@ EDGES = {
 
 def graph(name='taobao'):
     edges = {b: torch.tensor(e).t() for b, e in EDGES.items()}
-    return make_multiplex(U, I, BEHAVIORS, edges, test=torch.tensor([[0, 1], [4, 0]]),
+    return make_multiplex(U, NI, BEHAVIORS, edges, test=torch.tensor([[0, 1], [4, 0]]),
                           name=name)
 
 
 def dense(pairs):
-    r = torch.zeros(U, I, dtype=torch.float64)
+    r = torch.zeros(U, NI, dtype=torch.float64)
     for u, i in pairs:
         r[u, i] = 1.0
     return r
@@ -41,7 +41,7 @@ def dense(pairs):
 
 def left_adjacency(r):
     """The code's ``left_adj_single`` of [[0, R], [R^T, 0]]: D^-1 A, zero rows stay zero."""
-    a = torch.zeros(U + I, U + I, dtype=torch.float64)
+    a = torch.zeros(U + NI, U + NI, dtype=torch.float64)
     a[:U, U:], a[U:, :U] = r, r.t()
     deg = a.sum(1, keepdim=True)
     return torch.where(deg > 0, a / deg.clamp(min=1e-300), torch.zeros_like(a))

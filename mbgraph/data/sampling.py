@@ -70,6 +70,15 @@ def sample_negatives(users: Tensor, positives: InteractionSet, num_items: int,
     return neg
 
 
+def _sampled_behaviors(known: List[str], behaviors: Optional[Sequence[str]]) -> List[str]:
+    """``behaviors`` (default all of ``known``), each of which must be known."""
+    out = list(known if behaviors is None else behaviors)
+    unknown = [b for b in out if b not in known]
+    if unknown:
+        raise ValueError(f'cannot sample unknown behaviors {unknown}; the data has {known}')
+    return out
+
+
 def batch_bounds(num_samples: int, batch_size: int, world_size: int = 1) -> List[Tuple[int, int]]:
     """``[start, end)`` of the global batches of an epoch of ``num_samples`` samples.
 
@@ -114,10 +123,7 @@ class BPRSampler:
     def __init__(self, data: HeteroData, behaviors: Optional[Sequence[str]] = None,
                  batch_size: int = 2048, num_samples: Optional[int] = None, seed: int = 0):
         known = behaviors_of(data)
-        self.behaviors: List[str] = list(known if behaviors is None else behaviors)
-        unknown = [b for b in self.behaviors if b not in known]
-        if unknown:
-            raise ValueError(f'cannot sample unknown behaviors {unknown}; the data has {known}')
+        self.behaviors: List[str] = _sampled_behaviors(known, behaviors)
         if batch_size <= 0:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
         self.num_users, self.num_items = num_users_items(data)
@@ -386,10 +392,7 @@ class UserBatchSampler:
                  users_per_epoch: Optional[int] = None, seed: int = 0,
                  unique: Optional[str] = None):
         known = behaviors_of(data)
-        self.behaviors: List[str] = list(known if behaviors is None else behaviors)
-        unknown = [b for b in self.behaviors if b not in known]
-        if unknown:
-            raise ValueError(f'cannot sample unknown behaviors {unknown}; the data has {known}')
+        self.behaviors: List[str] = _sampled_behaviors(known, behaviors)
         if users_per_batch <= 0:
             raise ValueError(f'users_per_batch must be positive, got {users_per_batch}')
         if max_positives <= 0:

@@ -62,3 +62,12 @@ def gather_pairs(emb: BehaviorEmbeddings, k: int, users: Tensor, items: Tensor):
     if items.dim() == 2:
         u = u.unsqueeze(1)
     return u, v
+
+
+def gate_output_order(expert_order: str, k: int, num_behaviors: int) -> List[int]:
+    r"""For each behavior :math:`j`, the gate output of task ``k`` that weighs its expert:
+    ``'behavior'``, output :math:`j` (the papers' indices); ``'own_first'``, output 0 the
+    task's own expert and the other behaviors after it in order (the PKEF / COPF code)."""
+    if expert_order == 'behavior':
+        return list(range(num_behaviors))
+    return [0 if j == k else (j + 1 if j < k else j) for j in range(num_behaviors)]

@@ -165,7 +165,7 @@ from torch import Tensor, nn
 from ...losses import info_nce
 from ..encoders.base import BehaviorEmbeddings
 from ..encoders.pkf import fuse
-from .base import gather_pairs
+from .base import gate_output_order, gather_pairs
 from .shared_bottom import MTLHead, StackedMLP, check_embeddings
 
 EXTRAS_KEY = 'dfme'
@@ -424,9 +424,7 @@ class DFMEHead(MTLHead):
     def gate_outputs(self, k: int) -> List[int]:
         r"""For each behavior :math:`j`, the gate output of task ``k`` that weighs its expert
         (``expert_order``)."""
-        if self.expert_order == 'behavior':
-            return list(range(self.num_behaviors))
-        return [0 if j == k else (j + 1 if j < k else j) for j in range(self.num_behaviors)]
+        return gate_output_order(self.expert_order, k, self.num_behaviors)
 
     def _gate_features(self, x: Tensor) -> Tensor:
         return F.normalize(x, dim=-1) if self.gate_input == 'normalized' else x

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from ...losses import bpr_loss
 from ..encoders.base import BehaviorEmbeddings
-from .base import gather_pairs
+from .base import gate_output_order, gather_pairs
 from .mmoe import mix_experts
 from .shared_bottom import MTLHead, StackedMLP, gather_stacked
 
@@ -210,9 +210,7 @@ class PMEHead(MTLHead):
     def gate_outputs(self, k: int) -> List[int]:
         r"""For each behavior :math:`j`, the gate output of task ``k`` that weighs its expert
         (``expert_order``)."""
-        if self.expert_order == 'behavior':
-            return list(range(self.num_behaviors))
-        return [0 if j == k else (j + 1 if j < k else j) for j in range(self.num_behaviors)]
+        return gate_output_order(self.expert_order, k, self.num_behaviors)
 
     def regularized_parameters(self) -> List[Tensor]:
         """The gate's weight matrix (the code's L2 term covers it with the tables)."""
