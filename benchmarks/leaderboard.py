@@ -126,7 +126,8 @@ def render_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any
              'GPU-scale: hours on a CPU). Protocol: full ranking over all items, the user\'s '
              'training buys (and validation buy) masked, every test user. Cells are mean ± '
              'sample std over the finished seeds; "not run" marks a cell without a finished '
-             'run.', '']
+             'run of the suite\'s current configuration (runs under other settings, such as '
+             'a CPU budget, are in [RESULTS.md](RESULTS.md) with their commands).', '']
     commits = sorted({(r['metrics'].get('environment') or {}).get('git_commit')
                       for r in runs} - {None})
     if commits:
