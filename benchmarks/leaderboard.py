@@ -9,7 +9,7 @@ Every table of the suite is one setting (a dataset and its behaviors). The page 
 * an overview, models x settings, HR@10 / NDCG@10;
 * per setting: HR@10, NDCG@10, HR@20, NDCG@20 (mean ± sample std over the finished seeds),
   the papers' HR@10 / NDCG@10 beside ours, seconds per epoch, epochs to the best validation
-  epoch, peak memory, and a bar chart ``leaderboard_<table id>.png`` next to the page.
+  epoch, peak memory, and a bar chart ``<table id>.png`` next to the page.
 
 Rows are of three kinds, and the page says which question each answers: *trained* (the
 graph models: what they learn from the graph), *training-free* (popularity, the user's own
@@ -265,12 +265,13 @@ def write_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any]
                       path: Path, seeds: Optional[int] = None,
                       command: str = 'python -m benchmarks table leaderboard'
                       ) -> Tuple[str, List[Path]]:
-    """Write the page to ``path`` and ``leaderboard_<table id>.png`` beside it."""
+    """Write the page to ``path`` and one ``<table id>.png`` per table beside it."""
     path = Path(path)
     plots = []
     charts = {}
     for t in tables:
-        png = plot_setting(t, results, path.parent / f'leaderboard_{t.id}.png', seeds)
+        stem = t.id if t.id.startswith('leaderboard') else f'leaderboard_{t.id}'
+        png = plot_setting(t, results, path.parent / f'{stem}.png', seeds)
         if png is not None:
             plots.append(png)
             charts[t.id] = png.name
