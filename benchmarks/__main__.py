@@ -8,6 +8,7 @@ r"""``python -m benchmarks``: run the benchmark suites and render their tables.
     python -m benchmarks run seq --data-root ../shared/data --only dpcpl
     python -m benchmarks run speed --data-root ../shared/data --max-len 1024
     python -m benchmarks table graph                # re-render tables and plots, no training
+    python -m benchmarks table leaderboard          # also docs/LEADERBOARD.md + bar charts
 
 Results go to ``RESULTS/<suite>/`` (default ``results/``): one ``<run id>.json`` per finished
 run, ``tables.md`` (also printed) and ``curves_<table>.png``; the ``speed`` suite adds
@@ -30,6 +31,17 @@ from .tables import write_outputs
 
 def _suite_results(args) -> Path:
     return Path(args.results) / Path(args.suite).name
+
+
+def _leaderboard(args, tables, found) -> None:
+    """The ``leaderboard`` suite also renders docs/LEADERBOARD.md (or ``--docs DIR``) and one
+    bar chart per setting beside it."""
+    if Path(args.suite).name != 'leaderboard':
+        return
+    from .leaderboard import write_leaderboard
+    docs = Path(args.docs) if args.docs else Path(__file__).resolve().parent.parent / 'docs'
+    _, plots = write_leaderboard(tables, found, docs / 'LEADERBOARD.md', seeds=args.seeds)
+    print(f'wrote {docs / "LEADERBOARD.md"}' + ''.join(f', {p}' for p in plots))
 
 
 def cmd_list(args) -> int:
@@ -66,10 +78,12 @@ def cmd_run(args) -> int:
             speed.run_micro(args, results)
     if args.dry_run:
         return 0
-    text, plots = write_outputs(tables, load_results(results), results, Path(args.suite).name,
+    found = load_results(results)
+    text, plots = write_outputs(tables, found, results, Path(args.suite).name,
                                 seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print()
     print(text)
+    _leaderboard(args, tables, found)
     if args.suite == 'speed':
         from . import speed
         print(speed.render(results))
@@ -93,6 +107,7 @@ def cmd_table(args) -> int:
     text, plots = write_outputs(tables, found, results, Path(args.suite).name,
                                 seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print(text)
+    _leaderboard(args, tables, found)
     if args.suite == 'speed':
         from . import speed
         extra = speed.render(results)
@@ -122,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--only', default=None, metavar='PATTERN',
                        help='keep runs whose id, table id, row name or model matches '
                        '(shell pattern; comma-separated; a bare word matches anywhere)')
+        s.add_argument('--docs', default=None, metavar='DIR',
+                       help='leaderboard suite: folder for LEADERBOARD.md and its bar charts '
+                       '(default docs/ of this repository)')
         if training:
             s.add_argument('--data-root', default=None,
                            help='folder holding the datasets (e.g. ../shared/data); datasets '

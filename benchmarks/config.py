@@ -208,6 +208,10 @@ def _graph_option_sets(model: str) -> Tuple[set, Optional[set], Optional[set]]:
                     'mmoe': heads.MMoEHead, 'ple': heads.PLEHead, 'mesi': heads.MESIHead,
                     'pme': heads.PMEHead, 'dfme': heads.DFMEHead}
     key = model.lower()
+    if key.startswith('hybrid:'):        # the hybrid's own options and its base model's
+        from mbgraph.models import HistoryHybrid
+        base_opts, enc_opts, head_opts = _graph_option_sets(key[len('hybrid:'):])
+        return base_opts | (_params(HistoryHybrid.__init__) - {'base'}), enc_opts, head_opts
     if key in MODELS and key not in ('mbcgcn', 'crgcn', 'pkef', 'copf'):
         return _params(MODELS[key]), set(), set()
     enc, head, _ = parse_name(key)

@@ -513,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--model', required=True,
                    help='graph: lightgcn | lightgcn_m | mbcgcn | crgcn | pkef | copf, or '
                    'ENCODER+HEAD (e.g. mbcgcn+dfme); training-free: mostpop | history | '
-                   'cascadingrank; sequence: sasrec | ebm | dpcpl | hmar | pomrec')
+                   'cascadingrank; hybrid:BASE (BASE + learned history biases, e.g. '
+                   'hybrid:pkef); sequence: sasrec | ebm | dpcpl | hmar | pomrec')
     t.add_argument('--dataset', default='synthetic',
                    help='synthetic | taobao | beibei | tmall | retailrocket | sslrec | '
                    'behavior_txt | recbole | ml-latest-small | csv')

@@ -1,0 +1,113 @@
+"""The leaderboard page (benchmarks/leaderboard.py) rendered from fake result JSON files the test
+writes: cells over seeds, "not run", shapes, shortcut shares, the papers' numbers, bar charts."""
+import json
+
+import pytest
+
+from benchmarks.__main__ import main
+from benchmarks.config import expand, load_suite
+from benchmarks.leaderboard import dataset_name, render_leaderboard, row_kind
+
+TAOBAO_SHORTCUTS = {'split': 'test', 'pairs': 15449, 'any': 0.852,
+                    'share': {'pv': 0.819, 'cart': 0.219}}
+
+
+def fake(run, hr, ndcg, seconds=None, best=0, rss=500.0, shortcuts=None, behaviors=None):
+    return {'run_id': run.id, 'config': run.effective(), 'wall_seconds': 1.0,
+            'metrics': {'test': {'hr@10': hr, 'ndcg@10': ndcg, 'hr@20': hr + 0.1,
+                                 'ndcg@20': ndcg + 0.01},
+                        'epoch_seconds': seconds, 'best_epoch': best, 'peak_rss_mb': rss,
+                        'shortcuts': shortcuts,
+                        'config': {'behaviors': behaviors or ['pv', 'cart', 'buy']},
+                        'environment': {'git_commit': 'abc1234'}},
+            'curve': []}
+
+
+def pv_cart_buy():
+    (table,) = [t for t in load_suite('leaderboard') if t.id == 'leaderboard_taobao_pv_cart_buy']
+    return table
+
+
+def some_results(table):
+    """PKEF with two seeds, History with one, the LightGCN hybrid with one; nothing else."""
+    out = {}
+    for row, run in expand(table):
+        if row.name == 'PKEF' and run.seed < 2:
+            out[run.id] = fake(run, 0.10 + 0.02 * run.seed, 0.05 + 0.01 * run.seed,
+                               seconds=20.0 + 2 * run.seed, best=12 + 2 * run.seed,
+                               shortcuts=TAOBAO_SHORTCUTS)
+        elif row.name.startswith('History') and run.seed == 0:
+            out[run.id] = fake(run, 0.2728, 0.1400, shortcuts=TAOBAO_SHORTCUTS)
+        elif row.model == 'hybrid:lightgcn' and run.seed == 0:
+            out[run.id] = fake(run, 0.34, 0.17, seconds=12.0, best=6,
+                               shortcuts=TAOBAO_SHORTCUTS)
+    return out
+
+
+def line_of(text, start):
+    lines = [x for x in text.splitlines() if x.startswith(start)]
+    assert lines, f'no line starting {start!r}'
+    return lines
+
+
+def test_cells_not_run_shapes_shortcuts_and_papers():
+    table = pv_cart_buy()
+    text = render_leaderboard([table], some_results(table))
+    # the dataset by shape, its behaviors and the shortcut shares of its runs
+    assert dataset_name('taobao') == 'Taobao (15,449 x 11,953)'
+    assert 'Taobao (15,449 x 11,953)' in text and 'Tmall' in text
+    (setting,) = line_of(text, '| `leaderboard_taobao_pv_cart_buy`')
+    assert 'pv -> cart -> buy' in setting and '15,449' in setting
+    assert 'pv 81.9%, cart 21.9%; any 85.2%' in setting
+    # PKEF: two of three seeds; mean 0.11 and sample std 0.0141 (by hand: 0.02 / sqrt(2));
+    # seconds 21 ± 1.41, epochs to best 13 ± 1.41; the paper's 0.1385 / 0.0785 beside it
+    detail = [x for x in line_of(text, '| PKEF |') if '| trained |' in x and 'seeds' not in x]
+    row = detail[-1]
+    assert '| 0.1100 ± 0.0141 | 0.0550 ± 0.0071 | 0.2100 ± 0.0141 |' in row
+    assert '| 0.1385 / 0.0785 |' in row and '| 21.00 ± 1.41 | 13 ± 1 |' in row
+    assert row.endswith('| 2 of 3 |')
+    # the training-free row: no epoch to report
+    history = line_of(text, '| History (training-free) |')[-1]
+    assert '0.2728' in history and history.count('no training') == 2
+    # rows without a finished run read "not run", in the overview too
+    copf = line_of(text, '| COPF |')
+    assert all('not run' in x for x in copf)
+    assert '| 0 of 3 |' in copf[-1]
+    # the hybrid is its own kind, and the page says what it answers
+    hybrid = line_of(text, '| Hybrid: LightGCN + history |')
+    assert '| hybrid |' in hybrid[0] and '0.3400 / 0.1700' in hybrid[0]
+    assert 'exploited on purpose' in text
+    assert row_kind('cascadingrank') == 'training-free' and row_kind('copf') == 'trained'
+    assert row_kind('hybrid:pkef') == 'hybrid'
+
+
+def test_nothing_run_renders_every_cell_not_run():
+    table = pv_cart_buy()
+    text = render_leaderboard([table], {})
+    (setting,) = line_of(text, '| `leaderboard_taobao_pv_cart_buy`')
+    assert setting.endswith('| - | not run |')
+    assert 'finished runs' not in text
+
+
+def test_table_command_writes_the_page_and_one_chart_per_setting(tmp_path, capsys):
+    pytest.importorskip('matplotlib')
+    results = tmp_path / 'results' / 'leaderboard'
+    results.mkdir(parents=True)
+    for table in load_suite('leaderboard'):
+        for run_id, obj in some_results(table).items():
+            (results / f'{run_id}.json').write_text(json.dumps(obj))
+    docs = tmp_path / 'docs'
+    assert main(['table', 'leaderboard', '--results', str(tmp_path / 'results'),
+                 '--docs', str(docs)]) == 0
+    page = (docs / 'LEADERBOARD.md').read_text()
+    assert 'wrote ' + str(docs / 'LEADERBOARD.md') in capsys.readouterr().out
+    for tid in ('leaderboard_taobao_pv_cart_buy', 'leaderboard_taobao_cart_buy',
+                'leaderboard_retailrocket'):
+        png = docs / f'{tid}.png'
+        assert png.stat().st_size > 1000 and f']({tid}.png)' in page
+    assert 'RetailRocket (2,174 x 30,113)' in page
+    # another suite writes no leaderboard page
+    other = tmp_path / 'other'
+    assert main(['table', 'quick', '--results', str(tmp_path / 'results'),
+                 '--docs', str(other)]) == 0
+    assert not other.exists()
