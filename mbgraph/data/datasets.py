@@ -458,6 +458,18 @@ def load_mbgmn(directory: PathLike, behaviors: Optional[Sequence[str]] = None,
 # generic interaction log
 # --------------------------------------------------------------------------------------------
 
+def finite_number(value: str, path, line: int, what: str) -> float:
+    """``float(value)``, or a ``ValueError`` naming the file, the line and ``what`` when the
+    field is not a finite number."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f'{path}, line {line}: {what} {value!r} is not a number') from None
+    if not np.isfinite(number):
+        raise ValueError(f'{path}, line {line}: {what} {value!r} is not finite')
+    return number
+
+
 def _sniff_sep(path: Path, encoding: str) -> str:
     suffix = path.suffix.lower()
     if suffix in ('.tsv', '.tab'):
@@ -568,14 +580,7 @@ def read_interaction_log(path: PathLike, behaviors: Optional[Sequence[str]] = No
         items.append(row[ii])
         acts.append(row[ib])
         if it is not None:
-            try:
-                t = float(row[it])
-            except ValueError:
-                raise ValueError(f'{path}, line {line}: timestamp {row[it]!r} is not a '
-                                 'number') from None
-            if not np.isfinite(t):
-                raise ValueError(f'{path}, line {line}: timestamp {row[it]!r} is not finite')
-            times.append(t)
+            times.append(finite_number(row[it], path, line, 'timestamp'))
         lines.append(line)
 
     if not has_header:

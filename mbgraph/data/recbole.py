@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from torch_geometric.data import HeteroData
 
-from .datasets import PathLike, _infer_order, _sorted_ids, graph_from_log
+from .datasets import PathLike, _infer_order, _sorted_ids, finite_number, graph_from_log
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +130,10 @@ def read_recbole_log(path: PathLike, behaviors: Sequence[str] | None = None, *,
         if behavior_field is not None:
             acts.append(row[ib])
         else:
-            try:
-                r = float(row[ib])
-            except ValueError:
-                raise ValueError(f'{path}, line {line}: rating {row[ib]!r} is not a '
-                                 'number') from None
-            if not np.isfinite(r):
-                raise ValueError(f'{path}, line {line}: rating {row[ib]!r} is not finite')
+            r = finite_number(row[ib], path, line, 'rating')
             acts.append('dislike' if r <= low else 'like' if r >= high else 'neutral')
         if it is not None:
-            try:
-                t = float(row[it])
-            except ValueError:
-                raise ValueError(f'{path}, line {line}: timestamp {row[it]!r} is not a '
-                                 'number') from None
-            if not np.isfinite(t):
-                raise ValueError(f'{path}, line {line}: timestamp {row[it]!r} is not finite')
-            times.append(t)
+            times.append(finite_number(row[it], path, line, 'timestamp'))
         users.append(row[iu])
         items.append(row[ii])
     if not users:
