@@ -484,14 +484,16 @@ class Trainer:
         metric, value = self.stop_at
         got = (record.get('val') or record.get('watch') or {}).get(metric)
         if got is not None and got >= value:
-            per_epoch = (self.batches.triples_per_epoch(1)
-                         if hasattr(self.batches, 'triples_per_epoch') else {})
+            count = getattr(self.batches, 'triples_per_epoch', None)
+            # epochs of sampled users draw different counts: add them up epoch by epoch
+            seen = None if count is None else sum(int(sum(count(e).values()))
+                                                  for e in range(1, record['epoch'] + 1))
             self.reached = {'metric': metric, 'target': value, 'value': got,
                             'split': 'val' if 'val' in record else 'test (watched)',
                             'epoch': record['epoch'],
                             'train_seconds': float(sum(self.epoch_seconds)),
                             'eval_seconds': float(sum(self.eval_seconds)),
-                            'triples_seen': int(sum(per_epoch.values())) * record['epoch']}
+                            'triples_seen': seen}
 
     def _fit_training_free(self) -> Dict[str, Any]:
         """Zero epochs: one validation pass (epoch 0) and a best.pt holding the configuration,

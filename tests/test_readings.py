@@ -55,6 +55,17 @@ def cosine(a, b):
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
 
 
+def assert_task_scores(model, batch, scores):
+    """The model's forward scores of every task's (positive, negative) pairs equal the hand
+    computation's ``scores[behavior] = (pos, neg)``."""
+    emb = model.embeddings()
+    for b in BEHAVIORS:
+        users, pos, neg = batch[b]
+        got = model.head(emb, users, torch.stack([pos, neg], 1), b)
+        torch.testing.assert_close(got[:, 0], scores[b][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got[:, 1], scores[b][1], rtol=1e-6, atol=1e-6)
+
+
 def batch_for(data, seed=3):
     """One user batch of the code's sampler (all 4 users); its triples are checked below."""
     return next(iter(UserBatchSampler(data, BEHAVIORS, users_per_batch=4, max_positives=2,
@@ -124,12 +135,7 @@ def test_copf_code_reading_first_step_by_hand():
         model.head.gate.biases[0].normal_()
     batch = batch_for(data)
     scores, bpr, cl, reg = copf_by_hand(model, batch)
-    emb = model.embeddings()
-    for k, b in enumerate(BEHAVIORS):
-        users, pos, neg = batch[b]
-        got = model.head(emb, users, torch.stack([pos, neg], 1), b)
-        torch.testing.assert_close(got[:, 0], scores[b][0], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(got[:, 1], scores[b][1], rtol=1e-6, atol=1e-6)
+    assert_task_scores(model, batch, scores)
     loss, parts = model.loss(batch)
     torch.testing.assert_close(parts['contrastive'], cl.detach(), rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(parts['reg'], reg.detach(), rtol=1e-6, atol=1e-8)
@@ -228,12 +234,7 @@ def test_pkef_code_reading_first_step_by_hand():
     full_batch = {**batch_for(data), 'unique': batch['unique']}
     full_batch.update({b: batch[b] for b in ('cart', 'buy')})
     scores, loss_hand, reg = pkef_by_hand(model, full_batch)
-    emb = model.embeddings()
-    for b in BEHAVIORS:
-        users, pos, neg = full_batch[b]
-        got = model.head(emb, users, torch.stack([pos, neg], 1), b)
-        torch.testing.assert_close(got[:, 0], scores[b][0], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(got[:, 1], scores[b][1], rtol=1e-6, atol=1e-6)
+    assert_task_scores(model, full_batch, scores)
     loss, parts = model.loss(batch)
     torch.testing.assert_close(parts['reg'], reg.detach(), rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(loss, loss_hand + reg, rtol=1e-6, atol=1e-6)

@@ -454,13 +454,20 @@ class UserBatchSampler:
 
     def triples_per_epoch(self, epoch: int = 1) -> Dict[str, int]:
         """Triples per behavior (and unique pair, as ``"k'|k"``) that ``epoch`` draws."""
-        users = self.epoch_users(self.generator(epoch))
-        out = {b: int((self.csr[b][0][users + 1] - self.csr[b][0][users])
-                      .clamp(max=self.max_positives).sum()) for b in self.behaviors}
-        for (kp, k), (indptr, _) in self.unique_csr.items():
-            cap = torch.minimum(indptr[users + 1] - indptr[users],
-                                self.csr[k][0][users + 1] - self.csr[k][0][users])
-            out[f'{kp}|{k}'] = int(cap.clamp(max=self.max_positives).sum())
+        caps = self._caps(self.epoch_users(self.generator(epoch)))
+        return {key if isinstance(key, str) else f'{key[0]}|{key[1]}': int(cap.sum())
+                for key, cap in caps.items()}
+
+    def _caps(self, users: Tensor) -> Dict:
+        """Triples per user of ``users`` for every behavior and unique pair: min(P, the
+        user's positives) (for a pair also at most the user's pairs of its task)."""
+        def degree(indptr: Tensor) -> Tensor:
+            return indptr[users + 1] - indptr[users]
+        out: Dict = {b: degree(self.csr[b][0]).clamp(max=self.max_positives)
+                     for b in self.behaviors}
+        for pair in self.pairs:
+            out[pair] = torch.minimum(degree(self.unique_csr[pair][0]),
+                                      degree(self.csr[pair[1]][0])).clamp(max=self.max_positives)
         return out
 
     def epoch_users(self, generator: torch.Generator) -> Tensor:
@@ -480,17 +487,13 @@ class UserBatchSampler:
         """
         g = self.generator(epoch)
         users = self.epoch_users(g)
+        caps = self._caps(users)
         out = {}
         for b in self.behaviors:
-            indptr, items = self.csr[b]
-            cap = (indptr[users + 1] - indptr[users]).clamp(max=self.max_positives)
-            out[b] = self._sample(users, indptr, items, cap, self.sets[b], g)
+            out[b] = self._sample(users, *self.csr[b], caps[b], self.sets[b], g)
         for pair in self.pairs:
-            indptr, items = self.unique_csr[pair]
-            own = self.csr[pair[1]][0]
-            cap = torch.minimum(indptr[users + 1] - indptr[users],
-                                own[users + 1] - own[users]).clamp(max=self.max_positives)
-            out[pair] = self._sample(users, indptr, items, cap, self.unique_sets[pair], g)
+            out[pair] = self._sample(users, *self.unique_csr[pair], caps[pair],
+                                     self.unique_sets[pair], g)
         return batch_bounds(self.users_per_epoch, self.users_per_batch, world_size), out
 
     def batches(self, epoch: int, rank: int = 0, world_size: int = 1,
