@@ -570,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='replace the run files an earlier run left in OUT')
     t.add_argument('--allow-change', metavar='OPTION,...',
                    help='with --resume: options that may differ from the checkpoint\'s run '
-                        '(e.g. lr,patience); the epoch budget always may')
+                        '(e.g. lr,patience); the epoch budget always may; "unfingerprinted" '
+                        'resumes a checkpoint written by an mbgraph older than run fingerprints')
     t.add_argument('--no-progress', action='store_true', help='no progress bars')
     t.add_argument('--amp', action='store_true',
                    help='mixed precision: torch.autocast with float16 + gradient scaling on '

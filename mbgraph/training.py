@@ -567,7 +567,8 @@ class Trainer:
         :class:`~mbgraph.validation.RunMismatchError` listing the differences when it was
         written by another run (other options, data, seed, batches) -- but for the epoch
         budget and the options named in ``allow_changes`` (a changed ``lr`` then takes
-        effect from the next epoch)."""
+        effect from the next epoch; ``'unfingerprinted'`` accepts a file written before run
+        fingerprints existed, whose options cannot be checked)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f'checkpoint {path} does not exist')
@@ -575,7 +576,13 @@ class Trainer:
         diffs = validation.compare_fingerprints(state.get('fingerprint') or {},
                                                 self.fingerprint(), allow_changes)
         if 'fingerprint' not in state:
-            diffs = ['the checkpoint has no run fingerprint (written by an older mbgraph)']
+            if 'unfingerprinted' in allow_changes:   # the user vouches for the older file
+                log.warning('%s has no run fingerprint (written by an older mbgraph); resumed '
+                            'as asked (--allow-change unfingerprinted), its options unchecked', path)
+                diffs = []
+            else:
+                diffs = ['the checkpoint has no run fingerprint (written by an older mbgraph; '
+                         'resume it anyway with --allow-change unfingerprinted)']
         if diffs:
             raise validation.RunMismatchError(
                 f'{path} belongs to another run (checkpoint -> now: {"; ".join(diffs[:6])}'

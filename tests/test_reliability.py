@@ -371,6 +371,20 @@ def test_resume_with_a_new_epoch_budget_and_a_named_override(tmp_path, capsys):
     assert json.loads((out / 'metrics.json').read_text())['config']['lr'] == 0.01
 
 
+def test_resume_of_a_checkpoint_without_fingerprint_needs_the_users_word(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert run_cli([*TRAIN, '--out', out], capsys)[0] == 0
+    state = torch.load(out / 'checkpoint.pt', weights_only=True)
+    del state['fingerprint'], state['checksum']     # as an mbgraph before fingerprints wrote it
+    torch.save(state, out / 'checkpoint.pt')
+    rc, err = run_cli([*TRAIN, '--out', out, '--epochs', '2', '--resume'], capsys)
+    assert rc == 2 and '--allow-change unfingerprinted' in one_line(err)
+    rc, _ = run_cli([*TRAIN, '--out', out, '--epochs', '2', '--resume',
+                     '--allow-change', 'unfingerprinted'], capsys)
+    assert rc == 0
+    assert [r['epoch'] for r in run_io.read_jsonl(out / 'log.jsonl')] == [1, 2]
+
+
 @pytest.mark.parametrize('model, extra', [
     ('copf', ['--lr-decay', '0.9']), ('mbcgcn', []),
     pytest.param('pkef', [], marks=pytest.mark.slow)])
