@@ -75,6 +75,51 @@ def test_info_nce_positive_index_by_hand(cosine):
         info_nce(a, None, tau, candidates=table)
 
 
+@pytest.mark.parametrize('chunk', [1, 7, 1 << 20])
+def test_fused_softmax_cross_entropy_by_hand_over_chunks(chunk, monkeypatch):
+    """Weighted eq 8 over whole-table candidates, value and both gradients written out from
+    the softmax (grad_logits = w (p - onehot)), when the logits are split into chunks of one
+    row (chunk 1: a row a chunk), of a row and a bit (7 elements, rows of 6) or held whole."""
+    import mbgraph.losses as losses
+    monkeypatch.setattr(losses, 'CHUNK_ELEMENTS', chunk)
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([2, 2, 0, 5, 2])
+    counts = torch.tensor([1.0, 3.0, 2.0, 1.0, 4.0], dtype=torch.float64)
+    w = counts / counts.sum()
+    loss = losses.FusedSoftmaxCrossEntropy.apply(a, c, t, w)
+    ga, gc = torch.autograd.grad(3.0 * loss, (a, c))
+    an, cn = a.detach(), c.detach()
+    value, want_a, want_c = 0.0, torch.zeros_like(an), torch.zeros_like(cn)
+    for i in range(5):
+        z = [float(an[i] @ cn[j]) for j in range(6)]
+        lse = math.log(sum(math.exp(v) for v in z))
+        value += float(w[i]) * (lse - z[int(t[i])])
+        for j in range(6):
+            dz = float(w[i]) * (math.exp(z[j] - lse) - (j == int(t[i])))
+            want_a[i] += 3.0 * dz * cn[j]
+            want_c[j] += 3.0 * dz * an[i]
+    assert loss.item() == pytest.approx(value, rel=1e-12)
+    assert torch.allclose(ga, want_a, atol=1e-12) and torch.allclose(gc, want_c, atol=1e-12)
+    with torch.no_grad():       # evaluation: the value alone, no gradient buffers
+        assert losses.FusedSoftmaxCrossEntropy.apply(a, c, t, w).item() == pytest.approx(value)
+
+
+def test_info_nce_whole_table_stays_float32_under_autocast():
+    a = torch.randn(4, 8, requires_grad=True)
+    table = torch.randn(10, 8, requires_grad=True)
+    ids = torch.tensor([1, 3, 3, 9])
+    want = info_nce(a, None, 0.1, candidates=table, cosine=True, positive_index=ids)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got = info_nce(a.bfloat16(), None, 0.1, candidates=table.bfloat16(), cosine=True,
+                       positive_index=ids)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=2e-2)     # bf16 inputs, fp32 sums
+    got.backward()
+    assert a.grad.dtype == torch.float32 and torch.isfinite(table.grad).all()
+
+
 def test_l2_and_nan_check():
     a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 0.0]])
     assert l2_loss(a, b).item() == pytest.approx((1 + 4 + 9) / 2)
