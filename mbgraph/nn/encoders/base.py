@@ -9,8 +9,9 @@ behavior axis in the data's behavior order. An encoder never samples and never s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+import torch
 from torch import Tensor, nn
 
 
@@ -25,11 +26,16 @@ class BehaviorEmbeddings:
         extras: anything else an encoder or head computed over the whole graph that a head or
             loss term needs (e.g. PKF's parallel stream under ``'parallel'``, DFME's fitting
             experts), keyed by name.
+        nodes: optionally the ``[K, U + I, d]`` tensor of which ``users`` and ``items`` are
+            the two views (users first), when the encoder computed one: a head that needs
+            users and items in one table reads it instead of concatenating them again, and
+            its gradient then reaches the encoder without two zero-filled slice gradients.
     """
     behaviors: List[str]
     users: Tensor
     items: Tensor
     extras: Dict[str, Any] = field(default_factory=dict)
+    nodes: Optional[Tensor] = None
 
     def __post_init__(self):
         k = len(self.behaviors)
@@ -39,6 +45,28 @@ class BehaviorEmbeddings:
         if self.users.size(0) != k or self.items.size(0) != k:
             raise ValueError(f'{k} behaviors {self.behaviors} but embeddings for '
                              f'{self.users.size(0)} (users) and {self.items.size(0)} (items)')
+        if self.nodes is not None and tuple(self.nodes.shape) != (
+                k, self.users.size(1) + self.items.size(1), self.users.size(2)):
+            raise ValueError(f'BehaviorEmbeddings nodes must be [K, U + I, d] = '
+                             f'{[k, self.users.size(1) + self.items.size(1), self.users.size(2)]}'
+                             f', got {list(self.nodes.shape)}')
+
+    def node_table(self) -> Tensor:
+        """``[K, U + I, d]``, users first: :attr:`nodes` when the encoder kept it, otherwise
+        ``users`` and ``items`` concatenated."""
+        if self.nodes is not None:
+            return self.nodes
+        return torch.cat([self.users, self.items], dim=1)
+
+    def replace(self, **changes) -> 'BehaviorEmbeddings':
+        """A copy with the fields in ``changes`` replaced (``nodes`` is dropped when
+        ``users`` or ``items`` change, unless given)."""
+        fields = {'behaviors': self.behaviors, 'users': self.users, 'items': self.items,
+                  'extras': self.extras, 'nodes': self.nodes}
+        if ('users' in changes or 'items' in changes) and 'nodes' not in changes:
+            fields['nodes'] = None
+        fields.update(changes)
+        return BehaviorEmbeddings(**fields)
 
     def index(self, behavior: str) -> int:
         try:

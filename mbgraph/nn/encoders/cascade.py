@@ -158,7 +158,7 @@ class PerBehaviorEncoder(MultiBehaviorEncoder):
         ``[K, I, d]``."""
         x = torch.stack(list(nodes))
         return BehaviorEmbeddings(list(behaviors), x[:, :num_users], x[:, num_users:],
-                                  dict(extras or {}))
+                                  dict(extras or {}), nodes=x)
 
     def _layers_repr(self) -> str:
         return repr(list(self.layers)) if self.layers is not None else repr(self._num_layers_arg)

@@ -165,7 +165,7 @@ from torch import Tensor, nn
 from ...losses import info_nce
 from ..encoders.base import BehaviorEmbeddings
 from ..encoders.pkf import fuse
-from .base import gate_output_order, gather_pairs
+from .base import gate_output_order
 from .shared_bottom import MTLHead, StackedMLP, check_embeddings
 
 EXTRAS_KEY = 'dfme'
@@ -357,52 +357,50 @@ class DFMEHead(MTLHead):
     def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
         """Add the fitted embeddings of every (task, behavior) pair as ``extras['dfme']``."""
         check_embeddings(emb, self.num_behaviors, self.embedding_dim, 'DFMEHead')
-        k = self.num_behaviors
         if self.aggregation != 'gated':   # table 4's schemes read the embeddings as they are
             return emb
         if self.forward_fit:
             fitted = self.fitting_embeddings(emb, adjacency)
         else:  # w/o for. / w/o fit.: task k aggregates the behavior-specific embeddings
-            fitted = (emb.users.unsqueeze(0).expand(k, -1, -1, -1),
-                      emb.items.unsqueeze(0).expand(k, -1, -1, -1))
-        return BehaviorEmbeddings(emb.behaviors, emb.users, emb.items,
-                                  {**emb.extras, EXTRAS_KEY: fitted})
+            fitted = FittedExperts(emb.node_table(), [], {}, emb.users.size(1))
+        return emb.replace(extras={**emb.extras, EXTRAS_KEY: fitted})
 
-    def fitting_embeddings(self, emb: BehaviorEmbeddings, adjacency) -> Tuple[Tensor, Tensor]:
-        r"""Eq 10-11 over the whole graph: ``([K, K, U, d], [K, K, I, d])``, entry
-        ``[k, j]`` (:math:`j \ne k`) the output :math:`\mathbf{e}_{out}^{k,j}` of task
-        :math:`k`'s fitting expert for behavior :math:`j`, entry ``[k, k]`` behavior
-        :math:`k`'s own embeddings. One sparse product per behavior graph and layer: the
-        :math:`K-1` inputs that share a graph are stacked along the feature axis."""
-        num_users = emb.users.size(1)
-        x = torch.cat([emb.users, emb.items], dim=1)                     # [K, N, d]
-        k_all, n, d = x.shape
-        out: Dict[Tuple[int, int], Tensor] = {}
+    def fitting_embeddings(self, emb: BehaviorEmbeddings, adjacency) -> 'FittedExperts':
+        r"""Eq 10-11 over the whole graph: the output :math:`\mathbf{e}_{out}^{k,j}` of task
+        :math:`k`'s fitting expert for behavior :math:`j \ne k` for every pair, behavior
+        :math:`k`'s own embeddings for :math:`j = k` (:class:`FittedExperts`). One sparse
+        product per behavior graph and layer: the :math:`K-1` inputs that share a graph are
+        side by side along the feature axis, and stay there (no ``[K, K, N, d]`` stack)."""
+        x = emb.node_table()                                             # [K, N, d]
+        xs = x.unbind(0)
+        d = x.size(2)
+        bases: List[Tensor] = []
+        where: Dict[Tuple[int, int], Tuple[int, int]] = {}
         for g, behavior in enumerate(emb.behaviors):                     # the graph A_g
-            partners = [p for p in range(k_all) if p != g]
+            partners = [p for p in range(len(xs)) if p != g]
             if not partners:
                 continue
             if self.fit_graph == 'other':   # tasks p fit towards behavior g on A_g (eq 10)
-                h = (self.alpha * x[partners] + self.beta * x[g]) / 2
+                parts = [(self.alpha * xs[p] + self.beta * xs[g]) / 2 for p in partners]
                 keys = [(p, g) for p in partners]
             else:                           # task g fits towards behaviors p on its own A_g
-                h = (self.alpha * x[g] + self.beta * x[partners]) / 2
+                parts = [(self.alpha * xs[g] + self.beta * xs[p]) / 2 for p in partners]
                 keys = [(g, p) for p in partners]
-            h = h.permute(1, 0, 2).reshape(n, len(partners) * d)         # [N, (K-1) d]
+            h = torch.cat(parts, dim=1)                                  # [N, (K-1) d]
             code = self.fit_step == 'code'
             op = adjacency.operator(behavior, norm='left' if code else 'left_plus_identity')
             total, r = h, self.behavior_emb[g]
-            for l in range(self.num_layers):
-                if l > 0:
-                    r = r @ self.layer_weight[l - 1]                     # r^{l} = r^{l-1} W^l
+            for layer in range(self.num_layers):
+                if layer > 0:
+                    r = r @ self.layer_weight[layer - 1]                 # r^{l} = r^{l-1} W^l
                 rh = h * r.repeat(len(partners))
                 h = op @ rh + h if code else op @ rh     # A(E o r) + E  |  (D^-1 A + I)(E o r)
                 total = total + h
-            for key, part in zip(keys, (self.output_scale * total).split(d, dim=1)):
-                out[key] = part
-        full = torch.stack([torch.stack([x[t] if j == t else out[(t, j)]
-                                         for j in range(k_all)]) for t in range(k_all)])
-        return full[:, :, :num_users], full[:, :, num_users:]
+            bases.append(self.output_scale * total)
+            for slot, key in enumerate(keys):
+                where[key] = (len(bases) - 1, slot)
+        assert d == self.embedding_dim
+        return FittedExperts(x, bases, where, emb.users.size(1))
 
     def _fitted(self, emb: BehaviorEmbeddings) -> Tuple[Tensor, Tensor]:
         if EXTRAS_KEY not in emb.extras:
@@ -445,12 +443,15 @@ class DFMEHead(MTLHead):
         k = self._index(emb, behavior)
         if self.aggregation != 'gated':
             return self._forward_fused(emb, users, items, k)
-        fit_u, fit_v = self._fitted(emb)
-        u, v = fit_u[k][:, users], fit_v[k][:, items]                    # [K, B, d], [K, B, (C), d]
+        fitted = self._fitted(emb)
+        num_pairs = users.size(0)
+        rows = torch.cat([users, items.reshape(-1) + fitted.num_users])   # one gather per table
+        g = fitted.gather(k, rows)                                       # [K, B + B (C), d]
+        u, v = g[:, :num_pairs], g[:, num_pairs:].reshape(g.size(0), *items.shape, g.size(2))
         if items.dim() == 2:
             u = u.unsqueeze(2)
         experts = u * v                                                  # eq 9 (j = k), eq 12
-        gate = self.gate_weights(*gather_pairs(emb, k, users, items), k)  # [B, (C), K]
+        gate = self.gate_weights(u[k], v[k], k)        # expert (k, k) = e^k: [B, (C), K]
         terms = gate.movedim(-1, 0).unsqueeze(-1) * experts              # o^k(j), eq 14
         stop = self.stop_gradient_mask(k)
         if any(stop):
@@ -465,7 +466,7 @@ class DFMEHead(MTLHead):
         k = self._index(emb, behavior)
         if self.aggregation != 'gated':
             return self._score_all_fused(emb, users, k)
-        fit_u, fit_v = self._fitted(emb)
+        fit_u, fit_v = self._fitted(emb).tables(k)                       # [K, U, d], [K, I, d]
         d = self.embedding_dim
         width = d if self.tower == 'mean' else 1
         grp = k if self.gate_per_task else 0
@@ -473,7 +474,7 @@ class DFMEHead(MTLHead):
         if self.expert_order != 'behavior':                    # columns in behavior order
             order = self.gate_outputs(k)
             weight, bias = weight[:, order], bias[order]
-        u = fit_u[k][:, users]                                               # [K, B, d]
+        u = fit_u[:, users]                                                  # [K, B, d]
         # everything in a [K, B, C] layout: contiguous, the softmax over the behavior axis
         user_logits = (self._gate_features(emb.users[k][users]) @ weight[:d]
                        + bias).t().unsqueeze(2)                              # [K, B, 1]
@@ -481,7 +482,7 @@ class DFMEHead(MTLHead):
         scale = self.score_scale / width
         out = []
         for start in range(0, emb.items.size(1), self.chunk_size):
-            v = fit_v[k][:, start:start + self.chunk_size]                   # [K, C, d]
+            v = fit_v[:, start:start + self.chunk_size]                      # [K, C, d]
             dots = torch.bmm(u, v.transpose(1, 2))                           # [K, B, C]
             gate = torch.softmax(user_logits + item_logits[:, start:start + self.chunk_size]
                                  .unsqueeze(1), dim=0)                       # [K, B, C]
@@ -578,12 +579,13 @@ class DFMEHead(MTLHead):
         target = self.num_behaviors - 1
         total = emb.users.new_zeros(())
         num_users = emb.users.size(1)
+        tables_u, tables_v = emb.users.unbind(0), emb.items.unbind(0)   # no select gradients
         for k in range(target):
-            for table, ids, counts in ((emb.users, users, user_counts),
-                                       (emb.items, items, item_counts)):
+            for table, ids, counts in ((tables_u, users, user_counts),
+                                       (tables_v, items, item_counts)):
                 if ids.numel() == 0:
                     continue
-                weight = None if counts is None else counts.to(table.dtype)
+                weight = None if counts is None else counts.to(table[k].dtype)
                 if self.negatives == 'all':   # the positives are rows ids of the candidates
                     term = info_nce(table[target][ids], None, self.tau, candidates=table[k],
                                     cosine=self.cosine, positive_index=ids, weight=weight)
@@ -592,7 +594,7 @@ class DFMEHead(MTLHead):
                                     cosine=self.cosine, weight=weight)
                 n = ids.numel() if counts is None else float(counts.sum())
                 if self.cl_norm == 'total':  # sum over the anchors / |U| (|V|)
-                    term = term * (n / table.size(1))
+                    term = term * (n / table[k].size(0))
                 elif self.cl_norm == 'users':  # the code: both sums / |U|
                     term = term * (n / num_users)
                 total = total + term
@@ -637,3 +639,65 @@ class DFMEHead(MTLHead):
                 f'expert_order={self.expert_order!r}, aggregation={self.aggregation!r}, '
                 f'fit_step={self.fit_step!r}, tower={self.tower!r}, '
                 f'cl_anchors={self.cl_anchors!r}')
+
+
+class FittedExperts:
+    r"""The experts :math:`\mathbf{e}^{k,j}` of every task :math:`k` (eq 10-12) as DFME
+    computed them: behavior :math:`j`'s own embeddings for :math:`j = k` (rows of
+    ``nodes``), the fitting outputs for :math:`j \ne k` as column blocks of the per-graph
+    outputs ``bases`` (``where[(k, j)] = (base, block)``), users first in every table.
+
+    :meth:`gather` reads only the rows a batch needs, one gather per table (its gradient is
+    one zero-filled table each, not a ``[K, K, N, d]`` stack); :meth:`tables` builds a task's
+    full ``[K, U, d]`` / ``[K, I, d]`` tables (evaluation), and iterating yields the
+    ``([K, K, U, d], [K, K, I, d])`` pair of every task.
+    """
+
+    def __init__(self, nodes: Tensor, bases: List[Tensor],
+                 where: Dict[Tuple[int, int], Tuple[int, int]], num_users: int):
+        self.nodes, self.bases, self.where = nodes, bases, where
+        self.num_users = int(num_users)
+        self.num_behaviors, _, self.dim = nodes.shape
+        self._tables: Dict[int, Tuple[Tensor, Tensor]] = {}
+
+    def _source(self, k: int, j: int) -> Optional[Tuple[int, int]]:
+        return None if j == k else self.where.get((k, j))
+
+    def expert(self, k: int, j: int) -> Tensor:
+        r"""``[U + I, d]`` expert :math:`\mathbf{e}^{k,j}` of every node."""
+        src = self._source(k, j)
+        if src is None:
+            return self.nodes[j]
+        base, block = src
+        return self.bases[base][:, block * self.dim:(block + 1) * self.dim]
+
+    def gather(self, k: int, rows: Tensor) -> Tensor:
+        """``[K, R, d]``: task ``k``'s experts, behavior order, at node ``rows`` (users
+        first: an item's row is ``U + item``)."""
+        own = None
+        gathered: Dict[int, Tensor] = {}
+        out = []
+        for j in range(self.num_behaviors):
+            src = self._source(k, j)
+            if src is None:
+                if own is None:
+                    own = self.nodes[:, rows]                            # [K, R, d]
+                out.append(own[j])
+            else:
+                base, block = src
+                if base not in gathered:
+                    gathered[base] = self.bases[base].index_select(0, rows)
+                out.append(gathered[base][:, block * self.dim:(block + 1) * self.dim])
+        return torch.stack(out)
+
+    def tables(self, k: int) -> Tuple[Tensor, Tensor]:
+        """Task ``k``'s experts for every user and item: ``([K, U, d], [K, I, d])``."""
+        if k not in self._tables:
+            full = torch.stack([self.expert(k, j) for j in range(self.num_behaviors)])
+            self._tables[k] = full[:, :self.num_users], full[:, self.num_users:]
+        return self._tables[k]
+
+    def __iter__(self):
+        per_task = [self.tables(k) for k in range(self.num_behaviors)]
+        yield torch.stack([t[0] for t in per_task])
+        yield torch.stack([t[1] for t in per_task])
