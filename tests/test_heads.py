@@ -691,6 +691,28 @@ def test_score_all_equals_forward(tiny, name):
                               rtol=1e-5, atol=1e-6)
 
 
+def test_dfme_score_all_when_gate_weights_underflow(tiny):
+    """Gate logits hundreds apart: e^{a_j} e^{b_j} underflows for every j of some pairs, so
+    the factorised product cannot divide; score_all falls back to the pairwise softmax and
+    still equals the forward pass."""
+    head = DFMEHead(3, 3, gate_init='xavier')
+    set_params(head, seed=14, scale=0.3)
+    with torch.no_grad():
+        for w in head.gate.weights:
+            w.mul_(4000.0)
+    emb = head.precompute(random_emb(seed=15), BehaviorAdjacency(tiny))
+    users = torch.tensor([2, 0, 1, 0])
+    user_part = emb.users[2][users] @ head.gate.weights[0][0][:3]
+    item_part = emb.items[2] @ head.gate.weights[0][0][3:]
+    ea = (user_part - user_part.amax(1, keepdim=True)).exp()
+    eb = (item_part - item_part.amax(1, keepdim=True)).exp()
+    assert ((ea @ eb.t()) < 1e-19).any()                 # the fallback is what this tests
+    full = head.score_all(emb, users, 'buy')
+    assert torch.isfinite(full).all()
+    pairwise = head(emb, users, torch.arange(4).expand(4, -1), 'buy')
+    assert torch.allclose(full, pairwise, rtol=1e-5, atol=1e-6)
+
+
 def test_head_errors_name_the_problem():
     emb = random_emb(dim=3)
     with pytest.raises(ValueError, match=r'built for 3 behaviors of dimension 4'):

@@ -462,7 +462,11 @@ class DFMEHead(MTLHead):
     def score_all(self, emb: BehaviorEmbeddings, users: Tensor, behavior: str) -> Tensor:
         r"""``[B, I]`` by matrix products: :math:`\hat o^k_{uv} = \frac{1}{d} \sum_j g^k_j\,
         \mathbf{e}_{u}^{k,j} \cdot \mathbf{e}_{v}^{k,j}`, the gate logits being a user part
-        plus an item part."""
+        plus an item part :math:`a_j(u) + b_j(v)`, so that :math:`\hat o^k_{uv} =
+        \frac{1}{d} \sum_j (e^{a_j(u)} \mathbf{e}_u^{k,j}) \cdot (e^{b_j(v)}
+        \mathbf{e}_v^{k,j}) / \sum_j e^{a_j(u)} e^{b_j(v)}`: two matrix products and a
+        division, no ``[K, B, I]`` tensor (the pairwise softmax only where the weights
+        underflow)."""
         k = self._index(emb, behavior)
         if self.aggregation != 'gated':
             return self._score_all_fused(emb, users, k)
@@ -475,11 +479,22 @@ class DFMEHead(MTLHead):
             order = self.gate_outputs(k)
             weight, bias = weight[:, order], bias[order]
         u = fit_u[:, users]                                                  # [K, B, d]
-        # everything in a [K, B, C] layout: contiguous, the softmax over the behavior axis
-        user_logits = (self._gate_features(emb.users[k][users]) @ weight[:d]
-                       + bias).t().unsqueeze(2)                              # [K, B, 1]
-        item_logits = (self._gate_features(emb.items[k]) @ weight[d:]).t()   # [K, I]
         scale = self.score_scale / width
+        user_logits = self._gate_features(emb.users[k][users]) @ weight[:d] + bias   # [B, K]
+        item_logits = self._gate_features(emb.items[k]) @ weight[d:]                # [I, K]
+        # softmax_j(a_j(u) + b_j(v)) = e^{a_j} e^{b_j} / sum_l e^{a_l} e^{b_l}, so the gated
+        # sum is one product of [B, K d] by [K d, I] over one of [B, K] by [K, I] (each side
+        # shifted by its own max over j, which the softmax ignores)
+        ea = (user_logits - user_logits.amax(1, keepdim=True)).exp()        # [B, K], max 1
+        eb = (item_logits - item_logits.amax(1, keepdim=True)).exp()        # [I, K], max 1
+        num_b, num_k = ea.shape
+        uw = (u * ea.t().unsqueeze(2)).transpose(0, 1).reshape(num_b, num_k * d)
+        vw = (fit_v * eb.t().unsqueeze(2)).transpose(0, 1).reshape(-1, num_k * d)
+        den = ea @ eb.t()                                                   # [B, I]
+        if bool((den > torch.finfo(den.dtype).tiny ** 0.5).all()):
+            return (uw @ vw.t()).div_(den).mul_(scale)
+        # gate logits so far apart that a pair's weights underflow: the softmax pair by pair
+        user_logits, item_logits = user_logits.t().unsqueeze(2), item_logits.t()
         out = []
         for start in range(0, emb.items.size(1), self.chunk_size):
             v = fit_v[:, start:start + self.chunk_size]                      # [K, C, d]
