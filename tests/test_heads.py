@@ -659,6 +659,9 @@ HEADS = {
     'pme_code': lambda d, k: PMEHead(d, k, projection='factorized', gate_input='expert',
                                      tower='linear', gate_per_task=True, proj_scale=0.01,
                                      score_scale=300.0),
+    'pme_code_concat': lambda d, k: PMEHead(d, k, projection='factorized', gate_input='concat',
+                                            gate_per_task=True, proj_scale=0.01,
+                                            expert_order='own_first', score_scale=300.0),
     'dfme': lambda d, k: DFMEHead(d, k),
     'dfme_code': lambda d, k: DFMEHead(d, k, fit_graph='task', output_scale=0.1, cosine=True,
                                        gate_per_task=True, score_scale=300.0),
@@ -711,6 +714,23 @@ def test_dfme_score_all_when_gate_weights_underflow(tiny):
     assert torch.isfinite(full).all()
     pairwise = head(emb, users, torch.arange(4).expand(4, -1), 'buy')
     assert torch.allclose(full, pairwise, rtol=1e-5, atol=1e-6)
+
+
+def test_pme_factorised_score_all_when_gate_weights_underflow(tiny):
+    """PME with the code's factorised projection and concatenated gate input: score_all's
+    two-product shortcut must give way to the pairwise softmax when the gate's weights
+    underflow, and still equal the forward pass."""
+    head = HEADS['pme_code_concat'](3, 3)
+    set_params(head, seed=14, scale=0.3)
+    with torch.no_grad():
+        for w in head.gate.weights:
+            w.mul_(4000.0)
+    emb = random_emb(seed=15)
+    users = torch.tensor([2, 0, 1, 0])
+    full = head.score_all(emb, users, 'buy')
+    assert torch.isfinite(full).all()
+    pairwise = head(emb, users, torch.arange(4).expand(4, -1), 'buy')
+    assert torch.allclose(full, pairwise, rtol=1e-5, atol=1e-4)
 
 
 def test_head_errors_name_the_problem():

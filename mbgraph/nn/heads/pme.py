@@ -246,30 +246,48 @@ class PMEHead(MTLHead):
         s, eps = self.proj_scale, self.eps
         w = self.tower_weight[k] if self.tower_weight is not None else 1.0
         own = (zu[k] * w) @ zv[k].t()                                        # h^k(q^k)
+        coef = cu = cv = None
         if self.projection == 'pair':
             dots = torch.bmm(zu * zu[k], (zv * zv[k]).transpose(1, 2))       # q^j . q^k
             coef = s * dots / (dots[k] + eps)                                # dots[k] = |q^k|^2
-        else:
-            cu = (zu * zu[k]).sum(-1) / ((zu[k] * zu[k]).sum(-1) + eps)      # [K, B]
+            coef[k] = 1.0                                                    # a_k = 1
+        else:   # factorised: a_j = s^2 c_j(u) c_j(v), applied to the gate below, in place
+            cu = (s * s) * (zu * zu[k]).sum(-1) / ((zu[k] * zu[k]).sum(-1) + eps)   # [K, B]
             cv = (zv * zv[k]).sum(-1) / ((zv[k] * zv[k]).sum(-1) + eps)      # [K, C]
-            coef = (s * s) * cu.unsqueeze(2) * cv.unsqueeze(1)
-        mask = (torch.arange(coef.size(0), device=coef.device) == k).view(-1, 1, 1)
-        coef = torch.where(mask, torch.ones_like(coef), coef)                # a_k = 1
         grp = k if self.gate_per_task else 0
         weight, bias = self.gate.weights[0][grp], self.gate.biases[0][grp]  # [in, K], [K]
         if self.expert_order != 'behavior':                    # columns in behavior order
             order = self.gate_outputs(k)
             weight, bias = weight[:, order], bias[order]
         d = zu.size(-1)
+        if self.gate_input == 'concat' and coef is None:
+            # logits a_j(u) + b_j(v) and a_j = c_j(u) c_j(v): sum_j softmax_j a_j factorises
+            # into [B, K] @ [K, C] over [B, K] @ [K, C] (each side shifted by its max over j)
+            a = zu[k] @ weight[:d] + bias                                    # [B, K]
+            b = zv[k] @ weight[d:]                                           # [C, K]
+            ea = (a - a.amax(1, keepdim=True)).exp()
+            eb = (b - b.amax(1, keepdim=True)).exp()
+            den = ea @ eb.t()
+            if bool((den > torch.finfo(den.dtype).tiny ** 0.5).all()):
+                cu, cv = cu.clone(), cv.clone()
+                cu[k], cv[k] = 1.0, 1.0                                      # a_k = 1
+                num = (ea * cu.t()) @ (eb * cv.t()).t()
+                return num.div_(den).mul_(own).mul_(self.score_scale)
         # a [K, B, C] layout, the softmax over the behavior axis: contiguous throughout
         if self.gate_input == 'concat':
             logits = ((zu[k] @ weight[:d] + bias).t().unsqueeze(2)
                       + (zv[k] @ weight[d:]).t().unsqueeze(1))
-        else:  # logits[j, b, c] = sum_d zu[b, d] zv[c, d] W[d, j]
-            logits = torch.einsum('bdj,cd->jbc', zu[k].unsqueeze(-1) * weight, zv[k]) \
-                + bias.view(-1, 1, 1)
+        else:  # logits[j, b, c] = sum_d zu[b, d] W[d, j] zv[c, d]: one [K B, d] @ [d, C]
+            left = (weight.t().unsqueeze(1) * zu[k]).reshape(-1, d)          # [K B, d]
+            logits = (left @ zv[k].t()).view(-1, zu.size(1), zv.size(1)).add_(bias.view(-1, 1, 1))
         gate = logits.softmax(dim=0)                                         # [K, B, C]
-        return gate.mul_(coef).sum(0).mul_(own).mul_(self.score_scale)
+        if coef is not None:
+            gate.mul_(coef)
+        else:
+            for j in range(gate.size(0)):
+                if j != k:
+                    gate[j].mul_(cu[j].unsqueeze(1)).mul_(cv[j].unsqueeze(0))
+        return gate.sum(0).mul_(own).mul_(self.score_scale)
 
     # ------------------------------------------------------------------ eq 18, 20
     def unique_scores(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
