@@ -58,7 +58,7 @@ HYPER_FLAGS: Dict[str, str] = {
     'eval_every': '--eval-every', 'ks': '--ks', 'behaviors': '--behaviors',
     'max_len': '--max-len', 'negatives': '--negatives', 'stage': '--stage',
     'data_path': '--data-root', 'reading': '--reading', 'protocol': '--protocol',
-    'lr_decay_steps': '--lr-decay-steps',
+    'lr_decay_steps': '--lr-decay-steps', 'stop_at': '--stop-at',
 }
 TABLE_KEYS = {'id', 'title', 'paper', 'datasets', 'columns', 'seeds', 'note'}
 ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper'}

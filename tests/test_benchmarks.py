@@ -433,3 +433,16 @@ def test_the_leaderboard_has_every_graph_model_and_baseline_on_three_settings():
         'cart,buy'
     assert tables['leaderboard_taobao_pv_cart_buy'].dataset_hyper['taobao']['behaviors'] == \
         'pv,cart,buy'
+
+
+def test_time_to_accuracy_rows_stop_at_their_targets(tmp_path):
+    """The speed suite's time-to-accuracy table asks each run to stop at its target on the
+    validation split, and its columns read metrics.json's time_to_target."""
+    table = [t for t in load_suite('speed') if t.id == 'speed_time_to_accuracy'][0]
+    commands = {row.name: run.command('DATA', tmp_path) for row, run in expand(table)}
+    assert len(commands) == 2
+    for name, cmd in commands.items():
+        target = name.split('target ')[1].rstrip(')')
+        assert cmd[cmd.index('--stop-at') + 1] == f'hr@10={target}'
+        assert cmd[cmd.index('--protocol') + 1] == 'validation'
+    assert all(c.startswith('time_to_target.') for c in table.columns)
