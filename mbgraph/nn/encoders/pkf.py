@@ -202,9 +202,9 @@ class PKFEncoder(PerBehaviorEncoder):
             op = adjacency.operator(b, norm=self.norm)
             zs, ps = [z0], [ego]
             for _ in range(layers[k]):
-                # both streams through one sparse product: A_k [z | p]
-                e = op @ torch.cat([zs[-1], ps[-1]], dim=1)
-                e_cas, e_par = e[:, :d], e[:, d:]
+                # one sparse product per stream: measured faster than A_k [z | p] with its
+                # concatenation and the two zero-filled slice gradients
+                e_cas, e_par = op @ zs[-1], op @ ps[-1]
                 z = e_cas + zs[-1]                        # eq 9
                 p = e_par + ps[-1]                        # eq 11
                 fused = self.fuse(e_cas, p if self.parallel_input == 'next_layer' else e_par,

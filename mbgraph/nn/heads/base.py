@@ -57,8 +57,14 @@ class MultiTaskHead(nn.Module):
 def gather_pairs(emb: BehaviorEmbeddings, k: int, users: Tensor, items: Tensor):
     """User and item embeddings of behavior index ``k`` for pairs: ``items`` ``[B]`` gives
     ``([B, d], [B, d])``, ``[B, C]`` gives ``([B, 1, d], [B, C, d])`` (broadcastable)."""
-    u = emb.users[k][users]
-    v = emb.items[k][items]
+    if emb.nodes is not None:   # one gather from the node table: one zero-filled gradient
+        nodes = emb.nodes
+        rows = torch.cat([users, items.reshape(-1) + emb.users.size(1)]) + k * nodes.size(1)
+        g = nodes.reshape(-1, nodes.size(2))[rows]
+        u, v = g[:users.numel()], g[users.numel():].view(*items.shape, nodes.size(2))
+    else:
+        u = emb.users[k][users]
+        v = emb.items[k][items]
     if items.dim() == 2:
         u = u.unsqueeze(1)
     return u, v

@@ -209,8 +209,14 @@ def gather_stacked(emb: BehaviorEmbeddings, users: Tensor, items: Tensor) -> Tup
     if items.dim() not in (1, 2) or items.size(0) != users.numel() or users.dim() != 1:
         raise ValueError(f'expected users [B] and items [B] or [B, C], got users '
                          f'{tuple(users.shape)} and items {tuple(items.shape)}')
-    u = emb.users[:, users]
-    v = emb.items[:, items]
+    if emb.nodes is not None:   # one gather from the node table: one zero-filled gradient
+        rows = torch.cat([users, items.reshape(-1) + emb.users.size(1)])
+        g = emb.nodes[:, rows]
+        u = g[:, :users.numel()]
+        v = g[:, users.numel():].reshape(g.size(0), *items.shape, g.size(2))
+    else:
+        u = emb.users[:, users]
+        v = emb.items[:, items]
     if items.dim() == 2:
         u = u.unsqueeze(2)
     return u, v
