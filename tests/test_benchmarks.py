@@ -446,3 +446,17 @@ def test_time_to_accuracy_rows_stop_at_their_targets(tmp_path):
         assert cmd[cmd.index('--stop-at') + 1] == f'hr@10={target}'
         assert cmd[cmd.index('--protocol') + 1] == 'validation'
     assert all(c.startswith('time_to_target.') for c in table.columns)
+
+
+def test_cpu_steps_prints_one_row_per_model(capsys):
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / 'benchmarks' / 'cpu_steps.py'
+    spec = importlib.util.spec_from_file_location('cpu_steps', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(['--dataset', 'synthetic', '--behaviors', 'view,cart,buy', '--models',
+              'copf,lightgcn', '--steps', '1', '--eval'])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r['model'] for r in rows] == ['copf', 'lightgcn']
+    assert all(r['step_cpu_seconds'] > 0 and r['eval_cpu_seconds'] > 0 for r in rows)
+    assert all(0 <= r['eval_hr@10'] <= 1 for r in rows)

@@ -1,0 +1,83 @@
+"""CPU seconds of one training step and of one full-ranking pass, for comparing two trees.
+
+On a shared machine wall-clock seconds measure the scheduler as much as the code; the process
+time of a single-threaded run measures the code (memory-bandwidth contention from the other
+jobs still shows, so compare runs interleaved, on the same day, and report the load average).
+Runs as a file so that ``mbgraph`` is imported from wherever ``PYTHONPATH`` points::
+
+    PYTHONPATH=/path/to/old/tree python benchmarks/cpu_steps.py --data-root ../shared/data \\
+        --behaviors cart,buy --models copf --eval
+    PYTHONPATH=. python benchmarks/cpu_steps.py --data-root ../shared/data \\
+        --behaviors cart,buy --models copf --eval
+
+Each model: ``--steps`` training steps (loss, backward, Adam) on the first batches of its
+default reading's sampler, the median after two warm-up steps; with ``--eval``, three
+full-ranking passes over the test users (random weights), the median of the last two.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--data-root', default=None, help='folder of the datasets (not for synthetic)')
+    p.add_argument('--dataset', default='taobao')
+    p.add_argument('--behaviors', default='cart,buy')
+    p.add_argument('--models', default='copf', help='comma-separated model names')
+    p.add_argument('--steps', type=int, default=4)
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--eval', action='store_true', help='also time full-ranking passes')
+    args = p.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    import mbgraph
+    from mbgraph.data.datasets import load_dataset
+    from mbgraph.evaluation import FullRankingEvaluator
+    from mbgraph.models import build_model
+    from mbgraph.runtime import keep_freed_memory
+    keep_freed_memory()
+    data = load_dataset(args.dataset, args.data_root, behaviors=args.behaviors.split(','))
+    for name in args.models.split(','):
+        torch.manual_seed(0)
+        model = build_model(name, data)
+        sampler = model.batch_source(data, seed=0)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        it = iter(sampler.batches(1))
+        times, loss = [], None
+        for _ in range(2 + args.steps):
+            batch = next(it)
+            t0 = time.process_time()
+            loss, _ = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.process_time() - t0)
+        step = statistics.median(times[2:])
+        triples = int(sum(sampler.triples_per_epoch(1).values()))
+        row = {'tree': os.path.dirname(os.path.dirname(os.path.abspath(mbgraph.__file__))),
+               'model': name, 'behaviors': args.behaviors, 'threads': args.threads,
+               'step_cpu_seconds': round(step, 4),
+               'cpu_seconds_per_million_triples': round(step * sampler.num_batches()
+                                                        / triples * 1e6, 1),
+               'loss_after_steps': round(float(loss.detach()), 6)}
+        if args.eval:
+            ev = FullRankingEvaluator(data, 'test', ks=[10])
+            passes = []
+            for _ in range(3):
+                t0 = time.process_time()
+                metrics = ev.evaluate(model, torch.device('cpu'))
+                passes.append(time.process_time() - t0)
+            row['eval_cpu_seconds'] = round(statistics.median(passes[1:]), 3)
+            row['eval_hr@10'] = round(float(metrics['hr@10']), 6)
+        row['load_average'] = round(os.getloadavg()[0], 1)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == '__main__':
+    main()
