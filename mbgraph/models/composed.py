@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from ..distributed import rank_and_world_size
 from ..losses import bpr_loss, l2_loss
 from ..nn.encoders.base import BehaviorEmbeddings, MultiBehaviorEncoder
 from ..nn.heads.base import MultiTaskHead
@@ -146,8 +147,12 @@ class MultiBehaviorModel(GraphRecommender):
         if self.reg_scope == 'batch':
             if not used:
                 return self.user_emb.weight.new_zeros(())
-            return l2_loss(*used, *self.encoder.regularized_parameters(),
-                           batch_size=used[0].size(0))
+            term = l2_loss(*used, batch_size=used[0].size(0))
+            extra = self.encoder.regularized_parameters()
+            if extra:   # whole parameters, over the global batch (one rank holds 1/world)
+                world = rank_and_world_size()[1]
+                term = term + l2_loss(*extra, batch_size=used[0].size(0) * world)
+            return term
         if self.reg_scope == 'norms':
             return (self.user_emb.weight.norm() + self.item_emb.weight.norm()) / \
                 (self.num_items + 1)
