@@ -526,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "reading's, e.g. 200 for copf)")
     t.add_argument('--batch-size', type=int, default=None,
                    help='graph models: BPR triples per behavior and step (default 2048), or '
-                        "users per step for the 'code' readings of pkef/copf (default 256); "
+                        "users per step for the 'code' readings (pkef/copf 256, mbcgcn "
+                        '2048, crgcn 1024); '
                         'sequence models: sequences per step (default 256); over all ranks '
                         'under torchrun')
     t.add_argument('--lr', type=float, default=None,
@@ -538,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='decay every this many steps (a staircase) instead of every epoch')
     t.add_argument('--reading', default=None,
                    help="pkef, copf: 'code' (the authors' code, default) or 'paper' (the "
-                   'equations); see mbgraph.models.readings')
+                   "equations); mbcgcn, crgcn: 'code' (default) or 'mbgraph' (the project's "
+                   'earlier reading); see mbgraph.models.readings')
     t.add_argument('--protocol', default='validation', choices=sorted(PROTOCOLS),
                    help="'validation': early stopping on a held-out target interaction per "
                    "user; 'paper': every training interaction trains, fixed epochs, the last "

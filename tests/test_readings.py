@@ -370,3 +370,182 @@ def test_paper_reading_gate_keeps_its_own_expert():
     own = own.detach()
     assert float(own.mean()) > 0.2 and float((own < 1e-3).float().mean()) < 0.1
     assert math.isfinite(float(own.mean()))
+
+
+# --------------------------------------------------------------------------------- MB-CGCN
+def symmetric_adjacency(r):
+    """MB-CGCN's ``pre`` matrix (load_data.py ``get_adj_mat``) and CRGCN's ``gcn_norm``
+    without self-loops: D^-1/2 A D^-1/2 of [[0, R], [R^T, 0]], isolated nodes zero."""
+    a = torch.zeros(U + NI, U + NI, dtype=torch.float64)
+    a[:U, U:], a[U:, :U] = r, r.t()
+    deg = a.sum(1)
+    d = torch.where(deg > 0, deg.clamp(min=1e-300).pow(-0.5), torch.zeros_like(deg))
+    return d[:, None] * a * d[None, :]
+
+
+def mbcgcn_by_hand(model, batch):
+    """Scores and loss of one step as MBCGCN.py computes them: three LightGCN blocks (view 1
+    layer, cart 5, buy 3; mean over the layers, input included), the view and cart outputs
+    times W_u / W_i feed the next block, the prediction sums the three blocks' outputs; BPR
+    on buy only, ``mean(softplus(-(pos - neg)))``; L2 ``decay * (l2_loss(u_pre) +
+    l2_loss(pos_pre) + l2_loss(neg_pre) + l2_loss(W_u1) + l2_loss(W_u2) + l2_loss(W_i1) +
+    l2_loss(W_i2)) / batch_size`` with ``l2_loss(x) = sum(x ** 2) / 2`` and ``*_pre`` the
+    first block's input tables (user_embedding3 / item_embedding3)."""
+    eu, ei = model.user_emb.weight.double(), model.item_emb.weight.double()
+    w = model.encoder.weight.double()                       # [2 transitions, (u, i), d, d]
+    outs, x = [], torch.cat([eu, ei])
+    for k, (b, layers) in enumerate(zip(BEHAVIORS, (1, 5, 3))):
+        a = symmetric_adjacency(dense(EDGES[b]))
+        hs = [x]
+        for _ in range(layers):
+            hs.append(a @ hs[-1])
+        out = torch.stack(hs, 1).mean(1)
+        outs.append(out)
+        if k < 2:
+            x = torch.cat([out[:U] @ w[k, 0], out[U:] @ w[k, 1]])
+    final = outs[0] + outs[1] + outs[2]
+    users, pos, neg = batch['buy']
+    u, p, n = final[:U][users], final[U:][pos], final[U:][neg]
+    pos_s, neg_s = (u * p).sum(-1), (u * n).sum(-1)
+    mf = torch.log1p(torch.exp(-(pos_s - neg_s))).mean()
+    l2 = lambda t: (t ** 2).sum() / 2                       # noqa: E731  tf.nn.l2_loss
+    reg = (l2(eu[users]) + l2(ei[pos]) + l2(ei[neg]) + l2(w[0, 0]) + l2(w[1, 0])
+           + l2(w[0, 1]) + l2(w[1, 1])) / users.numel()
+    return (pos_s, neg_s), mf, 1e-4 * reg
+
+
+def test_mbcgcn_code_reading_first_step_by_hand():
+    from mbgraph.models import MBCGCN
+    torch.manual_seed(2)
+    data = graph()
+    model = MBCGCN(data, embedding_dim=D,
+                   adjacency=BehaviorAdjacency(data, dtype=torch.float64)).double()
+    # the code's initialisation: normal, std 0.01, tables and transforms alike
+    assert model.init == 'normal' and model.encoder.weight_init == 'normal'
+    with torch.no_grad():                 # a later step's scale, so the scores are not ~0
+        model.user_emb.weight.normal_()
+        model.item_emb.weight.normal_()
+        model.encoder.weight.normal_(std=0.5)
+    sampler = model.batch_source(data, batch_size=3, seed=4)
+    # 2048 distinct users a batch, n_train // 2048 + 1 batches: here 4 buys // 3 + 1 = 2
+    assert sampler.draws == 'independent' and len(sampler) == 2
+    batches = list(sampler.batches(1))
+    buys = {tuple(p) for p in EDGES['buy']}
+    for batch in batches:
+        assert set(batch) == {'buy'}                          # MB-CGCN trains on buy only
+        users, pos, neg = batch['buy']
+        assert users.unique().numel() == 3                    # rd.sample: distinct users
+        for u, p, n in zip(users.tolist(), pos.tolist(), neg.tolist()):
+            assert (u, p) in buys and (u, n) not in buys
+    batch = batches[0]
+    (pos_s, neg_s), mf, reg = mbcgcn_by_hand(model, batch)
+    emb = model.embeddings()
+    users, pos, neg = batch['buy']
+    got = model.head(emb, users, torch.stack([pos, neg], 1), 'buy')
+    torch.testing.assert_close(got[:, 0], pos_s, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[:, 1], neg_s, rtol=1e-6, atol=1e-6)
+    loss, parts = model.loss(batch)
+    torch.testing.assert_close(parts['reg'], reg.detach(), rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(loss, mf + reg, rtol=1e-6, atol=1e-6)
+    model.eval()                                              # prediction: the summed blocks
+    full = model.score(torch.arange(U))
+    torch.testing.assert_close(full[users, pos], pos_s.detach(), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- CRGCN
+#: user 3 has no cart: the code's dummy triple [0, 0, 0] for it
+CR_EDGES = {**EDGES, 'cart': [(0, 1), (1, 3), (2, 0), (2, 4)]}
+
+
+def crgcn_by_hand(model, batch):
+    """Scores and loss of one step as model_cascade.py computes them: per behavior (view,
+    cart, buy) one GCNConv (symmetric norm, no self-loops, plus its bias) over the running
+    total, ``total = normalize(conv(total)) + total``; behavior k scores with the total
+    after k; loss per behavior ``mean(-log(1e-10 + sigmoid(pos - neg)))`` over the batch's
+    users (a user without items of k has the dummy triple [0, 0, 0]: equal scores), summed
+    over behaviors; plus ``reg_weight * (||E_U|| + ||E_I||) / item rows`` (EmbLoss: Frobenius
+    norms, divided by the padded item table's rows, here items + 1)."""
+    eu, ei = model.user_emb.weight.double(), model.item_emb.weight.double()
+    bias = model.encoder.bias.double()
+    total, outs = torch.cat([eu, ei]), []
+    for k, b in enumerate(BEHAVIORS):
+        h = symmetric_adjacency(dense(CR_EDGES[b])) @ total + bias[k]
+        total = F.normalize(h, dim=-1) + total
+        outs.append(total)
+    scores, loss = {}, 0.0
+    n_users = batch['users'].numel()
+    for k, b in enumerate(BEHAVIORS):
+        users, pos, neg = batch[b]
+        u = outs[k][:U][users]
+        p, n = (u * outs[k][U:][pos]).sum(-1), (u * outs[k][U:][neg]).sum(-1)
+        scores[b] = (p, n)
+        per = -torch.log(1e-10 + torch.sigmoid(p - n))
+        dummy = -math.log(1e-10 + 0.5) * (n_users - users.numel())
+        loss = loss + (per.sum() + dummy) / n_users
+    reg = 1e-3 * (eu.norm() + ei.norm()) / (NI + 1)
+    return scores, loss, reg
+
+
+def test_crgcn_code_reading_first_step_by_hand():
+    from mbgraph.models import CRGCN
+    torch.manual_seed(3)
+    edges = {b: torch.tensor(e).t() for b, e in CR_EDGES.items()}
+    data = make_multiplex(U, NI, BEHAVIORS, edges, test=torch.tensor([[0, 1], [4, 0]]),
+                          name='taobao')
+    model = CRGCN(data, embedding_dim=D,
+                  adjacency=BehaviorAdjacency(data, dtype=torch.float64)).double()
+    assert torch.equal(model.encoder.bias, torch.zeros_like(model.encoder.bias))  # zeros()
+    with torch.no_grad():                                 # a trained bias, to test its path
+        model.encoder.bias.normal_(std=0.3)
+    sampler = model.batch_source(data, batch_size=4, seed=1)
+    batch = next(iter(sampler.batches(1)))
+    assert sorted(batch['users'].tolist()) == list(range(U))       # every user, once
+    assert batch['cart'].size(1) == 3                              # user 3: no cart triple
+    union = {tuple(p) for e in CR_EDGES.values() for p in e}
+    for b in BEHAVIORS:
+        users, pos, neg = batch[b]
+        assert sorted(users.tolist()) == sorted(set(users.tolist()))   # one per user
+        for u, p, n in zip(users.tolist(), pos.tolist(), neg.tolist()):
+            assert (u, p) in {tuple(q) for q in CR_EDGES[b]} and (u, n) not in union
+    scores, loss_hand, reg = crgcn_by_hand(model, batch)
+    emb = model.embeddings()
+    for b in BEHAVIORS:
+        users, pos, neg = batch[b]
+        got = model.head(emb, users, torch.stack([pos, neg], 1), b)
+        torch.testing.assert_close(got[:, 0], scores[b][0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got[:, 1], scores[b][1], rtol=1e-6, atol=1e-6)
+    loss, parts = model.loss(batch)
+    torch.testing.assert_close(parts['reg'], reg.detach(), rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(loss, loss_hand + reg, rtol=1e-6, atol=1e-6)
+    model.eval()                                         # prediction: the buy total
+    full = model.score(torch.arange(U))
+    users, pos, _ = batch['buy']
+    torch.testing.assert_close(full[users, pos], scores['buy'][0].detach(), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['mbcgcn', 'crgcn'])
+@pytest.mark.parametrize('reading', ['code', 'mbgraph'])
+def test_cascade_reading_table_is_what_the_model_built(name, reading):
+    from mbgraph.models import build_model
+    data = graph()
+    model = build_model(name, data, reading=reading)
+    table = reading_table(name, reading)
+    assert model.reading == reading and model.batches == table['batches']
+    for key, value in table['model'].items():
+        assert getattr(model, key) == value, key
+    for key, value in table['encoder'].items():
+        if key == 'num_layers':
+            want = [1, 5, 3] if value == 'mbcgcn' else [value] * 3
+            assert list(model.encoder.layers) == want
+        elif key == 'bias':
+            assert (model.encoder.bias is not None) == value
+        else:
+            assert getattr(model.encoder, key) == value, key
+    assert model.lambdas == ({'pv': 0.0, 'cart': 0.0, 'buy': 1.0} if name == 'mbcgcn'
+                             else {b: (1.0 if reading == 'code' else 1 / 3)
+                                   for b in BEHAVIORS})
+    kind = type(model.batch_source(data)).__name__
+    assert kind == ('UserBatchSampler' if table['batches']['kind'] == 'users'
+                    else 'BPRSampler')
+    assert 'lambdas' in describe(name, reading)

@@ -8,7 +8,9 @@ r"""Vectorised training-pair sampling.
   identically).
 * :class:`UniquePairSampler` -- the BPR triples plus PKEF's unique-loss pairs (eq 20);
 * :class:`UserBatchSampler` -- the PKEF / COPF authors' batches: 256 users a batch, up to 40
-  positives per user and behavior drawn with replacement (the ``'code'`` readings).
+  positives per user and behavior drawn with replacement (the ``'code'`` readings); with
+  ``draws='independent'`` MB-CGCN's (every batch a fresh sample of users), with
+  ``negatives='any'`` CRGCN's (negatives not interacted under any behavior).
 """
 from __future__ import annotations
 
@@ -371,8 +373,19 @@ class UserBatchSampler:
     :math:`k`, weighted by :math:`\lambda_k`). The direction is the code's; the paper's eq 20
     (":math:`k'` without :math:`k`") is :class:`UniquePairSampler`.
 
+    ``draws='independent'`` is MB-CGCN's code (``load_data.py`` ``sample``): an epoch is
+    ``batches_per_epoch`` batches, each a fresh sample of ``users_per_batch`` distinct users
+    (with replacement when the pool is smaller) from the users with a training item of a
+    sampled behavior; ``batches_per_epoch='pairs'`` is the code's ``n_train // batch_size +
+    1`` with ``n_train`` the training pairs of the first sampled behavior.
+    ``negatives='any'`` draws each negative among the items the user has not interacted with
+    under *any* behavior of the data (CRGCN's ``all_dict``), ``'behavior'`` under the triple's
+    own behavior.
+
     Each batch is ``{behavior: LongTensor [3, n_k]}`` (users, positives, negatives; the
-    triples grouped by user in batch order), plus ``'unique'`` with ``unique='code'``.
+    triples grouped by user in batch order), plus ``'unique'`` with ``unique='code'`` and
+    ``'users'`` (the batch's users on this rank, ``LongTensor [n]``) with
+    ``batch_users=True`` (a loss averaged over the batch's users needs them: CRGCN).
     Everything is vectorised over a whole epoch and drawn from ``(seed, epoch)`` alone, so a
     resumed run draws the same batches. With ``world_size > 1`` rank ``r`` gets the triples of
     the batch's users at positions ``r, r + world_size, ...`` (disjoint, nothing dropped).
@@ -385,13 +398,27 @@ class UserBatchSampler:
         users_per_epoch: users drawn per epoch (default: every user once).
         seed: base seed; epoch ``e`` uses ``seed * 1_000_003 + e``.
         unique: ``None`` or ``'code'`` (see above). (default: ``None``)
+        draws: ``'permutation'`` or ``'independent'`` (see above). (default:
+            ``'permutation'``)
+        batches_per_epoch: ``draws='independent'`` only: an ``int`` or ``'pairs'``.
+            (default: ``'pairs'``)
+        negatives: ``'behavior'`` or ``'any'``. (default: ``'behavior'``)
+        batch_users: add ``batch['users']``. (default: ``False``)
     """
 
     def __init__(self, data: HeteroData, behaviors: Optional[Sequence[str]] = None,
                  users_per_batch: int = 256, max_positives: int = 40,
                  users_per_epoch: Optional[int] = None, seed: int = 0,
-                 unique: Optional[str] = None):
+                 unique: Optional[str] = None, draws: str = 'permutation',
+                 batches_per_epoch: Optional[object] = None, negatives: str = 'behavior',
+                 batch_users: bool = False):
         known = behaviors_of(data)
+        if draws not in ('permutation', 'independent'):
+            raise ValueError(f"draws must be 'permutation' or 'independent', got {draws!r}")
+        if negatives not in ('behavior', 'any'):
+            raise ValueError(f"negatives must be 'behavior' or 'any', got {negatives!r}")
+        if batches_per_epoch is not None and draws != 'independent':
+            raise ValueError("batches_per_epoch applies to draws='independent' only")
         self.behaviors: List[str] = _sampled_behaviors(known, behaviors)
         if users_per_batch <= 0:
             raise ValueError(f'users_per_batch must be positive, got {users_per_batch}')
@@ -401,6 +428,9 @@ class UserBatchSampler:
             raise ValueError(f"unique must be None or 'code', got {unique!r}")
         if 'unique' in known and unique is not None:
             raise ValueError("a behavior named 'unique' clashes with the batch key 'unique'; "
+                             'rename the behavior')
+        if 'users' in known and batch_users:
+            raise ValueError("a behavior named 'users' clashes with the batch key 'users'; "
                              'rename the behavior')
         self.num_users, self.num_items = num_users_items(data)
         if users_per_epoch is None:
@@ -417,6 +447,27 @@ class UserBatchSampler:
         if empty:
             raise ValueError(f'behaviors {empty} have no training pairs to sample from')
         self.sets = {b: sets[b] for b in self.behaviors}
+        self.draws, self.negatives, self.batch_users = draws, negatives, bool(batch_users)
+        if negatives == 'any':
+            union = InteractionSet(torch.cat([data[edge_type(b)].edge_index for b in known], 1),
+                                   self.num_items)
+            self.reject = {b: union for b in self.behaviors}
+        else:
+            self.reject = dict(self.sets)
+        if draws == 'independent':
+            keys = torch.cat([self.sets[b].keys for b in self.behaviors])
+            self.pool = torch.unique(keys // self.num_items)
+            n = batches_per_epoch if batches_per_epoch is not None else 'pairs'
+            if n == 'pairs':
+                n = len(self.sets[self.behaviors[0]]) // self.users_per_batch + 1
+            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                raise ValueError(f"batches_per_epoch must be a positive int or 'pairs', got "
+                                 f'{batches_per_epoch!r}')
+            self.batches_per_epoch = n
+            self.users_per_epoch = n * self.users_per_batch
+        else:
+            self.pool = None
+            self.batches_per_epoch = None
         self.csr = {b: _csr_from_keys(sets[b].keys, self.num_users, self.num_items)
                     for b in self.behaviors}
         # (k', k) -> (InteractionSet, csr) of the pairs in k but not in k'
@@ -471,6 +522,12 @@ class UserBatchSampler:
         return out
 
     def epoch_users(self, generator: torch.Generator) -> Tensor:
+        if self.draws == 'independent':
+            n, size = self.pool.numel(), self.users_per_batch
+            parts = [self.pool[torch.randperm(n, generator=generator)[:size]] if size <= n
+                     else self.pool[torch.randint(n, (size,), generator=generator)]
+                     for _ in range(self.batches_per_epoch)]
+            return torch.cat(parts)
         return torch.randperm(self.num_users, generator=generator)[:self.users_per_epoch]
 
     def _sample(self, users: Tensor, indptr: Tensor, items: Tensor, cap: Tensor,
@@ -490,10 +547,12 @@ class UserBatchSampler:
         caps = self._caps(users)
         out = {}
         for b in self.behaviors:
-            out[b] = self._sample(users, *self.csr[b], caps[b], self.sets[b], g)
+            out[b] = self._sample(users, *self.csr[b], caps[b], self.reject[b], g)
         for pair in self.pairs:
             out[pair] = self._sample(users, *self.unique_csr[pair], caps[pair],
                                      self.unique_sets[pair], g)
+        if self.batch_users:
+            out['users'] = (torch.arange(users.numel()), users.view(1, -1))
         return batch_bounds(self.users_per_epoch, self.users_per_batch, world_size), out
 
     def batches(self, epoch: int, rank: int = 0, world_size: int = 1,
@@ -515,6 +574,8 @@ class UserBatchSampler:
                 if world_size > 1:
                     mine = ((slot[lo:hi] - start) % world_size == rank).to(part.device)
                     part = part[:, mine]
+                if key == 'users':
+                    part = part[0]
                 (unique if isinstance(key, tuple) else batch)[key] = part
             if self.unique is not None:
                 batch['unique'] = unique
@@ -523,4 +584,5 @@ class UserBatchSampler:
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(behaviors={self.behaviors}, '
                 f'users_per_batch={self.users_per_batch}, max_positives={self.max_positives}, '
-                f'users_per_epoch={self.users_per_epoch}, unique={self.unique!r})')
+                f'users_per_epoch={self.users_per_epoch}, unique={self.unique!r}, '
+                f'draws={self.draws!r}, negatives={self.negatives!r})')

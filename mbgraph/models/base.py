@@ -34,11 +34,18 @@ class GraphRecommender(nn.Module):
     of users; ``model.train()`` drops them.
     """
 
+    #: ``init``: Xavier-uniform tables (PKEF, COPF, CRGCN), or normal with std 0.01 (the
+    #: MB-CGCN code's ``tf.random_normal_initializer(stddev=0.01)``)
+    INITS = ('xavier', 'normal')
+
     def __init__(self, data: HeteroData, embedding_dim: int = 64,
-                 adjacency: Optional[BehaviorAdjacency] = None):
+                 adjacency: Optional[BehaviorAdjacency] = None, init: str = 'xavier'):
         super().__init__()
         if embedding_dim <= 0:
             raise ValueError(f'embedding_dim must be positive, got {embedding_dim}')
+        if init not in self.INITS:
+            raise ValueError(f'unknown init {init!r}; expected one of {list(self.INITS)}')
+        self.init = init
         self.behaviors: List[str] = behaviors_of(data)
         self.target = self.behaviors[-1]
         self.num_users, self.num_items = num_users_items(data)
@@ -50,8 +57,11 @@ class GraphRecommender(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_emb.weight)
-        nn.init.xavier_uniform_(self.item_emb.weight)
+        for table in (self.user_emb.weight, self.item_emb.weight):
+            if getattr(self, 'init', 'xavier') == 'normal':
+                nn.init.normal_(table, std=0.01)
+            else:
+                nn.init.xavier_uniform_(table)
 
     @property
     def device(self) -> torch.device:

@@ -10,19 +10,24 @@ r"""Any encoder x any head: :class:`MultiBehaviorModel`.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from ..distributed import rank_and_world_size
 from ..losses import bpr_loss, l2_loss
 from ..nn.encoders.base import BehaviorEmbeddings, MultiBehaviorEncoder
 from ..nn.heads.base import MultiTaskHead
 from .base import GraphRecommender
 
-#: ``reg_scope``: the batch's rows, the whole tables (+ gates), every parameter
-REG_SCOPES = ('batch', 'tables', 'all')
+#: ``reg_scope``: the batch's rows, the whole tables (+ gates), every parameter, the tables'
+#: Frobenius norms (CRGCN's code)
+REG_SCOPES = ('batch', 'tables', 'all', 'norms')
+#: ``bpr_mean``: over a behavior's triples, or over the batch's users (CRGCN's code)
+BPR_MEANS = ('triples', 'users')
 
 
 class MultiBehaviorModel(GraphRecommender):
@@ -42,7 +47,18 @@ class MultiBehaviorModel(GraphRecommender):
             head's :meth:`~mbgraph.nn.heads.base.MultiTaskHead.regularized_parameters` (the
             gates), :math:`\\mu \\sum \\lVert \\cdot \\rVert^2` at every step (the PKEF and
             COPF authors' code); ``'all'``, every parameter, :math:`\\mu
-            \\lVert \\Theta \\rVert^2` (PKEF eq 21, COPF eq 17).
+            \\lVert \\Theta \\rVert^2` (PKEF eq 21, COPF eq 17); ``'norms'``, the Frobenius
+            norms (not squared) of the user and item tables divided by the item count plus
+            one, :math:`\\mu (\\lVert \\mathbf{E}_U \\rVert_F + \\lVert \\mathbf{E}_I
+            \\rVert_F) / (|\\mathcal{I}| + 1)` (CRGCN's ``EmbLoss``: its tables carry a padding
+            row 0, the divisor is the padded item table's row count). ``'batch'`` also covers
+            the encoder's ``regularized_parameters()`` (MB-CGCN's transforms in its code),
+            over the same :math:`2B`.
+        bpr_mean: ``'triples'``, each BPR term is the mean over the behavior's triples;
+            ``'users'``, the sum over them divided by the batch's users (``batch['users']``),
+            a user without a triple of the behavior counting :math:`\\log 2` (CRGCN's code:
+            such a user's dummy triple ``[0, 0, 0]`` scores its positive and negative alike).
+            Needs one triple per user and behavior at most.
         bpr_scale: factor on every BPR term, the head's unique and parallel terms included
             (the authors' code multiplies each by 3).
         embedding_dim: :math:`d`.
@@ -51,7 +67,7 @@ class MultiBehaviorModel(GraphRecommender):
     def __init__(self, data: HeteroData, encoder: MultiBehaviorEncoder, head: MultiTaskHead,
                  lambdas: Optional[Mapping[str, float]] = None, reg: float = 1e-4,
                  embedding_dim: int = 64, reg_scope: str = 'batch', bpr_scale: float = 1.0,
-                 **kwargs):
+                 bpr_mean: str = 'triples', **kwargs):
         super().__init__(data, embedding_dim, **kwargs)
         self.encoder = encoder
         self.head = head
@@ -60,6 +76,9 @@ class MultiBehaviorModel(GraphRecommender):
             raise ValueError(f'unknown reg_scope {reg_scope!r}; expected one of '
                              f'{list(REG_SCOPES)}')
         self.reg_scope = reg_scope
+        if bpr_mean not in BPR_MEANS:
+            raise ValueError(f'unknown bpr_mean {bpr_mean!r}; expected one of {list(BPR_MEANS)}')
+        self.bpr_mean = bpr_mean
         if not bpr_scale > 0:
             raise ValueError(f'bpr_scale must be > 0, got {bpr_scale}')
         self.bpr_scale = float(bpr_scale)
@@ -91,12 +110,25 @@ class MultiBehaviorModel(GraphRecommender):
         parts: Dict[str, Tensor] = {}
         total = None
         used = []
+        per_user = self.bpr_mean == 'users'
+        if per_user and 'users' not in batch:
+            raise ValueError("bpr_mean='users' needs the batch's users (batch['users']): use a "
+                             'UserBatchSampler with batch_users=True')
         for b in self.train_behaviors:
             users, pos, neg = batch[b]
-            if users.numel() == 0:   # a user batch in which nobody has pairs of b
+            if users.numel() == 0 and not per_user:   # nobody in the batch has pairs of b
                 continue
             scores = self.head(emb, users, torch.stack([pos, neg], dim=1), b)
-            term = self.bpr_scale * self.lambdas[b] * bpr_loss(scores[:, 0], scores[:, 1])
+            if per_user:
+                n = batch['users'].numel()
+                if users.numel() > n:
+                    raise ValueError(f"bpr_mean='users' allows one triple per user and "
+                                     f'behavior: {users.numel()} triples of {b} for {n} users')
+                fit = (bpr_loss(scores[:, 0], scores[:, 1], reduction='sum')
+                       + (n - users.numel()) * math.log(2.0)) / max(n, 1)
+            else:
+                fit = bpr_loss(scores[:, 0], scores[:, 1])
+            term = self.bpr_scale * self.lambdas[b] * fit
             parts[f'bpr_{b}'] = term.detach()
             total = term if total is None else total + term
             used += [self.user_emb(users), self.item_emb(pos), self.item_emb(neg)]
@@ -115,7 +147,15 @@ class MultiBehaviorModel(GraphRecommender):
         if self.reg_scope == 'batch':
             if not used:
                 return self.user_emb.weight.new_zeros(())
-            return l2_loss(*used, batch_size=used[0].size(0))
+            term = l2_loss(*used, batch_size=used[0].size(0))
+            extra = self.encoder.regularized_parameters()
+            if extra:   # whole parameters, over the global batch (one rank holds 1/world)
+                world = rank_and_world_size()[1]
+                term = term + l2_loss(*extra, batch_size=used[0].size(0) * world)
+            return term
+        if self.reg_scope == 'norms':
+            return (self.user_emb.weight.norm() + self.item_emb.weight.norm()) / \
+                (self.num_items + 1)
         if self.reg_scope == 'tables':
             params = [self.user_emb.weight, self.item_emb.weight,
                       *self.head.regularized_parameters()]

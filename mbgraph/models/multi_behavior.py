@@ -100,7 +100,11 @@ class ComposedModel(MultiBehaviorModel):
                 users_per_batch=batch_size or settings['users_per_batch'],
                 max_positives=settings['max_positives'],
                 users_per_epoch=settings.get('users_per_epoch'), seed=seed,
-                unique=settings.get('unique') if unique else None)
+                unique=settings.get('unique') if unique else None,
+                draws=settings.get('draws', 'permutation'),
+                batches_per_epoch=settings.get('batches_per_epoch'),
+                negatives=settings.get('negatives', 'behavior'),
+                batch_users=getattr(self, 'bpr_mean', 'triples') == 'users')
         batch_size = batch_size or settings.get('batch_size', 2048)
         if unique:
             return UniquePairSampler(data, self.train_behaviors, batch_size=batch_size,
@@ -159,14 +163,23 @@ def build_composed(name: str, data: HeteroData, embedding_dim: int = 64,
                          **model_kw)
 
 
-def MBCGCN(data: HeteroData, **kwargs) -> ComposedModel:
-    """MB-CGCN: cascading LightGCNs with feature transformation, trained on the target."""
-    return build_composed('mbcgcn', data, **kwargs)
+def MBCGCN(data: HeteroData, reading: str = _readings.DEFAULT_READING,
+           **kwargs) -> ComposedModel:
+    """MB-CGCN: cascading LightGCNs with feature transformation, trained on the target.
+
+    ``reading='code'`` (default) is the authors' code (MBCGCN.py, its parser's defaults),
+    ``'mbgraph'`` the project's earlier reading (unit-norm behavior outputs, Xavier, pair
+    batches); :data:`mbgraph.models.readings.READINGS` holds both, ``kwargs`` override them."""
+    return build_reading('mbcgcn', data, reading, **kwargs)
 
 
-def CRGCN(data: HeteroData, **kwargs) -> ComposedModel:
-    """CRGCN: cascading residual LightGCNs, multi-task BPR over all behaviors."""
-    return build_composed('crgcn', data, **kwargs)
+def CRGCN(data: HeteroData, reading: str = _readings.DEFAULT_READING,
+          **kwargs) -> ComposedModel:
+    """CRGCN: cascading residual LightGCNs, multi-task BPR over all behaviors.
+
+    ``reading='code'`` (default) is the authors' code (model_cascade.py, main.py,
+    trainer.py), ``'mbgraph'`` the project's earlier reading; ``kwargs`` override them."""
+    return build_reading('crgcn', data, reading, **kwargs)
 
 
 def build_reading(name: str, data: HeteroData, reading: str = _readings.DEFAULT_READING,

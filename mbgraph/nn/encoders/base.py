@@ -103,5 +103,10 @@ class MultiBehaviorEncoder(nn.Module):
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         return {}
 
+    def regularized_parameters(self) -> List[Tensor]:
+        """The encoder's parameters that the model's L2 term covers besides the embeddings
+        (e.g. MB-CGCN's transforms in its authors' code); none by default."""
+        return []
+
     def reset_parameters(self) -> None:
         reset_children(self)

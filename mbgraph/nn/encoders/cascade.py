@@ -50,8 +50,15 @@ peaks after one to three epochs and then falls, below LightGCN. Unit-norm propag
 make the collaborative (graph) signal dominate and equalise its scale across nodes of
 different degree. MB-CGCN's ``normalize_output=True`` applies the same L2 normalisation to
 each :math:`\mathbf{e}^{k,*}` (before the transformation and the sum); its encoder default
-stays the bare equations (``False``), and ``weight_init='identity'`` starts each
-:math:`\mathbf{W}^k` at the identity instead of Xavier (the authors' code).
+stays the bare equations (``False``); ``weight_init`` starts each :math:`\mathbf{W}^k` at
+Xavier, the identity, or normal with std 0.01 (``'normal'``, the authors' code, MBCGCN.py
+``_init_weights``).
+
+**The authors' code** (``docs/reference_mbcgcn_crgcn.md``) adds two things no equation above
+names: MB-CGCN's L2 term covers the four transforms (``regularize_weight=True``), and CRGCN's
+propagation layers are PyG-style ``GCNConv`` layers with a learnable bias, zero at the start,
+:math:`\mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\mathbf{e}^{k,l} + \mathbf{b}^{k,l}`
+(``bias=True``; the bias is added to every node, users and items).
 
 In both, :math:`\hat{\mathbf{A}}_k = \mathrm{norm}(\mathbf{A}_k)` is behavior :math:`k`'s
 cached operator (``norm='symmetric'``: LightGCN's
@@ -75,7 +82,7 @@ LayerSpec = Union[int, Sequence[int]]
 MODES = ('mbcgcn', 'crgcn')
 LINKS = ('transform', 'residual')
 COMBINES = ('mean', 'sum', 'last')
-WEIGHT_INITS = ('xavier', 'identity')
+WEIGHT_INITS = ('xavier', 'identity', 'normal')
 
 
 def check_choice(name: str, value: str, options: Sequence[str]) -> str:
@@ -207,8 +214,15 @@ class CascadeEncoder(PerBehaviorEncoder):
         normalize_output (bool, optional): MB-CGCN only: L2-normalise every
             :math:`\mathbf{e}^{k,*}` (rows) before it feeds the next behavior and the target's
             sum. (default: :obj:`False`)
-        weight_init (str, optional): MB-CGCN ``link='transform'`` only: ``'xavier'`` (the
-            authors' code) or ``'identity'``. (default: :obj:`'xavier'`)
+        weight_init (str, optional): MB-CGCN ``link='transform'`` only: ``'xavier'``,
+            ``'identity'`` or ``'normal'`` (std 0.01, the authors' code).
+            (default: :obj:`'xavier'`)
+        regularize_weight (bool, optional): MB-CGCN: the model's L2 term covers
+            :math:`\mathbf{W}^k` too (:meth:`regularized_parameters`, the authors' code).
+            (default: :obj:`False`)
+        bias (bool, optional): a learnable bias :math:`\mathbf{b}^{k,l}` after every
+            propagation layer, zero-initialised (CRGCN's code: ``GCNConv`` keeps its bias).
+            Needs one layer count per behavior (or ``num_behaviors``). (default: :obj:`False`)
         embedding_dim (int, optional): :math:`d`, needed by ``link='transform'``.
         num_behaviors (int, optional): :math:`K`, needed by ``link='transform'`` when
             ``num_layers`` is a single ``int``.
@@ -225,7 +239,8 @@ class CascadeEncoder(PerBehaviorEncoder):
                  combine: Optional[str] = None, aggregate_target: Optional[bool] = None,
                  normalize: Optional[bool] = None, embedding_dim: Optional[int] = None,
                  num_behaviors: Optional[int] = None, normalize_output: bool = False,
-                 weight_init: str = 'xavier'):
+                 weight_init: str = 'xavier', regularize_weight: bool = False,
+                 bias: bool = False):
         super().__init__(num_layers, num_behaviors)
         self.mode = check_choice('mode', mode, MODES)
         self.norm = check_choice('norm', norm, NORMS)
@@ -265,6 +280,15 @@ class CascadeEncoder(PerBehaviorEncoder):
                                                    embedding_dim))
         else:
             self.register_parameter('weight', None)
+        self.regularize_weight = bool(regularize_weight)
+        if bias:
+            if self.layers is None or not embedding_dim:
+                raise ValueError('bias=True learns one bias per propagation layer: pass '
+                                 'embedding_dim and one layer count per behavior (or '
+                                 'num_behaviors)')
+            self.bias = nn.Parameter(torch.zeros(sum(self.layers), embedding_dim))
+        else:
+            self.register_parameter('bias', None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -273,8 +297,17 @@ class CascadeEncoder(PerBehaviorEncoder):
                 if self.weight_init == 'identity':
                     with torch.no_grad():
                         w.copy_(torch.eye(w.size(0), dtype=w.dtype, device=w.device))
+                elif self.weight_init == 'normal':
+                    nn.init.normal_(w, std=0.01)
                 else:
                     nn.init.xavier_uniform_(w)
+        if getattr(self, 'bias', None) is not None:
+            with torch.no_grad():
+                self.bias.zero_()
+
+    def regularized_parameters(self) -> List[Tensor]:
+        """``[W]`` with ``regularize_weight=True`` (MB-CGCN's code), else none."""
+        return [self.weight] if self.regularize_weight and self.weight is not None else []
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
@@ -284,10 +317,21 @@ class CascadeEncoder(PerBehaviorEncoder):
             raise ValueError(f'CascadeEncoder was built for embedding_dim='
                              f'{self.weight.size(-1)}, got ego embeddings of dimension '
                              f'{ego.size(1)}')
+        if self.bias is not None and self.bias.size(1) != ego.size(1):
+            raise ValueError(f'CascadeEncoder was built with a bias of dimension '
+                             f'{self.bias.size(1)}, got ego embeddings of dimension '
+                             f'{ego.size(1)}')
         outputs = []
         x = ego  # e^{k,0}
         for k, b in enumerate(behaviors):
-            hs = propagate(x, adjacency.operator(b, norm=self.norm), layers[k])
+            op = adjacency.operator(b, norm=self.norm)
+            if self.bias is None:
+                hs = propagate(x, op, layers[k])
+            else:                                   # GCNConv: A h + b, every node
+                start = sum(layers[:k])
+                hs = [x]
+                for layer in range(layers[k]):
+                    hs.append(op @ hs[-1] + self.bias[start + layer])
             if self.mode == 'crgcn':
                 last = F.normalize(hs[-1], dim=-1) if self.normalize else hs[-1]
                 out = x + last
@@ -319,6 +363,10 @@ class CascadeEncoder(PerBehaviorEncoder):
         else:
             parts.append(f'normalize={self.normalize}')
         parts.append(f'aggregate_target={self.aggregate_target}')
+        if self.regularize_weight:
+            parts.append('regularize_weight=True')
+        if self.bias is not None:
+            parts.append('bias=True')
         if self.embedding_dim is not None:
             parts.append(f'embedding_dim={self.embedding_dim}')
         return ', '.join(parts)
