@@ -211,6 +211,24 @@ def _left_pad(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: int,
     return out
 
 
+def _timed_entries(path) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int, int]]:
+    """(rows, cols, values, shape) of the non-zero entries of a pickled scipy CSR / COO
+    matrix, values as float64 (event times for :meth:`SequenceDataset.from_sslrec`)."""
+    import scipy.sparse
+    from mbgraph.data.datasets import safe_unpickle
+    m = safe_unpickle(path)
+    if not isinstance(m, (scipy.sparse.csr_matrix, scipy.sparse.coo_matrix)):
+        raise ValueError(f'{path}: expected a pickled scipy.sparse csr_matrix or coo_matrix, '
+                         f'got {type(m).__name__}')
+    m = m.tocoo()
+    values = np.asarray(m.data, dtype=np.float64)
+    keep = values != 0
+    if not np.isfinite(values).all():
+        raise ValueError(f'{path}: matrix values must be finite event times')
+    return (np.asarray(m.row, dtype=np.int64)[keep], np.asarray(m.col, dtype=np.int64)[keep],
+            values[keep], (int(m.shape[0]), int(m.shape[1])))
+
+
 def _filter_min_interactions(u, i, b, t, num_users: int, num_items: int, k: int, meta):
     """The events of the users and items that keep at least ``k`` events once the others are
     gone (repeated to a fixed point), with both renumbered contiguously (old order kept) and
@@ -473,6 +491,47 @@ class SequenceDataset:
                             num_items=len(log_['item_raw_id']), max_len=max_len,
                             user_raw_id=log_['user_raw_id'], item_raw_id=log_['item_raw_id'],
                             name=kw.pop('name', Path(path).stem), **kw)
+
+    @classmethod
+    def from_sslrec(cls, directory: Union[str, os.PathLike],
+                    behaviors: Optional[Sequence[str]] = None, max_len: int = 50,
+                    **kw) -> 'SequenceDataset':
+        """An SSLRec multi-behavior folder (``train_mat_<behavior>.pkl`` + ``test_mat.pkl``,
+        e.g. ``retailrocket-sslrec``: view / cart / buy, 2,174 users, 30,113 items) as
+        sequences, when its matrix values are event times (RetailRocket's are Unix seconds):
+        every non-zero ``(user, item)`` of a behavior's matrix is one event at that time, the
+        test matrix's entries buy events. The files keep one entry per (user, item, behavior),
+        so repeats are not in the sequences. Leave-one-out then works as for every log (the
+        last two target events by time), not on SSLRec's own test split. Matrices whose values
+        are all 1 hold no times and raise ``ValueError``. Unpickling is restricted to
+        scipy/numpy types (:func:`mbgraph.data.datasets.safe_unpickle`). ``behaviors``: their
+        order, target last (default: SSLRec's known order of the files present); ``kw`` goes
+        to :meth:`from_log`."""
+        from mbgraph.data.sslrec import TEST_FILE, _infer_order, behavior_files
+        directory = Path(directory)
+        files = behavior_files(directory)
+        order = list(behaviors) if behaviors is not None else _infer_order(list(files))
+        if not files or order is None or not set(order) <= set(files):
+            raise ValueError(f'{directory}: expected train_mat_<behavior>.pkl files of known '
+                             f'order (found {sorted(files)}); pass behaviors=[..., target]')
+        parts = [(k, files[b]) for k, b in enumerate(order)]
+        if (directory / TEST_FILE).is_file():
+            parts.append((len(order) - 1, directory / TEST_FILE))
+        cols = [[], [], [], []]
+        shape = None
+        for code, path in parts:
+            u, i, t, shape_ = _timed_entries(path)
+            if shape is not None and shape_ != shape:
+                raise ValueError(f'{path}: shape {shape_} differs from {shape}')
+            shape = shape_
+            for c, v in zip(cols, (u, i, np.full(u.size, code), t)):
+                c.append(v)
+        u, i, b, t = (np.concatenate(c) for c in cols)
+        if t.size and np.all(t == 1):
+            raise ValueError(f'{directory}: every matrix value is 1: the files hold no event '
+                             'times, and sequences need them')
+        return cls.from_log(u, i, b, t, order, num_users=shape[0], num_items=shape[1],
+                            max_len=max_len, name=kw.pop('name', directory.name), **kw)
 
     @classmethod
     def synthetic(cls, num_users: int = 1000, num_items: int = 600, max_len: int = 50,

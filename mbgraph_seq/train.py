@@ -296,6 +296,9 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                                  num_negatives_eval=num_negatives_eval, epochs=epochs,
                                  config=config, amp=amp, monitor=monitor,
                                  min_epochs=min_epochs)
+    # the prompt generator's initialisation from the seed alone: the same whether the backbone
+    # was pre-trained in this process (stage 'both') or loaded (stage 'prompt')
+    seed_everything(seed)
     model = DPCPL(fine, backbone=backbone, **prompt_kwargs)
     src = fine.train_source(batch_size, num_negatives, seed + 1,
                             prefixes=model.train_layout if prefixes == 'auto' else prefixes,

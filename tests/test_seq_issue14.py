@@ -328,3 +328,33 @@ def test_hmar_movielens_config_is_the_authors():
     row = [r for r in table.rows if r.model == 'hmar'][0]
     assert row.set['dim'] == 50 and row.set['dropout'] == 0.4
     assert row.set['alpha'] == {'like': 0.8} and row.hyper['max_len'] == 120
+
+
+# -------------------------------------------------------------------------------- hold-out data
+def test_sslrec_folder_with_event_times_reads_as_sequences(tmp_path):
+    import pickle
+    import scipy.sparse as sp
+    shape = (2, 4)
+    mats = {   # values = event times
+        'view': sp.csr_matrix(([10, 11, 12, 20], ([0, 0, 0, 1], [0, 1, 2, 3])), shape=shape),
+        'cart': sp.csr_matrix(([13], ([0], [1])), shape=shape),
+        'buy': sp.csr_matrix(([14, 15, 21], ([0, 0, 1], [1, 2, 3])), shape=shape),
+    }
+    for name, m in mats.items():
+        (tmp_path / f'train_mat_{name}.pkl').write_bytes(pickle.dumps(m))
+    test = sp.coo_matrix(([16.0], ([0], [3])), shape=shape)
+    (tmp_path / 'test_mat.pkl').write_bytes(pickle.dumps(test))
+    ds = SequenceDataset.from_sslrec(tmp_path)
+    assert ds.behavior_names == ['view', 'cart', 'buy'] and ds.num_items == 4
+    s = ds.sequence(0)
+    assert s['items'].tolist() == [0, 1, 2, 1, 1, 2, 3]
+    assert s['behaviors'].tolist() == [0, 0, 0, 1, 2, 2, 2]
+    assert s['timestamps'].tolist() == [10, 11, 12, 13, 14, 15, 16]
+    assert ds.split_pairs('test').tolist() == [[0], [3]]       # the last buy by time
+    assert ds.split_pairs('val').tolist() == [[0], [2]]
+    ones = sp.csr_matrix(([1, 1], ([0, 1], [0, 1])), shape=shape)
+    for name in mats:
+        (tmp_path / f'train_mat_{name}.pkl').write_bytes(pickle.dumps(ones))
+    (tmp_path / 'test_mat.pkl').unlink()
+    with pytest.raises(ValueError, match='no event'):
+        SequenceDataset.from_sslrec(tmp_path)
