@@ -66,10 +66,11 @@ ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper'}
 TOP_KEYS = {'table', 'hyper', 'dataset', 'row'}
 DEFAULT_COLUMNS = ('test.hr@10', 'test.ndcg@10')
 
-#: datasets the graph side reads; the sequence side reads synthetic and ml-latest-small
+#: datasets the graph side reads; the sequence side reads synthetic, ml-latest-small and
+#: retailrocket (SSLRec's matrices hold event times)
 GRAPH_DATASETS = ('synthetic', 'taobao', 'beibei', 'tmall', 'retailrocket', 'ml-latest-small',
                   'csv')
-SEQUENCE_DATASETS = ('synthetic', 'ml-latest-small', 'csv')
+SEQUENCE_DATASETS = ('synthetic', 'ml-latest-small', 'retailrocket', 'csv')
 #: [hyper] keys that `mbgraph train` refuses for sequence models
 GRAPH_ONLY_HYPER = {'reg', 'lr_decay', 'ks'}
 

@@ -164,10 +164,14 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
             directory = root / 'ml-latest-small' if (root / 'ml-latest-small').is_dir() else root
             return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed,
                                                   **options)
+        if dataset == 'retailrocket':     # SSLRec's matrices hold event times (Unix seconds)
+            from .data.sslrec import resolve_sslrec_dir
+            return SequenceDataset.from_sslrec(resolve_sslrec_dir(data_root, dataset),
+                                               max_len=max_len, seed=seed, **options)
     except (ValueError, OSError, UnicodeError, csv.Error) as e:
         raise UsageError(str(e)) from e
-    raise UsageError(f'sequence models run on synthetic, ml-latest-small or csv, not '
-                     f'{dataset!r}')
+    raise UsageError(f'sequence models run on synthetic, ml-latest-small, retailrocket or csv, '
+                     f'not {dataset!r}')
 
 
 def cmd_train_sequence(args, device: torch.device) -> int:

@@ -334,7 +334,7 @@ def test_hmar_movielens_config_is_the_authors():
 def test_sslrec_folder_with_event_times_reads_as_sequences(tmp_path):
     import pickle
     import scipy.sparse as sp
-    shape = (2, 4)
+    shape = (2, 8)
     mats = {   # values = event times
         'view': sp.csr_matrix(([10, 11, 12, 20], ([0, 0, 0, 1], [0, 1, 2, 3])), shape=shape),
         'cart': sp.csr_matrix(([13], ([0], [1])), shape=shape),
@@ -345,13 +345,18 @@ def test_sslrec_folder_with_event_times_reads_as_sequences(tmp_path):
     test = sp.coo_matrix(([16.0], ([0], [3])), shape=shape)
     (tmp_path / 'test_mat.pkl').write_bytes(pickle.dumps(test))
     ds = SequenceDataset.from_sslrec(tmp_path)
-    assert ds.behavior_names == ['view', 'cart', 'buy'] and ds.num_items == 4
+    assert ds.behavior_names == ['view', 'cart', 'buy'] and ds.num_items == 8
     s = ds.sequence(0)
     assert s['items'].tolist() == [0, 1, 2, 1, 1, 2, 3]
     assert s['behaviors'].tolist() == [0, 0, 0, 1, 2, 2, 2]
     assert s['timestamps'].tolist() == [10, 11, 12, 13, 14, 15, 16]
     assert ds.split_pairs('test').tolist() == [[0], [3]]       # the last buy by time
     assert ds.split_pairs('val').tolist() == [[0], [2]]
+    out = tmp_path / 'run'
+    assert main(['train', '--model', 'sasrec', '--dataset', 'retailrocket', '--data-root',
+                 str(tmp_path), '--negatives', '1', '--epochs', '1', '--dim', '8', '--out',
+                 str(out), '--no-progress']) == 0
+    assert json.loads((out / 'metrics.json').read_text())['config']['dataset'] == tmp_path.name
     ones = sp.csr_matrix(([1, 1], ([0, 1], [0, 1])), shape=shape)
     for name in mats:
         (tmp_path / f'train_mat_{name}.pkl').write_bytes(pickle.dumps(ones))
