@@ -59,16 +59,18 @@ HYPER_FLAGS: Dict[str, str] = {
     'max_len': '--max-len', 'negatives': '--negatives', 'stage': '--stage',
     'data_path': '--data-root', 'reading': '--reading', 'protocol': '--protocol',
     'lr_decay_steps': '--lr-decay-steps', 'stop_at': '--stop-at',
+    'min_interactions': '--min-interactions', 'tie_order': '--tie-order',
 }
 TABLE_KEYS = {'id', 'title', 'paper', 'datasets', 'columns', 'seeds', 'note'}
 ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper'}
 TOP_KEYS = {'table', 'hyper', 'dataset', 'row'}
 DEFAULT_COLUMNS = ('test.hr@10', 'test.ndcg@10')
 
-#: datasets the graph side reads; the sequence side reads synthetic and ml-latest-small
+#: datasets the graph side reads; the sequence side reads synthetic, ml-latest-small and
+#: retailrocket (SSLRec's matrices hold event times)
 GRAPH_DATASETS = ('synthetic', 'taobao', 'beibei', 'tmall', 'retailrocket', 'ml-latest-small',
                   'csv')
-SEQUENCE_DATASETS = ('synthetic', 'ml-latest-small', 'csv')
+SEQUENCE_DATASETS = ('synthetic', 'ml-latest-small', 'retailrocket', 'csv')
 #: [hyper] keys that `mbgraph train` refuses for sequence models
 GRAPH_ONLY_HYPER = {'reg', 'lr_decay', 'ks'}
 
@@ -155,7 +157,7 @@ class Run:
         cmd = [sys.executable, '-m', 'mbgraph', 'train', '--model', self.model,
                '--dataset', self.dataset, '--seed', str(self.seed), '--out', str(out),
                '--device', device]
-        if not is_sequence_model(self.model):
+        if not is_sequence_run(self.model, self.dataset):
             cmd.append('--resume')      # sequence models restart an interrupted run
         else:
             cmd.append('--overwrite')   # ... replacing what the interrupted one left
@@ -233,11 +235,19 @@ def dpcpl_tuning_options() -> set:
     """The DPCPL options that act after pre-training: the prompt generator's (its
     constructor's, the backbone aside) and ``tuning`` / ``pretrained``."""
     from mbgraph_seq.models import DPCPL
-    return (_params(DPCPL.__init__) - {'backbone'}) | {'tuning', 'pretrained'}
+    return (_params(DPCPL.__init__) - {'backbone'}) | {'tuning', 'pretrained', 'prompt_lr'}
 
 
 def is_sequence_model(model: str) -> bool:
     return model.lower() in sequence_models()
+
+
+def is_sequence_run(model: str, dataset: str) -> bool:
+    """Whether ``model`` on ``dataset`` runs the sequence pipeline: a sequence model, or a
+    graph model's sequence twin (``mostpop`` on MovieLens,
+    :func:`mbgraph_seq.models.sequence_pipeline`)."""
+    from mbgraph_seq.models import sequence_pipeline
+    return sequence_pipeline(model, dataset)
 
 
 def check_model(model: str, overrides: Mapping[str, Any], where: str) -> None:
@@ -373,9 +383,9 @@ def load_table(path: Path) -> Table:
             raise ConfigError(f'{where} [table]: unknown dataset {d!r}; known: '
                               f'{", ".join(GRAPH_DATASETS)}')
     for row in rows:
-        if not is_sequence_model(row.model):
-            continue
         for d in datasets:
+            if not is_sequence_run(row.model, d):
+                continue
             merged = {**hyper, **dataset_hyper.get(d, {}), **row.hyper}
             bad = sorted(set(merged) & GRAPH_ONLY_HYPER)
             if bad:

@@ -142,30 +142,36 @@ def _sequence_models():
 
 
 def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: int,
-                   behaviors: Optional[List[str]] = None):
+                   behaviors: Optional[List[str]] = None, **options):
     from mbgraph_seq.data import SequenceDataset
     if behaviors is not None and dataset != 'csv':
         raise UsageError('--behaviors selects graph behaviors; sequence models use every '
                          'behavior of the log (for a csv log it gives their order)')
     try:
         if dataset == 'synthetic':
-            return SequenceDataset.synthetic(max_len=max_len, seed=seed)
+            return SequenceDataset.synthetic(max_len=max_len, seed=seed, **options)
         if dataset == 'csv':
             if data_root is None:
                 raise UsageError("dataset 'csv' needs --data-root FILE: a delimited log with "
                                  "user, item, behavior, timestamp columns")
-            return SequenceDataset.from_csv(data_root, behaviors, max_len=max_len, seed=seed)
+            return SequenceDataset.from_csv(data_root, behaviors, max_len=max_len, seed=seed,
+                                            **options)
         if dataset in ('ml-latest-small', 'movielens'):
             if data_root is None:
                 raise UsageError(f'dataset {dataset!r} needs --data-root (the folder holding '
                                  'ml-latest-small/ratings.csv)')
             root = Path(data_root)
             directory = root / 'ml-latest-small' if (root / 'ml-latest-small').is_dir() else root
-            return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed)
+            return SequenceDataset.from_movielens(directory, max_len=max_len, seed=seed,
+                                                  **options)
+        if dataset == 'retailrocket':     # SSLRec's matrices hold event times (Unix seconds)
+            from .data.sslrec import resolve_sslrec_dir
+            return SequenceDataset.from_sslrec(resolve_sslrec_dir(data_root, dataset),
+                                               max_len=max_len, seed=seed, **options)
     except (ValueError, OSError, UnicodeError, csv.Error) as e:
         raise UsageError(str(e)) from e
-    raise UsageError(f'sequence models run on synthetic, ml-latest-small or csv, not '
-                     f'{dataset!r}')
+    raise UsageError(f'sequence models run on synthetic, ml-latest-small, retailrocket or csv, '
+                     f'not {dataset!r}')
 
 
 def cmd_train_sequence(args, device: torch.device) -> int:
@@ -191,7 +197,8 @@ def cmd_train_sequence(args, device: torch.device) -> int:
                          f'20 and train with a constant learning rate')
     kwargs = _parse_set(args.set)
     dataset = load_sequences(args.dataset, args.data_root, args.max_len, args.seed,
-                             _split_list(args.behaviors))
+                             _split_list(args.behaviors), min_interactions=args.min_interactions,
+                             tie_order=args.tie_order)
     if args.negatives >= dataset.num_items:
         raise UsageError(f'--negatives {args.negatives}: expected fewer than the '
                          f'{dataset.num_items} items of {args.dataset!r}')
@@ -254,7 +261,8 @@ def cmd_train(args) -> int:
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from e
     try:
-        if args.model.lower() in _sequence_models():
+        from mbgraph_seq.models import sequence_pipeline
+        if sequence_pipeline(args.model, args.dataset):     # mostpop on MovieLens too
             args.model = args.model.lower()
             return cmd_train_sequence(args, device)
         return _train_graph(args, device)
@@ -585,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help='positions per sequence (longer histories keep their most recent)')
     seq.add_argument('--negatives', type=int, default=99,
                      help='sampled negatives per test item (99 HMAR, 100 DPCPL, 999 PoMRec)')
+    seq.add_argument('--min-interactions', type=int, default=0, help='drop users and items '
+                     'with fewer events, until none has (DPCPL: 20; default 0: keep all)')
+    seq.add_argument('--tie-order', default='log', choices=['log', 'shuffle'], help="a user's "
+                     "events with equal timestamps: in log order, or shuffled (seeded by --seed)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser('evaluate', help='evaluate a checkpoint written by train')

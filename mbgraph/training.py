@@ -179,6 +179,8 @@ class Trainer:
             holds the epoch, the training seconds and the triples seen until then.
         monitor: validation metric to maximise (e.g. ``'ndcg@10'``).
         patience: stop after this many evaluations without improvement.
+        min_epochs: no early stop before this epoch (PoMRec's authors: none before epoch 21);
+            the best validation epoch is still the one kept.
         eval_every: evaluate every this many epochs.
         device: ``'cpu'``, ``'cuda'``, ``'auto'``.
         out_dir: where ``log.jsonl``, ``checkpoint.pt`` (last epoch) and ``best.pt`` go.
@@ -216,7 +218,7 @@ class Trainer:
                  distributed: Optional[bool] = None, find_unused_parameters: bool = True,
                  sync_every: int = 10, loss_bound: float = 1e8,
                  lr_decay_steps: Optional[int] = None, watch=None,
-                 stop_at: Optional[Tuple[str, float]] = None):
+                 stop_at: Optional[Tuple[str, float]] = None, min_epochs: int = 0):
         validation.check_options({'epochs': epochs, 'lr': lr, 'lr_decay': lr_decay,
                                   'weight_decay': weight_decay, 'patience': patience,
                                   'eval_every': eval_every, 'seed': seed,
@@ -230,6 +232,7 @@ class Trainer:
         self.batches = batches
         self.val_evaluator = val_evaluator
         self.epochs = int(epochs)
+        self.min_epochs = int(min_epochs)
         self._lr = float(lr)
         params = [p for p in model.parameters() if p.requires_grad]
         # a model without parameters (mbgraph.models.baselines) is training-free: fit() runs
@@ -430,7 +433,7 @@ class Trainer:
         bar = tqdm(range(self.epoch + 1, self.epochs + 1), desc='training', unit='epoch',
                    disable=not self.progress, dynamic_ncols=True)
         for epoch in bar:
-            if self.bad_evals >= self.patience:
+            if self.bad_evals >= self.patience and self.epoch >= self.min_epochs:
                 break
             t0 = time.perf_counter()
             losses = self.train_epoch(epoch)

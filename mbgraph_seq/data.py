@@ -61,6 +61,7 @@ from mbgraph.data.sampling import InteractionSet, batch_bounds, sample_negatives
 log = logging.getLogger(__name__)
 
 SPLITS = ('val', 'test')
+TIE_ORDERS = ('log', 'shuffle')
 ArrayLike = Union[np.ndarray, Tensor, Sequence]
 
 
@@ -210,6 +211,55 @@ def _left_pad(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, width: int,
     return out
 
 
+def _timed_entries(path) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int, int]]:
+    """(rows, cols, values, shape) of the non-zero entries of a pickled scipy CSR / COO
+    matrix, values as float64 (event times for :meth:`SequenceDataset.from_sslrec`)."""
+    import scipy.sparse
+    from mbgraph.data.datasets import safe_unpickle
+    m = safe_unpickle(path)
+    if not isinstance(m, (scipy.sparse.csr_matrix, scipy.sparse.coo_matrix)):
+        raise ValueError(f'{path}: expected a pickled scipy.sparse csr_matrix or coo_matrix, '
+                         f'got {type(m).__name__}')
+    m = m.tocoo()
+    values = np.asarray(m.data, dtype=np.float64)
+    keep = values != 0
+    if not np.isfinite(values).all():
+        raise ValueError(f'{path}: matrix values must be finite event times')
+    return (np.asarray(m.row, dtype=np.int64)[keep], np.asarray(m.col, dtype=np.int64)[keep],
+            values[keep], (int(m.shape[0]), int(m.shape[1])))
+
+
+def _filter_min_interactions(u, i, b, t, num_users: int, num_items: int, k: int, meta):
+    """The events of the users and items that keep at least ``k`` events once the others are
+    gone (repeated to a fixed point), with both renumbered contiguously (old order kept) and
+    ``meta``'s raw ids narrowed to the survivors; also returns the old ids of the kept
+    users."""
+    keep = np.ones(u.size, dtype=bool)
+    while True:
+        uc = np.bincount(u[keep], minlength=num_users)
+        ic = np.bincount(i[keep], minlength=num_items)
+        drop = keep & ((uc[u] < k) | (ic[i] < k))
+        if not drop.any():
+            break
+        keep &= ~drop
+    users = np.flatnonzero(np.bincount(u[keep], minlength=num_users) > 0)
+    items = np.flatnonzero(np.bincount(i[keep], minlength=num_items) > 0)
+    log.info('min_interactions=%d: %d of %d users, %d of %d items and %d of %d events kept',
+             k, users.size, num_users, items.size, num_items, int(keep.sum()), u.size)
+    if users.size == 0:
+        raise ValueError(f'min_interactions={k}: no user and item keep {k} events')
+    new_u = np.full(num_users, -1, dtype=np.int64)
+    new_u[users] = np.arange(users.size)
+    new_i = np.full(num_items, -1, dtype=np.int64)
+    new_i[items] = np.arange(items.size)
+    meta = dict(meta)
+    for key, old in (('user_raw_id', users), ('item_raw_id', items)):
+        raw = meta.get(key)
+        meta[key] = old.copy() if raw is None else np.asarray(raw)[old]
+    return (new_u[u[keep]], new_i[i[keep]], b[keep], t[keep], int(users.size), int(items.size),
+            meta, users)
+
+
 # --------------------------------------------------------------------------------------------
 # the dataset
 # --------------------------------------------------------------------------------------------
@@ -257,6 +307,8 @@ class SequenceDataset:
                 raise ValueError(f'user_attributes must have shape [num_users={self.num_users}, '
                                  f'A], got {tuple(user_attributes.shape)}')
         self.user_attributes = user_attributes
+        #: how the log was read (from_log's min_interactions, tie_order, min_target)
+        self.options: Dict[str, object] = {}
         self._stats: Optional[Tensor] = None
         self._eval_cache: Dict[str, SequenceBatch] = {}
         self._check_lengths()
@@ -267,15 +319,16 @@ class SequenceDataset:
                  timestamps: ArrayLike, behavior_names: Sequence[str],
                  num_users: Optional[int] = None, num_items: Optional[int] = None,
                  max_len: int = 50, truncate: bool = True, seed: int = 0, *,
-                 sort: bool = True, min_target: int = 3,
-                 user_attributes: Optional[Tensor] = None, **meta) -> 'SequenceDataset':
+                 sort: bool = True, min_target: int = 3, min_interactions: int = 0,
+                 tie_order: str = 'log', user_attributes: Optional[Tensor] = None,
+                 **meta) -> 'SequenceDataset':
         """Build the dataset from an interaction log.
 
         Args:
             users, items: 0-based integer ids, one entry per event.
             behaviors: behavior codes ``0..K-1`` indexing ``behavior_names``, or the names.
             timestamps: event times (any real numbers). Events of a user with equal times keep
-                their order in the log.
+                their order in the log (``tie_order='log'``) or are shuffled.
             behavior_names: ``K`` names, upstream -> downstream, the last is the target.
             num_users, num_items: id ranges (default: max id + 1).
             max_len: positions per sequence ``M``.
@@ -288,6 +341,21 @@ class SequenceDataset:
             min_target: users with at least this many target events get a validation and a test
                 event (3, as :func:`mbgraph.data.datasets.load_movielens`, so that a training
                 target event remains); others are training-only.
+            min_interactions: drop the users and the items with fewer events than this (every
+                behavior counts; DPCPL sec. 5.1.1: "We filter out user and item data with fewer
+                than 20 interactions"), repeated until every remaining user and item has that
+                many (reading taken: the filtered data itself meets the condition; one pass
+                would leave users below it after their rare items are gone). Users and items
+                are renumbered contiguously in their old order; ``user_raw_id`` /
+                ``item_raw_id`` keep the raw ids of the survivors (the old contiguous ids when
+                none were given). 0 (default): keep everything.
+            tie_order: the order of a user's events that share a timestamp. ``'log'``
+                (default): their order in the log (ml-latest-small's ratings file lists a
+                user's movies by movieId, so equal-second events come in movieId order, a
+                pattern position-aware models can learn); ``'shuffle'``: a random order drawn
+                from ``seed`` (``numpy.random.default_rng(seed)``: the same seed, the same
+                order), events with different times untouched. With ``sort=False`` the log
+                must still be in time order per user; only the ties are shuffled.
             user_attributes: optional ``[num_users, A]`` float user attributes.
             **meta: ``user_raw_id``, ``item_raw_id``, ``name`` kept on the dataset.
         """
@@ -299,6 +367,13 @@ class SequenceDataset:
         if min_target < 2:
             raise ValueError(f'min_target must be >= 2 (a validation and a test event), got '
                              f'{min_target}')
+        if tie_order not in TIE_ORDERS:
+            raise ValueError(f'tie_order must be one of {TIE_ORDERS}, got {tie_order!r}')
+        if (isinstance(min_interactions, bool) or not isinstance(min_interactions,
+                                                                 (int, np.integer))
+                or min_interactions < 0):
+            raise ValueError(f'min_interactions must be an integer >= 0, got '
+                             f'{min_interactions!r}')
         u = _as_int_array(users, 'users')
         i = _as_int_array(items, 'items')
         b = _behavior_codes(behaviors, names)
@@ -320,6 +395,12 @@ class SequenceDataset:
                 bad = int(np.flatnonzero((arr < 0) | (arr >= lim))[0])
                 raise ValueError(f'log row {bad} has {kind} id {arr[bad]} outside '
                                  f'[0, num_{kind}s={lim})')
+        if min_interactions > 0:
+            u, i, b, t, num_users, num_items, meta, kept = _filter_min_interactions(
+                u, i, b, t, num_users, num_items, int(min_interactions), meta)
+            n = u.size
+            if user_attributes is not None:
+                user_attributes = torch.as_tensor(user_attributes)[torch.from_numpy(kept)]
         row = np.arange(n)
         if sort:
             order = np.lexsort((row, t, u))
@@ -333,6 +414,10 @@ class SequenceDataset:
                     f'unsorted timestamps for user {uu[k]}: log row {order[k]} has time '
                     f'{tu[k]:g} after log row {order[k - 1]} with time {tu[k - 1]:g}; pass '
                     'sort=True to sort each user\'s events by time (ties keep log order)')
+        if tie_order == 'shuffle':
+            # a random key below the time: only events of one user with equal times move
+            key = np.random.default_rng(seed).permutation(n)
+            order = np.lexsort((key, t, u))
         u, i, b, t = u[order], i[order], b[order], t[order]
         ptr = np.zeros(num_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(u, minlength=num_users), out=ptr[1:])
@@ -369,6 +454,8 @@ class SequenceDataset:
                  val_pos=val_pos, test_pos=test_pos, behavior_names=names,
                  num_users=num_users, num_items=num_items, max_len=max_len, truncate=truncate,
                  user_attributes=user_attributes, seed=seed, **meta)
+        ds.options = {'min_interactions': int(min_interactions), 'tie_order': tie_order,
+                      'min_target': int(min_target)}
         return ds
 
     @classmethod
@@ -404,6 +491,47 @@ class SequenceDataset:
                             num_items=len(log_['item_raw_id']), max_len=max_len,
                             user_raw_id=log_['user_raw_id'], item_raw_id=log_['item_raw_id'],
                             name=kw.pop('name', Path(path).stem), **kw)
+
+    @classmethod
+    def from_sslrec(cls, directory: Union[str, os.PathLike],
+                    behaviors: Optional[Sequence[str]] = None, max_len: int = 50,
+                    **kw) -> 'SequenceDataset':
+        """An SSLRec multi-behavior folder (``train_mat_<behavior>.pkl`` + ``test_mat.pkl``,
+        e.g. ``retailrocket-sslrec``: view / cart / buy, 2,174 users, 30,113 items) as
+        sequences, when its matrix values are event times (RetailRocket's are Unix seconds):
+        every non-zero ``(user, item)`` of a behavior's matrix is one event at that time, the
+        test matrix's entries buy events. The files keep one entry per (user, item, behavior),
+        so repeats are not in the sequences. Leave-one-out then works as for every log (the
+        last two target events by time), not on SSLRec's own test split. Matrices whose values
+        are all 1 hold no times and raise ``ValueError``. Unpickling is restricted to
+        scipy/numpy types (:func:`mbgraph.data.datasets.safe_unpickle`). ``behaviors``: their
+        order, target last (default: SSLRec's known order of the files present); ``kw`` goes
+        to :meth:`from_log`."""
+        from mbgraph.data.sslrec import TEST_FILE, _infer_order, behavior_files
+        directory = Path(directory)
+        files = behavior_files(directory)
+        order = list(behaviors) if behaviors is not None else _infer_order(list(files))
+        if not files or order is None or not set(order) <= set(files):
+            raise ValueError(f'{directory}: expected train_mat_<behavior>.pkl files of known '
+                             f'order (found {sorted(files)}); pass behaviors=[..., target]')
+        parts = [(k, files[b]) for k, b in enumerate(order)]
+        if (directory / TEST_FILE).is_file():
+            parts.append((len(order) - 1, directory / TEST_FILE))
+        cols = [[], [], [], []]
+        shape = None
+        for code, path in parts:
+            u, i, t, shape_ = _timed_entries(path)
+            if shape is not None and shape_ != shape:
+                raise ValueError(f'{path}: shape {shape_} differs from {shape}')
+            shape = shape_
+            for c, v in zip(cols, (u, i, np.full(u.size, code), t)):
+                c.append(v)
+        u, i, b, t = (np.concatenate(c) for c in cols)
+        if t.size and np.all(t == 1):
+            raise ValueError(f'{directory}: every matrix value is 1: the files hold no event '
+                             'times, and sequences need them')
+        return cls.from_log(u, i, b, t, order, num_users=shape[0], num_items=shape[1],
+                            max_len=max_len, name=kw.pop('name', directory.name), **kw)
 
     @classmethod
     def synthetic(cls, num_users: int = 1000, num_items: int = 600, max_len: int = 50,
@@ -446,7 +574,9 @@ class SequenceDataset:
                   user_attributes=self.user_attributes, seed=self.seed,
                   user_raw_id=self.user_raw_id, item_raw_id=self.item_raw_id, name=self.name)
         kw.update(changes)
-        return SequenceDataset(**kw)
+        out = SequenceDataset(**kw)
+        out.options = dict(self.options)
+        return out
 
     # ------------------------------------------------------------------ basic views
     def __repr__(self) -> str:

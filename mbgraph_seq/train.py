@@ -37,7 +37,7 @@ from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_every
 from mbgraph.validation import OptionError, check_options, content_checksum, load_verified
 
 from .data import SequenceDataset
-from .models import SEQ_MODELS
+from .models import SEQ_MODELS, SHARED_MODELS, sequence_model
 from .models.dpcpl import DPCPL
 from .models.ebm import EBM
 
@@ -67,17 +67,28 @@ def _evaluate(model, dataset: SequenceDataset, num_negatives: int, seed: int, de
 def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, *, epochs: int,
          lr: float, weight_decay: float, patience: int, device, out_dir: Optional[Path],
          seed: int, progress: bool, num_negatives_eval: int, config: Dict[str, Any],
-         eval_every: int = 1, amp: bool = False) -> Dict[str, Any]:
+         eval_every: int = 1, amp: bool = False, monitor: str = 'ndcg@10',
+         min_epochs: int = 0) -> Dict[str, Any]:
     val = SampledEvaluator(val_dataset.split_pairs('val'), val_dataset.num_items,
                            val_dataset.history_pairs(), num_negatives=num_negatives_eval,
-                           seed=seed, split='val')
+                           seed=seed, split='val', ks=_monitor_ks(monitor))
     trainer = Trainer(model, source, val, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                      monitor='ndcg@10', patience=patience, eval_every=eval_every,
+                      monitor=monitor, patience=patience, eval_every=eval_every,
                       device=device, out_dir=out_dir, seed=seed, progress=progress,
-                      config=config, amp=amp)
+                      config=config, amp=amp, min_epochs=min_epochs)
     summary = trainer.fit()
     summary['history'] = trainer.history
     return summary
+
+
+MONITORS = ('hr@5', 'ndcg@5', 'hr@10', 'ndcg@10', 'hr@20', 'ndcg@20')
+
+
+def _monitor_ks(monitor: str) -> tuple:
+    """The validation cut-offs: 10 and 20, and the monitored one."""
+    if monitor not in MONITORS:
+        raise OptionError('monitor', monitor, f'one of {", ".join(MONITORS)}')
+    return tuple(sorted({10, 20, int(monitor.split('@')[1])}))
 
 
 def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 50,
@@ -89,7 +100,9 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                          num_negatives: int = 1, prefixes: Optional[Union[int, str]] = 'auto',
                          pretrain_epochs: Optional[int] = None, pretrain_ratio: float = 0.6,
                          pretrained: Optional[Union[str, Path]] = None, amp: bool = False,
-                         tuning: str = 'prompt', **model_kwargs) -> Dict[str, Any]:
+                         tuning: str = 'prompt', monitor: str = 'ndcg@10',
+                         min_epochs: int = 0, prompt_lr: Optional[float] = None,
+                         **model_kwargs) -> Dict[str, Any]:
     """Train ``name`` on ``dataset`` and return metrics shaped like mbgraph's ``metrics.json``.
 
     Args:
@@ -121,6 +134,11 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
             backbone) or ``'full'`` (table 4's "fine-tuning" column: the pre-trained EBM itself,
             every parameter trainable, fine-tuned on the same target-behavior objective, eq 13's
             L_pred, without prompts).
+        monitor: the validation metric early stopping and the kept epoch follow
+            (``'ndcg@10'``; PoMRec's authors: ``'ndcg@5'``), sampled like the test.
+        min_epochs: no early stop before this epoch (PoMRec's authors: 21).
+        prompt_lr: DPCPL only: Adam's learning rate of the prompt-tuning stage (default
+            ``lr``, which then is the pre-training's alone).
         **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
             ``num_layers``, ``num_blocks``, ``dropout``, ``sequence_mixer`` -- ``'attention'``
             pre-trains and tunes table 5's "w/o DS" backbone --, ...).
@@ -131,8 +149,16 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         'tuned_parameters', 'total_parameters', 'protocol', ...}``; DPCPL adds ``'pretrain'``
         (its stage's summary) and ``'tuned_share'``.
     """
-    if name not in SEQ_MODELS:
-        raise ValueError(f'unknown sequence model {name!r}; known: {sorted(SEQ_MODELS)}')
+    if name not in SEQ_MODELS and name not in SHARED_MODELS:
+        raise ValueError(f'unknown sequence model {name!r}; known: '
+                         f'{sorted(SEQ_MODELS) + sorted(SHARED_MODELS)}')
+    _monitor_ks(monitor)
+    if prompt_lr is not None and name != 'dpcpl':
+        raise ValueError('prompt_lr applies to DPCPL only')
+    if prompt_lr is not None and not prompt_lr > 0:
+        raise OptionError('prompt_lr', prompt_lr, 'a number > 0')
+    if not (isinstance(min_epochs, int) and min_epochs >= 0):
+        raise OptionError('min_epochs', min_epochs, 'an integer >= 0')
     if stage not in STAGES:
         raise ValueError(f'unknown stage {stage!r}; expected one of {STAGES}')
     if tuning not in ('prompt', 'full'):
@@ -154,9 +180,12 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
     device = resolve_device(device)
     out_dir = Path(out_dir) if out_dir is not None else None
     config = {'model': name, 'dataset': dataset.name, 'epochs': epochs, 'seed': seed,
-              'batch_size': batch_size, 'lr': lr, 'stage': stage, **model_kwargs}
+              'batch_size': batch_size, 'lr': lr, 'stage': stage, 'monitor': monitor,
+              'min_epochs': min_epochs, 'weight_decay': weight_decay,
+              'data_options': dict(getattr(dataset, 'options', {})), **model_kwargs}
     if name == 'dpcpl':
         config['tuning'] = tuning
+        config['prompt_lr'] = lr if prompt_lr is None else prompt_lr
     protocol = {'sampled_negatives': num_negatives_eval, 'full_ranking': 'target training items '
                 'masked', 'split': 'leave-one-out on the last two target events',
                 'max_len': dataset.max_len}
@@ -166,13 +195,16 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
 
     if name != 'dpcpl':
         seed_everything(seed)
-        model = SEQ_MODELS[name](dataset, **model_kwargs)
-        source = dataset.train_source(batch_size, num_negatives, seed, prefixes=layout(model),
-                                      target_only=model.target_only)
+        model = sequence_model(name)(dataset, **model_kwargs)
+        # a training-free model (mostpop) has no batches: the Trainer only validates it
+        source = (None if not getattr(model, 'trainable', True) else
+                  dataset.train_source(batch_size, num_negatives, seed, prefixes=layout(model),
+                                       target_only=model.target_only))
         summary = _fit(model, dataset, source, dataset, epochs=epochs, lr=lr,
-                       eval_every=eval_every, weight_decay=weight_decay, patience=patience, device=device,
-                       out_dir=out_dir, seed=seed, progress=progress,
-                       num_negatives_eval=num_negatives_eval, config=config, amp=amp)
+                       eval_every=eval_every, weight_decay=weight_decay, patience=patience,
+                       device=device, out_dir=out_dir, seed=seed, progress=progress,
+                       num_negatives_eval=num_negatives_eval, config=config, amp=amp,
+                       monitor=monitor, min_epochs=min_epochs)
         metrics = {'model': name, **_evaluate(model, dataset, num_negatives_eval, seed, device),
                    'val': summary['best_val'], **_summary_fields(summary), **_count(model),
                    'protocol': protocol}
@@ -184,6 +216,8 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                                num_negatives_eval=num_negatives_eval, progress=progress,
                                pretrain_epochs=pretrain_epochs, pretrain_ratio=pretrain_ratio,
                                pretrained=pretrained, config=config, amp=amp, tuning=tuning,
+                               monitor=monitor, min_epochs=min_epochs,
+                               prompt_lr=lr if prompt_lr is None else prompt_lr,
                                **model_kwargs)
         metrics['protocol'] = {**protocol, 'pretrain_ratio': pretrain_ratio}
     metrics['peak_rss_mb'] = peak_memory_mb(device)['peak_rss_mb']
@@ -200,7 +234,9 @@ def _summary_fields(summary: Dict[str, Any]) -> Dict[str, Any]:
 def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, seed, batch_size,
                  lr, weight_decay, patience, num_negatives, prefixes, num_negatives_eval,
                  progress, pretrain_epochs, pretrain_ratio, pretrained, config, amp=False,
-                 tuning='prompt', **model_kwargs) -> Dict[str, Any]:
+                 tuning='prompt', monitor='ndcg@10', min_epochs=0, prompt_lr=None,
+                 **model_kwargs) -> Dict[str, Any]:
+    prompt_lr = lr if prompt_lr is None else prompt_lr
     pre, fine = dataset.pretrain_finetune_split(pretrain_ratio)
     ebm_kwargs = {k: v for k, v in model_kwargs.items() if k in _EBM_ARGS}
     prompt_kwargs = {k: v for k, v in model_kwargs.items() if k not in _EBM_ARGS}
@@ -219,7 +255,8 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                        weight_decay=weight_decay, patience=patience, device=device,
                        out_dir=None if out_dir is None else out_dir / 'pretrain', seed=seed,
                        progress=progress, num_negatives_eval=num_negatives_eval,
-                       config={**config, 'stage': 'pretrain'}, amp=amp)
+                       config={**config, 'stage': 'pretrain'}, amp=amp, monitor=monitor,
+                       min_epochs=min_epochs)
         pre_metrics = {'val': summary['best_val'], **_summary_fields(summary),
                        'seconds': time.perf_counter() - t0, **_count(backbone)}
         if ebm_path is not None and is_main_process():
@@ -252,21 +289,31 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                                            device)}
     backbone = backbone.to(device)
     if tuning == 'full':
-        return _full_fine_tuning(backbone, fine, metrics, batch_size=batch_size, lr=lr,
+        return _full_fine_tuning(backbone, fine, metrics, batch_size=batch_size, lr=prompt_lr,
                                  weight_decay=weight_decay, patience=patience, device=device,
                                  out_dir=out_dir, seed=seed, progress=progress,
                                  num_negatives=num_negatives, prefixes=prefixes,
                                  num_negatives_eval=num_negatives_eval, epochs=epochs,
-                                 config=config, amp=amp)
+                                 config=config, amp=amp, monitor=monitor,
+                                 min_epochs=min_epochs)
+    # the prompt generator's initialisation from the seed alone: the same whether the backbone
+    # was pre-trained in this process (stage 'both') or loaded (stage 'prompt')
+    seed_everything(seed)
     model = DPCPL(fine, backbone=backbone, **prompt_kwargs)
     src = fine.train_source(batch_size, num_negatives, seed + 1,
                             prefixes=model.train_layout if prefixes == 'auto' else prefixes,
                             target_only=model.target_only)
-    summary = _fit(model, fine, src, fine, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                   patience=patience, device=device,
+    if model.prompt_init == 'backbone':
+        # eq 9's W_{l,c} rescaled on the first batch of epoch 1 (DPCPL.calibrate_prompts); the
+        # batches are drawn from (seed, epoch) alone, so reading it changes no later batch
+        metrics['prompt_scale'] = model.to(device).calibrate_prompts(
+            next(iter(src.batches(1))).to(device))
+    summary = _fit(model, fine, src, fine, epochs=epochs, lr=prompt_lr,
+                   weight_decay=weight_decay, patience=patience, device=device,
                    out_dir=None if out_dir is None else out_dir / 'prompt', seed=seed,
                    progress=progress, num_negatives_eval=num_negatives_eval,
-                   config={**config, 'stage': 'prompt'}, amp=amp)
+                   config={**config, 'stage': 'prompt'}, amp=amp, monitor=monitor,
+                   min_epochs=min_epochs)
     counts = model.parameter_counts()
     metrics.update(_evaluate(model, fine, num_negatives_eval, seed, device))
     metrics.update({'val': summary['best_val'], **_summary_fields(summary),
@@ -279,7 +326,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
 def _full_fine_tuning(backbone: EBM, fine: SequenceDataset, metrics: Dict[str, Any], *,
                       batch_size, lr, weight_decay, patience, device, out_dir, seed, progress,
                       num_negatives, prefixes, num_negatives_eval, epochs, config,
-                      amp) -> Dict[str, Any]:
+                      amp, monitor='ndcg@10', min_epochs=0) -> Dict[str, Any]:
     """DPCPL table 4's "fine-tuning": every parameter of the pre-trained EBM trained on the
     fine-tuning side's target-behavior events (the objective prompt tuning uses)."""
     for p in backbone.parameters():
@@ -291,7 +338,8 @@ def _full_fine_tuning(backbone: EBM, fine: SequenceDataset, metrics: Dict[str, A
                    patience=patience, device=device,
                    out_dir=None if out_dir is None else out_dir / 'finetune', seed=seed,
                    progress=progress, num_negatives_eval=num_negatives_eval,
-                   config={**config, 'stage': 'finetune'}, amp=amp)
+                   config={**config, 'stage': 'finetune'}, amp=amp, monitor=monitor,
+                   min_epochs=min_epochs)
     total = sum(p.numel() for p in backbone.parameters())
     metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
     metrics.update({'val': summary['best_val'], **_summary_fields(summary), 'tuning': 'full',

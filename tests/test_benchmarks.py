@@ -96,7 +96,11 @@ def test_every_sequence_row_builds(row):
     from helpers import cyclic_walks
     train_opts = set(inspect.signature(seq_train.train_sequence_model).parameters)
     kwargs = {k: v for k, v in row.set.items() if k not in train_opts}
-    model = SEQ_MODELS[row.model](cyclic_walks(), **kwargs)
+    ds = cyclic_walks()
+    if isinstance(kwargs.get('alpha'), dict):     # HMAR's weights named by MovieLens behaviors
+        assert set(kwargs['alpha']) == {'like'}   # the target's: give it to this target
+        kwargs['alpha'] = {ds.target: kwargs['alpha']['like']}
+    model = SEQ_MODELS[row.model](ds, **kwargs)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

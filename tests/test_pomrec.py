@@ -192,7 +192,8 @@ def _randomise(model, seed):
 
 def test_encode_assembles_eq1_and_eq5_to_9():
     ds = _tiny_dataset()
-    model = PoMRec(ds, dim=4, max_len=8, num_interests=2, num_prompts=2, attention_dim=3).eval()
+    model = PoMRec(ds, dim=4, max_len=8, num_interests=2, num_prompts=2, attention_dim=3,
+                   behavior_prompts=True).eval()
     _randomise(model, 1)
     batch = _batch([[0, 0, 3, 5, 2]], [[0, 0, 1, 2, 2]], pos_behavior=2)
     e = model.encode(batch)[0]
@@ -223,7 +224,7 @@ def test_padding_does_not_change_results():
 
 def test_behavior_prompts_follow_the_predicted_behavior():
     ds = _tiny_dataset()
-    model = PoMRec(ds, dim=4, num_prompts=2).eval()
+    model = PoMRec(ds, dim=4, num_prompts=2, behavior_prompts=True).eval()
     _randomise(model, 3)
     as_a = model.encode(_batch([[0, 3, 5, 2]], [[0, 1, 2, 2]], pos_behavior=1))
     as_b = model.encode(_batch([[0, 3, 5, 2]], [[0, 1, 2, 2]], pos_behavior=2))

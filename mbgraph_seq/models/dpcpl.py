@@ -26,6 +26,9 @@ from .ebm import EBM
 from .sasrec import SequenceRecommender
 
 
+PROMPT_INITS = ('backbone', 'small')
+
+
 class DPCPL(SequenceRecommender):
     """Customized prompt tuning of a frozen EBM backbone.
 
@@ -49,9 +52,28 @@ class DPCPL(SequenceRecommender):
             prompts instead, ``C`` tokens per prompted layer that are the same for every user,
             randomly initialised (N(0, 0.02^2)) and trained (table 5's "w/o PS"). Soft prompts
             have no prompt factors or layer prompts, so eq 12's compactness term is 0 then.
-        compactness_sign: ``+1`` adds :math:`\\lambda \\mathcal L_{compactness}` as eq 13 is
-            written (it lowers each user's coding rate); ``-1`` subtracts it, the reading that
-            maximises the coding rate, i.e. the diversity sec. 4.3.3 describes.
+        compactness_sign: the sign of :math:`\\lambda\\mathcal L_{compactness}` in the loss.
+            ``-1`` (default) subtracts it: tuning *raises* each user's coding rate
+            :math:`R(\\mathcal E_u) + R(\\mathcal P_u)`. Reading taken, from the text around
+            eq 10-13: "Compactness is a desired trait of intra-factor representations and its
+            opposite is what we expect for inter-factor representations"; "diversity should be
+            maintained between prompt factors, and between prompts across layers for each
+            user"; the term "ensure[s] diversity in prompt factors and the final prompt vector
+            across different layers" and "expand[s] the representation space extensively"
+            (sec. 5.4). The rows of :math:`\\mathcal E_u` and :math:`\\mathcal P_u` are
+            different factors / layers of one user (inter-factor), and the coding rate of a
+            set of vectors grows with the volume they span (ReduNet maximises it for the whole
+            set), so diversity means a larger :math:`R`. Eq 13 as printed,
+            :math:`\\mathcal L_{pred} + \\lambda\\mathcal L_{compactness}`, minimises it and
+            pulls the factors together (toward zero): ``+1`` keeps that literal form.
+        prompt_init: the scale of the prompt tokens at the start of tuning. ``'backbone'``
+            (default): the projections :math:`W_{l,c}` (eq 9) are rescaled, by
+            :meth:`calibrate_prompts` on the first tuning batch, so that the mean norm of the
+            prompt tokens equals the mean norm of the backbone's own tokens (its LayerNorm-ed
+            eq-1 event embeddings, ~:math:`\\sqrt d`): prompts that small next to the
+            sequence (the N(0, 0.01^2) start, norm ~0.1 against ~8) barely move the frozen
+            model's output. ``'small'``: no rescaling; the tokens start near zero, i.e. near
+            the backbone's own (zero-slot) behavior.
         **backbone_kwargs: :class:`EBM` arguments when ``backbone`` is None;
             ``sequence_mixer='attention'`` gives table 5's "w/o DS" (a backbone with
             self-attention instead of the Efficient Filter Layer; the prompt tuning is the same).
@@ -64,8 +86,9 @@ class DPCPL(SequenceRecommender):
     def __init__(self, dataset: SequenceDataset, backbone: Optional[EBM] = None,
                  prompt_dim: int = 32, num_factors: int = 8, num_tokens: Optional[int] = None,
                  compactness_weight: float = 1e-2, lambda_e: float = 1.0, lambda_p: float = 1.0,
-                 eps2_e: float = 1.0, eps2_p: float = 1.0, compactness_sign: int = 1,
-                 progressive: bool = True, personalized: bool = True, **backbone_kwargs):
+                 eps2_e: float = 1.0, eps2_p: float = 1.0, compactness_sign: int = -1,
+                 progressive: bool = True, personalized: bool = True,
+                 prompt_init: str = 'backbone', **backbone_kwargs):
         super().__init__(dataset)
         if backbone is None:
             backbone_kwargs.setdefault('prompt_slots', 8 if num_tokens is None else num_tokens)
@@ -86,6 +109,9 @@ class DPCPL(SequenceRecommender):
                              f'prompt_slots={backbone.prompt_slots}')
         if compactness_sign not in (1, -1):
             raise ValueError(f'compactness_sign must be +1 or -1, got {compactness_sign}')
+        if prompt_init not in PROMPT_INITS:
+            raise ValueError(f'prompt_init must be one of {PROMPT_INITS}, got {prompt_init!r}')
+        self.prompt_init = prompt_init
         self.backbone = backbone
         self.backbone.requires_grad_(False)
         self.backbone.eval()
@@ -124,6 +150,29 @@ class DPCPL(SequenceRecommender):
         backbone = sum(p.numel() for p in self.backbone.parameters())
         return {'tuned': tuned, 'backbone': backbone, 'total': tuned + backbone,
                 'tuned_share': tuned / backbone}
+
+    @torch.no_grad()
+    def calibrate_prompts(self, batch: SequenceBatch) -> float:
+        """Rescale the prompt tokens to the backbone's token scale on ``batch``: multiply
+        every :math:`W_{l,c}` (eq 9; soft prompts: the tokens) by the mean norm of the
+        backbone's LayerNorm-ed event embeddings at the batch's real positions over the mean
+        norm of the prompt tokens of its users. Returns the factor. The tokens are linear in
+        :math:`W_{l,c}`, so after the call their mean norm on ``batch`` equals the backbone's."""
+        events = self.backbone.event_embedding(batch)
+        target = events[batch.mask].norm(dim=-1).mean()
+        if self.personalized:
+            tokens = torch.stack(self.prompts(batch.features, events, batch.behaviors).tokens)
+        else:
+            tokens = self.soft_prompts
+        now = tokens.norm(dim=-1).mean()
+        if not bool(now > 0):
+            raise ValueError('the prompt tokens are all zero on this batch: nothing to rescale')
+        factor = float(target / now)
+        if self.personalized:
+            self.prompts.token_proj.mul_(factor)
+        else:
+            self.soft_prompts.mul_(factor)
+        return factor
 
     # ------------------------------------------------------------------ forward
     def item_weight(self) -> Tensor:
@@ -166,4 +215,4 @@ class DPCPL(SequenceRecommender):
         return total, {'pred': float(pred.detach()), 'compactness': float(comp.detach())}
 
 
-__all__ = ['DPCPL']
+__all__ = ['DPCPL', 'PROMPT_INITS']

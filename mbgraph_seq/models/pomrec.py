@@ -11,10 +11,11 @@ r"""PoMRec: prompt-based multi-interest learning for sequential recommendation (
   prefix of every training sequence.
 
 PoMRec is single-behavior in the paper. Its prompts are learned embeddings that tell the input
-which learning objective it serves (extractor or aggregator). On multi-behavior data the
-prompts also name the behavior of the interaction being predicted: one prompt set per module
-and behavior, :math:`P^b_{\mathcal F}` and :math:`P^b_{\mathcal G}`, the target behavior's set
-at evaluation (``behavior_prompts=False`` gives the paper's single set per module).
+which learning objective it serves (extractor or aggregator): one prompt set per module, the
+default. ``behavior_prompts=True`` is an extension for multi-behavior data: the prompts also
+name the behavior of the interaction being predicted, one set per module and behavior,
+:math:`P^b_{\mathcal F}` and :math:`P^b_{\mathcal G}`, the target behavior's set at
+evaluation.
 
 The extractor's softmax covers the whole input, so the model is not causal: it trains on
 sequences cut before each predicted event (``train_layout = 'all'``), exactly the triplets
@@ -22,7 +23,10 @@ sequences cut before each predicted event (``train_layout = 'all'``), exactly th
 
 Defaults: the paper's ``d = 64``, ``M = 20``, and the authors' code for the rest (``K = 3``,
 ``N_p = 4``, :math:`\lambda = 3`, ``d' = 8``); Adam with lr 1e-3, batches of 256; evaluation in
-the paper: 1 positive + 999 sampled negatives.
+the paper: 1 positive + 999 sampled negatives. The authors' training rule (their code):
+weight decay 1e-6, early stopping judged on validation NDCG@5 and never before epoch 21
+(``train_sequence_model(..., weight_decay=1e-6, monitor='ndcg@5', min_epochs=21)``, the seq
+suite's PoMRec tables); their ML-1M example uses ``K = 2``, :math:`\lambda = 1`.
 """
 from __future__ import annotations
 
@@ -55,11 +59,15 @@ class PoMRec(SequenceRecommender):
         attention_dim: ``d'`` of :math:`W^1_{\\mathcal F}, W^1_{\\mathcal G}, W^1_M` (8).
         dispersion_weight: :math:`\\lambda` of eq 6 (3; 0 = centrality only).
         behavior_prompts: one prompt set per behavior of the predicted interaction (see the
-            module docstring); False: one set per module, as in the paper.
+            module docstring; an extension of the paper); False (default): one set per
+            module, as in the paper.
         behavior_input: add a learned behavior embedding to each interaction embedding (an
             extension for multi-behavior data; not in the paper).
         weight_softmax: softmax on the interest weights :math:`z` (the authors' code); the
             paper (eq 8-9) uses them as is.
+        aggregator: ``'mlp'`` (default): eq 8's two-layer MLP for :math:`z`; ``'linear'``: the
+            authors' code, one linear layer + softmax
+            (:class:`~mbgraph_seq.nn.pomrec.InterestAggregator`).
         dropout: dropout on the interaction embeddings (0: the paper has none).
         eps: variance floor of the dispersion (eq 6).
     """
@@ -70,9 +78,9 @@ class PoMRec(SequenceRecommender):
 
     def __init__(self, dataset: SequenceDataset, dim: int = 64, max_len: int = 20,
                  num_interests: int = 3, num_prompts: int = 4, attention_dim: int = 8,
-                 dispersion_weight: float = 3.0, behavior_prompts: bool = True,
+                 dispersion_weight: float = 3.0, behavior_prompts: bool = False,
                  behavior_input: bool = False, weight_softmax: bool = False,
-                 dropout: float = 0.0, eps: float = 1e-6):
+                 dropout: float = 0.0, eps: float = 1e-6, aggregator: str = 'mlp'):
         super().__init__(dataset)
         for name, value in (('dim', dim), ('max_len', max_len), ('num_interests', num_interests),
                             ('attention_dim', attention_dim)):
@@ -96,7 +104,8 @@ class PoMRec(SequenceRecommender):
         self.aggregator_prompts = nn.Parameter(torch.empty(sets, self.num_prompts, dim))  # P_G
         self.extractor = CentralityDispersionExtractor(dim, num_interests, attention_dim,
                                                        dispersion_weight, eps)
-        self.aggregator = InterestAggregator(dim, num_interests, attention_dim, weight_softmax)
+        self.aggregator = InterestAggregator(dim, num_interests, attention_dim, weight_softmax,
+                                             weights=aggregator)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 

@@ -122,6 +122,9 @@ class CentralityDispersionExtractor(nn.Module):
         return mean + self.dispersion_weight * std
 
 
+AGGREGATOR_WEIGHTS = ('mlp', 'linear')
+
+
 class InterestAggregator(nn.Module):
     r"""Attention-based multi-interest aggregator :math:`\mathcal G` (eq 7-9):
 
@@ -142,22 +145,33 @@ class InterestAggregator(nn.Module):
         attention_dim: ``d'``.
         weight_softmax: apply a softmax to :math:`z` before eq 9 (the authors' code); the paper
             uses :math:`z` as is.
+        weights: how :math:`z` is computed from :math:`v`. ``'mlp'`` (default): eq 8's two
+            layers. ``'linear'``: the authors' code, one linear layer and a softmax,
+            :math:`z = \mathrm{softmax}(W_M v + b_M)` with :math:`W_M \in \mathbb{R}^{K
+            \times d}` (``weight_softmax`` is then implied).
     """
 
     def __init__(self, dim: int, num_interests: int, attention_dim: int,
-                 weight_softmax: bool = False):
+                 weight_softmax: bool = False, weights: str = 'mlp'):
         super().__init__()
+        if weights not in AGGREGATOR_WEIGHTS:
+            raise ValueError(f'weights must be one of {AGGREGATOR_WEIGHTS}, got {weights!r}')
         self.w1 = nn.Linear(dim, attention_dim, bias=False)
         self.w2 = nn.Linear(attention_dim, 1, bias=False)
-        self.mlp1 = nn.Linear(dim, attention_dim)
-        self.mlp2 = nn.Linear(attention_dim, num_interests)
-        self.weight_softmax = bool(weight_softmax)
+        self.kind = weights
+        if weights == 'mlp':
+            self.mlp1 = nn.Linear(dim, attention_dim)
+            self.mlp2 = nn.Linear(attention_dim, num_interests)
+        else:
+            self.linear = nn.Linear(dim, num_interests)
+        self.weight_softmax = bool(weight_softmax) or weights == 'linear'
 
     def weights(self, h: Tensor, mask: Tensor) -> Tensor:
         """Interest weights :math:`z` ``[B, K]`` (eq 7-8)."""
         a = masked_softmax(self.w2(torch.tanh(self.w1(h))), mask)            # [B, L, 1]
         v = torch.einsum('bl,bld->bd', a.squeeze(-1), h)                      # eq 7
-        z = self.mlp2(torch.tanh(self.mlp1(v)))                               # eq 8
+        z = (self.mlp2(torch.tanh(self.mlp1(v))) if self.kind == 'mlp'       # eq 8
+             else self.linear(v))
         return torch.softmax(z, dim=-1) if self.weight_softmax else z
 
     def forward(self, h: Tensor, mask: Tensor, interests: Tensor) -> Tensor:
@@ -166,5 +180,5 @@ class InterestAggregator(nn.Module):
         return torch.einsum('bk,bkd->bd', self.weights(h, mask), interests)
 
 
-__all__ = ['prompt_augment', 'masked_softmax', 'centrality_dispersion',
+__all__ = ['AGGREGATOR_WEIGHTS', 'prompt_augment', 'masked_softmax', 'centrality_dispersion',
            'CentralityDispersionExtractor', 'InterestAggregator']
