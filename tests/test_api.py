@@ -1,4 +1,5 @@
-"""The public API: the front doors and train_graph_model against the CLI."""
+"""The public API: the front doors, train_graph_model against the CLI, the named models built
+three ways, and heads that declare the batches they need."""
 import importlib
 import json
 
@@ -112,3 +113,78 @@ def test_train_graph_model_refuses_what_it_cannot_set_up(tmp_path):
         train_graph_model('lightgcn', data, batch_size=0, progress=False)
     with pytest.raises(ValueError, match='unknown protocol'):
         train_graph_model('lightgcn', data, protocol='best', progress=False)
+
+
+# ---------------------------------------------------------------------- defaults in one place
+def configuration(model):
+    """What a model computes: its modules and their options, the loss settings, its reading,
+    and its initial weights."""
+    return {'repr': repr(model), 'reg': model.reg, 'reg_scope': model.reg_scope,
+            'bpr_scale': model.bpr_scale, 'lambdas': model.lambdas,
+            'reading': getattr(model, 'reading', None), 'batches': model.batches,
+            'schedule': getattr(model, 'schedule', None),
+            'weights': {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == 'weights':
+            assert a[key].keys() == b[key].keys()
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize('name', ['copf', 'pkef'])
+def test_named_model_class_registry_and_cli_build_the_same_model(tmp_path, monkeypatch, name):
+    from mbgraph import COPF, PKEF, build_model
+    from mbgraph.data import load_dataset
+    cls = {'copf': COPF, 'pkef': PKEF}[name]
+    data = load_dataset('synthetic')
+    torch.manual_seed(0)
+    by_class = configuration(cls(data))
+    torch.manual_seed(0)
+    by_name = configuration(build_model(name, data))
+    built = []
+
+    def spy(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        built.append(configuration(model))
+        return model
+    monkeypatch.setattr(pipeline, 'build_model', spy)
+    assert main(['train', '--model', name, '--dataset', 'synthetic', '--epochs', '1',
+                 '--batch-size', '3000', '--out', str(tmp_path), '--no-progress']) == 0
+    _same(by_class, by_name)
+    _same(by_class, built[0])
+    # the reading's settings, not the classes' plain defaults
+    assert by_class['reg'] == 1e-2 and by_class['reading'] == 'code'
+
+
+# ---------------------------------------------------------------------- batches a head needs
+def test_hand_built_model_with_pme_gets_its_unique_pairs():
+    from mbgraph.data import BPRSampler, UniquePairSampler, synthetic
+    from mbgraph.models import MultiBehaviorModel, build_model
+    from mbgraph.nn import PerBehaviorLightGCN, PMEHead
+    data = synthetic(num_users=80, num_items=60, seed=2)
+    torch.manual_seed(0)
+    model = MultiBehaviorModel(data, PerBehaviorLightGCN(num_behaviors=3), PMEHead(16, 3),
+                               embedding_dim=16)
+    assert model.batch_needs() == {'unique'}
+    source = model.batch_source(data, batch_size=64, seed=0)
+    assert type(source) is UniquePairSampler
+    named = build_model('lightgcns+pme', data, embedding_dim=16).batch_source(
+        data, batch_size=64, seed=0)
+    assert type(named) is UniquePairSampler and named.pairs == source.pairs
+    _, parts = model.loss(next(iter(source.batches(1))))
+    assert 'unique' in parts
+    # a batch that cannot feed the unique loss is an error, not a silent zero
+    plain = next(iter(BPRSampler(data, model.train_behaviors, batch_size=64).batches(1)))
+    with pytest.raises(ValueError, match="needs the batch's 'unique' pairs"):
+        model.loss(plain)
+    # without the unique loss the head needs nothing beyond the triples
+    off = MultiBehaviorModel(data, PerBehaviorLightGCN(num_behaviors=3),
+                             PMEHead(16, 3, unique_loss=False), embedding_dim=16)
+    assert off.batch_needs() == frozenset()
+    assert type(off.batch_source(data)) is BPRSampler
+    assert 'unique' not in off.loss(plain)[1]
