@@ -28,6 +28,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from .datasets import KNOWN_ORDERS, PathLike, safe_unpickle
+from .datasets._base import _infer_order as infer_order
 from .multiplex import deduplicate, holdout_validation, make_multiplex, validate
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,7 @@ def behavior_files(directory: PathLike) -> dict[str, Path]:
 def _infer_order(present: Sequence[str]) -> list[str] | None:
     """The order of ``present`` if every known order (SSLRec's and mbgraph's) holding all of
     them, target included, agrees on it."""
-    present = set(present)
-    candidates = set()
-    for order in (*map(tuple, SSLREC_BEHAVIORS.values()), *KNOWN_ORDERS):
-        if present <= set(order) and order[-1] in present:
-            candidates.add(tuple(b for b in order if b in present))
-    return list(candidates.pop()) if len(candidates) == 1 else None
+    return infer_order(present, (*map(tuple, SSLREC_BEHAVIORS.values()), *KNOWN_ORDERS))
 
 
 def read_sparse_pairs(path: PathLike, shape: tuple[int, int] | None = None
