@@ -12,9 +12,24 @@ Layers are in :mod:`mbgraph.nn`, data tools in :mod:`mbgraph.data`, the sequence
 """
 from .data import load_dataset
 from .evaluation import FullRankingEvaluator, SampledEvaluator
-from .models import (COPF, CRGCN, MBCGCN, MODELS, PKEF, CascadingRank, ComposedModel,
-                     GraphRecommender, History, HistoryHybrid, LightGCN, LightGCN_M, MostPop,
-                     MultiBehaviorModel, build_model, is_known_model)
+from .models import (
+    COPF,
+    CRGCN,
+    MBCGCN,
+    MODELS,
+    PKEF,
+    CascadingRank,
+    ComposedModel,
+    GraphRecommender,
+    History,
+    HistoryHybrid,
+    LightGCN,
+    LightGCN_M,
+    MostPop,
+    MultiBehaviorModel,
+    build_model,
+    is_known_model,
+)
 from .pipeline import train_graph_model
 from .training import Trainer
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import csv
 import logging
 import pickle
@@ -133,7 +132,9 @@ def format_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
         return '-' if v is None else str(v)
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'
+
+    def line(vals):
+        return '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'
     return '\n'.join([line(columns), '|' + '|'.join('-' * (w + 2) for w in widths) + '|',
                       *(line(r) for r in cells)])
 
@@ -173,6 +174,7 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
 def cmd_train_sequence(args, device: torch.device) -> int:
     """Sequence models (mbgraph_seq) through the same Trainer and metrics.json."""
     from mbgraph_seq.train import train_sequence_model
+
     from .distributed import is_main_process
     from .io import RunLock
     from .training import environment, write_metrics

@@ -13,7 +13,7 @@ registry and the pipeline are importable from here::
 from mbgraph import __version__
 
 from .data import EvalInputs, SequenceBatch, SequenceDataset, SequenceTrainSource
-from .models import DPCPL, EBM, HMAR, SEQ_MODELS, SASRec, PoMRec, SequenceRecommender
+from .models import DPCPL, EBM, HMAR, SEQ_MODELS, PoMRec, SASRec, SequenceRecommender
 from .train import train_sequence_model
 
 __all__ = ['EvalInputs', 'SequenceBatch', 'SequenceDataset', 'SequenceTrainSource',

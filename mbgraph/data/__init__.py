@@ -7,12 +7,31 @@ Everything a user needs to get a graph and train on it is importable from here::
 """
 from .adjacency import BehaviorAdjacency, SparseOperator, available_backends
 from .behavior_txt import load_behavior_txt
-from .datasets import (DATASETS, describe, load_dataset, load_interaction_log, load_mbgmn,
-                       load_movielens, synthetic)
+from .datasets import (
+    DATASETS,
+    describe,
+    load_dataset,
+    load_interaction_log,
+    load_mbgmn,
+    load_movielens,
+    synthetic,
+)
 from .multiplex import (
-    ITEM, USER, MultiplexValidationError, behaviors_of, count_duplicates, deduplicate, edge_type,
-    holdout_validation, make_multiplex, num_users_items, select_behaviors, split_edge_index,
-    statistics, target_behavior, validate,
+    ITEM,
+    USER,
+    MultiplexValidationError,
+    behaviors_of,
+    count_duplicates,
+    deduplicate,
+    edge_type,
+    holdout_validation,
+    make_multiplex,
+    num_users_items,
+    select_behaviors,
+    split_edge_index,
+    statistics,
+    target_behavior,
+    validate,
 )
 from .pyg import from_pyg_taobao
 from .recbole import load_recbole

@@ -7,10 +7,27 @@ The classes live in :mod:`mbgraph.nn.conv`, :mod:`mbgraph.nn.encoders` and
 :mod:`mbgraph.nn.heads`, one idea a file; this module only re-exports them.
 """
 from .conv import BehaviorConv
-from .encoders import (BehaviorEmbeddings, CascadeEncoder, COGCNEncoder, LightGCNEncoder,
-                       MultiBehaviorEncoder, PerBehaviorLightGCN, PKFEncoder)
-from .heads import (BehaviorMixture, BilinearHead, DFMEHead, MESIHead, MMoEHead, MultiTaskHead,
-                    PLEHead, PMEHead, SharedBottomHead, StackedMLP)
+from .encoders import (
+    BehaviorEmbeddings,
+    CascadeEncoder,
+    COGCNEncoder,
+    LightGCNEncoder,
+    MultiBehaviorEncoder,
+    PerBehaviorLightGCN,
+    PKFEncoder,
+)
+from .heads import (
+    BehaviorMixture,
+    BilinearHead,
+    DFMEHead,
+    MESIHead,
+    MMoEHead,
+    MultiTaskHead,
+    PLEHead,
+    PMEHead,
+    SharedBottomHead,
+    StackedMLP,
+)
 
 __all__ = [
     # layer
