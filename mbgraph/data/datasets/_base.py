@@ -6,7 +6,7 @@ import csv
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,6 +56,55 @@ def _infer_order(present: Sequence[str],
     if len(candidates) == 1:
         return list(candidates.pop())
     return None
+
+
+def resolve_order(directory: Path, present: Sequence[str],
+                  behaviors: Optional[Sequence[str]], known: Optional[Sequence[str]],
+                  file_of: Callable[[str], str], *, dataset: Optional[str] = None,
+                  orders: Sequence[Sequence[str]] = KNOWN_ORDERS,
+                  logger: Optional[logging.Logger] = None) -> List[str]:
+    """The behavior order that a loader of one file per behavior reads (MB-GMN's
+    ``trn_<behavior>``, SSLRec's ``train_mat_<behavior>.pkl``): ``behaviors`` when given
+    (distinct, each with its file); else the ``known`` order of the dataset, less the
+    behaviors whose file is absent (with a warning; the target's must be there); else the
+    order of the files ``present`` that ``orders`` agree on. ``file_of`` names a behavior's
+    file, ``dataset`` the dataset in messages; the behaviors present but not read are logged
+    (to ``logger``, the loader's; default this package's).
+    """
+    logger = logger or log
+    listed = [file_of(b) for b in present]
+    of = f' of {dataset!r}' if dataset else ''
+    if behaviors is not None:
+        order = [str(b) for b in behaviors]
+        if not order or len(set(order)) != len(order):
+            raise ValueError(f'behaviors must be distinct names, target last; got {order}')
+        missing = [b for b in order if b not in present]
+        if missing:
+            raise FileNotFoundError(
+                f'{directory}: no file for behaviors {missing} (expected '
+                f'{", ".join(file_of(b) for b in missing)}); files present: {listed}')
+    elif known is not None:
+        if known[-1] not in present:
+            raise FileNotFoundError(
+                f'{Path(directory) / file_of(known[-1])}: missing the target behavior file{of} '
+                f'(order {list(known)}); files present: {listed}')
+        order = [b for b in known if b in present]
+        skipped = [b for b in known if b not in present]
+        if skipped:
+            logger.warning('%s: no file for behaviors %s%s; loading %s only', directory,
+                           skipped, of, order)
+    else:
+        if not present:
+            raise ValueError(f'{directory}: no {file_of("<behavior>")} files')
+        order = _infer_order(present, orders)
+        if order is None:
+            raise ValueError(
+                f'{directory}: the behavior order of files {listed}{of} is not known; pass '
+                'behaviors=[...] upstream -> downstream with the target last')
+    ignored = [b for b in present if b not in order]
+    if ignored:
+        logger.info('%s: not loading behaviors %s (not in %s)', directory, ignored, order)
+    return order
 
 
 def _leave_one_out(user: np.ndarray, item: np.ndarray, key: np.ndarray, num_items: int,

@@ -10,7 +10,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from ..multiplex import deduplicate, holdout_validation, make_multiplex, validate
-from ._base import DataFormatError, PathLike, _edge, _infer_order
+from ._base import DataFormatError, PathLike, _edge, resolve_order
 from .pickles import safe_unpickle
 
 log = logging.getLogger(__package__)
@@ -123,37 +123,8 @@ def load_mbgmn(directory: PathLike, behaviors: Optional[Sequence[str]] = None,
         if name.endswith('-mbgmn'):
             name = name[:-len('-mbgmn')]
     present = sorted(p.name[len('trn_'):] for p in directory.glob('trn_*') if p.is_file())
-    if behaviors is not None:
-        order = [str(b) for b in behaviors]
-        missing = [b for b in order if b not in present]
-        if missing:
-            raise FileNotFoundError(
-                f'{directory}: no file for behaviors {missing} (expected '
-                f'{", ".join("trn_" + b for b in missing)}); files present: '
-                f'{["trn_" + b for b in present]}')
-    else:
-        known = MBGMN_BEHAVIORS.get(name)
-        if known is not None:
-            target = known[-1]
-            if target not in present:
-                raise FileNotFoundError(
-                    f'{directory / ("trn_" + target)}: missing the target behavior file of '
-                    f'{name!r} (order {known}); files present: {["trn_" + b for b in present]}')
-            order = [b for b in known if b in present]
-            skipped = [b for b in known if b not in present]
-            if skipped:
-                log.warning('%s: no file for behaviors %s of %r; loading %s only',
-                            directory, skipped, name, order)
-        else:
-            order = _infer_order(present) if present else None
-            if order is None:
-                raise ValueError(
-                    f'{directory}: unknown dataset {name!r} and the behavior order of files '
-                    f'{["trn_" + b for b in present]} cannot be inferred; pass behaviors=[...] '
-                    'upstream -> downstream with the target last')
-    ignored = [b for b in present if b not in order]
-    if ignored:
-        log.info('%s: not loading behaviors %s (not in %s)', directory, ignored, order)
+    order = resolve_order(directory, present, behaviors, MBGMN_BEHAVIORS.get(name),
+                          lambda b: f'trn_{b}', dataset=name)
     tst_path = directory / 'tst_int'
     if not tst_path.is_file():
         raise FileNotFoundError(f'{tst_path}: missing; expected the pickled per-user test items')
