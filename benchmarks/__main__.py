@@ -88,8 +88,8 @@ def cmd_run(args) -> int:
         from . import speed
         print(speed.render(results))
     print(f'wrote {results / "tables.md"}' + ''.join(f', {p}' for p in plots))
-    print(f'suite {Path(args.suite).name}: {counts["done"]} run, {counts["skipped"]} skipped (finished '
-          f'earlier), {counts["failed"]} failed'
+    print(f'suite {Path(args.suite).name}: {counts["done"]} run, {counts["skipped"]} skipped '
+          f'(finished earlier), {counts["failed"]} failed'
           + (f', {counts["locked"]} in use by another runner' if counts.get('locked') else '')
           + (f', datasets not found: {", ".join(counts["missing_data"])}'
              if counts['missing_data'] else '')

@@ -35,6 +35,7 @@ it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -197,18 +198,21 @@ def _params(fn) -> set:
             and n not in ('self', 'data', 'dataset')}
 
 
+@functools.lru_cache(maxsize=None)
+def _registered_class(kind: str, name: str) -> type:
+    """The class that the ``'ENCODER+HEAD'`` registry (:data:`mbgraph.models.ENCODERS` or
+    :data:`~mbgraph.models.HEADS`, by ``kind``) builds for ``name``: its factories take
+    ``(embedding_dim, num_behaviors, **options)``, so one tiny instance names it."""
+    from mbgraph.models import ENCODERS, HEADS
+    registry = ENCODERS if kind == 'encoder' else HEADS
+    return type(registry[name](8, 2))
+
+
 def _graph_option_sets(model: str) -> Tuple[set, Optional[set], Optional[set]]:
     """(model, encoder, head) keyword names that ``model`` accepts (None: an encoder or head
     registered elsewhere, whose options are not checked here)."""
-    from mbgraph.models import MODELS, MultiBehaviorModel
+    from mbgraph.models import ENCODERS, HEADS, MODELS, MultiBehaviorModel
     from mbgraph.models.multi_behavior import parse_name
-    from mbgraph.nn import encoders, heads
-    encoder_classes = {'mbcgcn': encoders.CascadeEncoder, 'crgcn': encoders.CascadeEncoder,
-                       'pkf': encoders.PKFEncoder, 'cogcn': encoders.COGCNEncoder,
-                       'lightgcns': encoders.PerBehaviorLightGCN}
-    head_classes = {'bilinear': heads.BilinearHead, 'shared_bottom': heads.SharedBottomHead,
-                    'mmoe': heads.MMoEHead, 'ple': heads.PLEHead, 'mesi': heads.MESIHead,
-                    'pme': heads.PMEHead, 'dfme': heads.DFMEHead}
     key = model.lower()
     if key.startswith('hybrid:'):        # the hybrid's own options and its base model's
         from mbgraph.models import HistoryHybrid
@@ -222,8 +226,8 @@ def _graph_option_sets(model: str) -> Tuple[set, Optional[set], Optional[set]]:
     if key in ('pkef', 'copf'):
         model_opts.add('reading')
     return (model_opts,
-            _params(encoder_classes[enc]) if enc in encoder_classes else None,
-            _params(head_classes[head]) if head in head_classes else None)
+            _params(_registered_class('encoder', enc)) if enc in ENCODERS else None,
+            _params(_registered_class('head', head)) if head in HEADS else None)
 
 
 def sequence_models() -> Dict[str, Any]:

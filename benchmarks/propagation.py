@@ -30,7 +30,9 @@ import torch
 
 from mbgraph.data import make_multiplex
 from mbgraph.data.adjacency import (
-    BehaviorAdjacency, available_backends, to_homogeneous_edge_index,
+    BehaviorAdjacency,
+    available_backends,
+    to_homogeneous_edge_index,
 )
 
 TAOBAO_USERS = 15_449

@@ -14,7 +14,10 @@ For a run with id ``RID`` in suite ``S`` (see :mod:`benchmarks.config`):
 * a failed run writes ``RESULTS/S/RID.failed.json`` (command, status, the end of its stderr)
   and the suite goes on; it is retried on the next invocation.
 
-Every subprocess gets its own process, so ``peak_rss_mb`` is that run's own peak. The runner
+A run is ``mbgraph train``, i.e. :func:`mbgraph.train_graph_model` or
+:func:`mbgraph_seq.train_sequence_model`, in a process of its own rather than a call in this
+one: ``peak_rss_mb`` is then that run's own peak, a crashed or killed run takes nothing else
+down, and the runner stays a thin caller that adds only scheduling and bookkeeping. The runner
 owns its children: each starts in a process group of its own with a parent-death signal
 (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so a runner killed even with ``kill -9`` takes
 its running child with it, and an interrupted runner (Ctrl-C, SIGTERM) stops the child's whole

@@ -300,9 +300,9 @@ def describe(args) -> str:
 
 def _graphs(data_root: Optional[str]) -> List[Tuple[str, Any]]:
     from mbgraph.data.datasets import load_dataset
+    from mbgraph.data.multiplex import select_behaviors
 
     from .runner import dataset_available
-    from mbgraph.data.multiplex import select_behaviors
     out = [('synthetic', load_dataset('synthetic', None, seed=0))]
     ok, _ = dataset_available('taobao', data_root)
     if ok:

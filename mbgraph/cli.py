@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import csv
 import logging
 import pickle
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+
+from .pipeline import PROTOCOLS
 
 log = logging.getLogger('mbgraph')
 
@@ -131,7 +132,9 @@ def format_table(rows: List[Dict[str, Any]], columns: Sequence[str]) -> str:
         return '-' if v is None else str(v)
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'
+
+    def line(vals):
+        return '| ' + ' | '.join(v.ljust(w) for v, w in zip(vals, widths)) + ' |'
     return '\n'.join([line(columns), '|' + '|'.join('-' * (w + 2) for w in widths) + '|',
                       *(line(r) for r in cells)])
 
@@ -177,6 +180,7 @@ def load_sequences(dataset: str, data_root: Optional[str], max_len: int, seed: i
 def cmd_train_sequence(args, device: torch.device) -> int:
     """Sequence models (mbgraph_seq) through the same Trainer and metrics.json."""
     from mbgraph_seq.train import train_sequence_model
+
     from .distributed import is_main_process
     from .io import RunLock
     from .training import environment, write_metrics
@@ -270,134 +274,37 @@ def cmd_train(args) -> int:
         cleanup()
 
 
-#: what --protocol selects and what metrics.json says of it
-PROTOCOLS = {
-    'validation': 'full ranking of all items, training target items masked; one target '
-                  'interaction per user held out for validation, early stopping and the '
-                  'best validation epoch; test metrics of that epoch',
-    'paper': 'full ranking of all items, training target items masked; every training '
-             'interaction trains (no validation split), a fixed number of epochs; test '
-             'metrics of the last epoch',
-}
-
-
-def _schedule(args, model) -> Dict[str, Any]:
-    """lr, decay, epochs and batch size: the command line's, else the model's reading's,
-    else the plain defaults."""
-    reading = getattr(model, 'schedule', None) or {}
-    batches = getattr(model, 'batches', None) or {}
-    out = {'lr': args.lr if args.lr is not None else reading.get('lr', 1e-3),
-           'epochs': args.epochs if args.epochs is not None else
-           (reading.get('epochs', 100) if args.protocol == 'paper' else 100),
-           'lr_decay': args.lr_decay if args.lr_decay is not None else reading.get('lr_decay')}
-    steps = args.lr_decay_steps
-    if steps is None and args.lr_decay is None and reading.get('lr_decay_steps') == 'per_epoch':
-        steps = 'per_epoch'
-    out['lr_decay_steps'] = steps
-    out['batch_size'] = args.batch_size or batches.get('users_per_batch') or \
-        batches.get('batch_size') or 2048
-    out['batch_kind'] = batches.get('kind', 'pairs')
-    return out
-
-
-def _throughput(sampler, summary: Dict[str, Any]) -> Dict[str, Any]:
-    """Training triples per epoch (per behavior and in all) and seconds per million."""
-    per = sampler.triples_per_epoch(1) if hasattr(sampler, 'triples_per_epoch') else None
-    if not per:
-        return {}
-    total = int(sum(per.values()))
-    secs = summary.get('epoch_seconds')
-    return {'train_triples_per_epoch': {**per, 'all': total},
-            'seconds_per_million_triples': (secs / total * 1e6) if secs and total else None}
-
-
 def _train_graph(args, device: torch.device) -> int:
-    from .data.multiplex import merge_validation
-    from .data.shortcuts import shortcut_shares
-    from .distributed import is_main_process
-    from .evaluation import FullRankingEvaluator
-    from .io import RunLock
-    from .models.readings import DEFAULT_READING, readings_of
-    from .training import Trainer, environment, write_metrics
-    from .validation import clear_run_files, data_fingerprint, parse_ks
+    """A graph model: :func:`mbgraph.pipeline.train_graph_model` with the command line's
+    options, then the results table."""
+    from .models.readings import readings_of
+    from .pipeline import RunSetupError, train_graph_model
+    from .validation import parse_ks
     ks = parse_ks(args.ks)
-    behaviors = _split_list(args.behaviors)
-    data = load_data(args.dataset, args.data_root, behaviors, args.seed)
-    if args.protocol == 'paper':
-        merge_validation(data)
-    kwargs = model_kwargs(args)
-    if readings_of(args.model):
-        kwargs['reading'] = args.reading or kwargs.get('reading', DEFAULT_READING)
-    elif args.reading is not None:
+    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
+    data = load_data(args.dataset, args.data_root, _split_list(args.behaviors), args.seed)
+    if args.reading is not None and not readings_of(args.model):
         raise UsageError(f'--reading applies to the models with named readings '
                          f'({", ".join(_reading_models())}), not {args.model!r}')
-    torch.manual_seed(args.seed)
-    model = make_model(args.model, data, kwargs)
-    plan = _schedule(args, model)
-    out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     try:
-        sampler = model.batch_source(data, batch_size=plan['batch_size'], seed=args.seed)
-    except ValueError as e:
+        metrics = train_graph_model(
+            args.model, data, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
+            lr_decay_steps=args.lr_decay_steps, batch_size=args.batch_size,
+            protocol=args.protocol, reading=args.reading, ks=ks, patience=args.patience,
+            eval_every=args.eval_every, device=device, out_dir=out, seed=args.seed,
+            progress=not args.no_progress, amp=args.amp, stop_at=_stop_at(args.stop_at, ks),
+            resume=args.resume, allow_changes=_split_list(args.allow_change) or (),
+            overwrite=args.overwrite, dataset=args.dataset, data_root=args.data_root,
+            hyperparameters=model_kwargs(args))
+    except RunSetupError as e:
         raise UsageError(str(e)) from e
-    if plan['lr_decay_steps'] == 'per_epoch':   # the code: users per epoch // batch
-        plan['lr_decay_steps'] = max(1, sampler.users_per_epoch // sampler.users_per_batch) \
-            if hasattr(sampler, 'users_per_epoch') else None
-    config = {'model': args.model, 'dataset': args.dataset, 'data_root': args.data_root,
-              'behaviors': data.behaviors, 'model_kwargs': kwargs, 'seed': args.seed,
-              'epochs': plan['epochs'], 'batch_size': plan['batch_size'],
-              'batch_kind': plan['batch_kind'], 'lr': plan['lr'], 'lr_decay': plan['lr_decay'],
-              'lr_decay_steps': plan['lr_decay_steps'], 'patience': args.patience, 'ks': ks,
-              'protocol': args.protocol, 'device': str(device),
-              'data_fingerprint': data_fingerprint(data)}
-    paper = args.protocol == 'paper'
-    test_eval = FullRankingEvaluator(data, 'test', ks=ks)
-    val = FullRankingEvaluator(data, 'val', ks=ks) if not paper and _has_split(data, 'val') \
-        else None
-    try:
-        trainer = Trainer(model, sampler, val, epochs=plan['epochs'], lr=plan['lr'],
-                          lr_decay=plan['lr_decay'], lr_decay_steps=plan['lr_decay_steps'],
-                          monitor=f'ndcg@{ks[0]}', patience=args.patience,
-                          eval_every=args.eval_every, device=device, out_dir=out,
-                          seed=args.seed, progress=not args.no_progress, config=config,
-                          amp=args.amp, watch=test_eval if paper else None,
-                          stop_at=_stop_at(args.stop_at, ks))
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    # rank 0 holds the lock from clearing an old run to the end of training
-    with RunLock(out) if is_main_process() else contextlib.nullcontext():
-        if args.overwrite or (args.resume and not (out / 'checkpoint.pt').is_file()):
-            clear_run_files(out, '--overwrite' if args.overwrite else
-                            '--resume found no checkpoint.pt to resume from')
-        summary = trainer.fit(resume=args.resume,
-                              allow_changes=_split_list(args.allow_change) or ())
-    test = test_eval.evaluate(model, device)     # split over ranks under torchrun
-    if not is_main_process():
+    if metrics is None:     # not the main process under torchrun
         return 0
-    metrics = {'model': args.model, 'dataset': args.dataset, 'test': test,
-               'val': summary.pop('best_val'), **summary,
-               'eval_seconds': test_eval.last_seconds, 'protocol': args.protocol,
-               'protocol_description': PROTOCOLS[args.protocol],
-               'reading': getattr(model, 'reading', None),
-               'test_users': int(test_eval.users.numel()),
-               **_throughput(sampler, summary),
-               'config': config, 'environment': environment(), 'date': time.strftime('%Y-%m-%d'),
-               'shortcuts': shortcut_shares(data), **_launch_facts(args)}
-    if paper:
-        curve = [{'epoch': r['epoch'], **r['watch']} for r in trainer.history if 'watch' in r]
-        if not curve or curve[-1]['epoch'] != trainer.epoch:
-            curve.append({'epoch': trainer.epoch, **test})
-        best = max(curve, key=lambda r: r[f'hr@{ks[0]}'])
-        metrics['test_curve'] = curve
-        metrics['test_best_of_evaluated'] = {
-            **best, 'note': 'OPTIMISTIC, not the result: the best test metrics over the '
-                            'evaluated epochs, chosen on the test set (what the papers\' '
-                            'code reports)'}
-    path = write_metrics(out / 'metrics.json', metrics)
-    row = {'model': args.model, 'dataset': args.dataset, **test,
+    row = {'model': args.model, 'dataset': args.dataset, **metrics['test'],
            'best epoch': metrics['best_epoch'], 'epochs': metrics['epochs_run'],
            's/epoch': metrics['epoch_seconds'], 'eval s': metrics['eval_seconds']}
     print(format_table([row], list(row)))
-    print(f'wrote {path}')
+    print(f'wrote {out / "metrics.json"}')
     return 0
 
 
@@ -420,12 +327,6 @@ def _stop_at(value: Optional[str], ks: List[int]):
 def _reading_models() -> List[str]:
     from .models.readings import READINGS
     return sorted(READINGS)
-
-
-def _has_split(data, split: str) -> bool:
-    from .data.multiplex import split_edge_index
-    ei = split_edge_index(data, split)
-    return ei is not None and ei.numel() > 0
 
 
 def cmd_evaluate(args) -> int:

@@ -24,12 +24,15 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
-from torch_geometric.metrics import (LinkPredHitRatio, LinkPredMetricCollection, LinkPredNDCG,
-                                     LinkPredRecall)
+from torch_geometric.metrics import (
+    LinkPredHitRatio,
+    LinkPredMetricCollection,
+    LinkPredNDCG,
+    LinkPredRecall,
+)
 
 from . import distributed as dist_utils
-from .data.multiplex import (SPLITS, edge_type, num_users_items, split_edge_index,
-                             target_behavior)
+from .data.multiplex import SPLITS, edge_type, num_users_items, split_edge_index, target_behavior
 from .data.sampling import InteractionSet, sample_negatives
 
 METRICS = {'hr': LinkPredHitRatio, 'ndcg': LinkPredNDCG, 'recall': LinkPredRecall}

@@ -581,7 +581,8 @@ class Trainer:
         if 'fingerprint' not in state:
             if 'unfingerprinted' in allow_changes:   # the user vouches for the older file
                 log.warning('%s has no run fingerprint (written by an older mbgraph); resumed '
-                            'as asked (--allow-change unfingerprinted), its options unchecked', path)
+                            'as asked (--allow-change unfingerprinted), its options unchecked',
+                            path)
                 diffs = []
             else:
                 diffs = ['the checkpoint has no run fingerprint (written by an older mbgraph; '

@@ -215,6 +215,7 @@ def _timed_entries(path) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[int,
     """(rows, cols, values, shape) of the non-zero entries of a pickled scipy CSR / COO
     matrix, values as float64 (event times for :meth:`SequenceDataset.from_sslrec`)."""
     import scipy.sparse
+
     from mbgraph.data.datasets import safe_unpickle
     m = safe_unpickle(path)
     if not isinstance(m, (scipy.sparse.csr_matrix, scipy.sparse.coo_matrix)):

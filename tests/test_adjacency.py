@@ -5,7 +5,11 @@ import torch
 
 from mbgraph.data import make_multiplex
 from mbgraph.data.adjacency import (
-    BehaviorAdjacency, SparseOperator, available_backends, spmm, to_homogeneous_edge_index,
+    BehaviorAdjacency,
+    SparseOperator,
+    available_backends,
+    spmm,
+    to_homogeneous_edge_index,
 )
 
 U, I = 3, 4

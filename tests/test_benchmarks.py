@@ -10,8 +10,7 @@ import torch
 from benchmarks.__main__ import main
 from benchmarks.config import ConfigError, expand, list_suites, load_suite, load_table
 from benchmarks.runner import load_results, plan, run_suite
-from benchmarks.speed import (fit_slope, saved_activation_bytes, scaling_slopes,
-                              sequence_scaling)
+from benchmarks.speed import fit_slope, saved_activation_bytes, scaling_slopes, sequence_scaling
 from benchmarks.tables import format_cell, plot_curves, render_table
 
 MINIMAL = """
@@ -93,6 +92,7 @@ def test_every_sequence_row_builds(row):
 
     from mbgraph_seq import train as seq_train
     from mbgraph_seq.models import SEQ_MODELS
+
     from helpers import cyclic_walks
     train_opts = set(inspect.signature(seq_train.train_sequence_model).parameters)
     kwargs = {k: v for k, v in row.set.items() if k not in train_opts}
@@ -291,7 +291,7 @@ set = { pretrain_epochs = 1, dim = 8, num_layers = 1, num_blocks = 2, prompt_dim
 name = "fine-tuning"
 model = "dpcpl"
 set = { tuning = "full", pretrain_epochs = 1, dim = 8, num_layers = 1, num_blocks = 2, prompt_dim = 4, num_factors = 2, num_tokens = 2, compactness_weight = 0.01 }
-"""
+"""  # noqa: E501 (a TOML inline table is one line)
 
 
 def test_dpcpl_rows_that_differ_in_tuning_share_one_pretraining(tmp_path):

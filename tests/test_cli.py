@@ -72,7 +72,8 @@ def test_train_sequence_model_through_the_same_cli(tmp_path, capsys):
 def test_sequence_model_bad_dataset_exit_2(tmp_path, capsys):
     assert main(['train', '--model', 'sasrec', '--dataset', 'taobao', '--out', str(tmp_path),
                  '--no-progress']) == 2
-    assert 'sequence models run on synthetic, ml-latest-small, retailrocket or csv' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'sequence models run on synthetic, ml-latest-small, retailrocket or csv' in err
 
 
 @pytest.mark.parametrize('flags, named', [(['--reg', '0.1'], '--reg'),

@@ -11,11 +11,23 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from mbgraph.data import MultiplexValidationError, edge_type, holdout_validation, make_multiplex
-from mbgraph.data import validate
+from mbgraph.data import (
+    MultiplexValidationError,
+    edge_type,
+    holdout_validation,
+    make_multiplex,
+    validate,
+)
 from mbgraph.data.datasets import (
-    DATASETS, RestrictedUnpicklingError, describe, load_dataset, load_interaction_log,
-    load_mbgmn, load_movielens, read_movielens_log, synthetic,
+    DATASETS,
+    RestrictedUnpicklingError,
+    describe,
+    load_dataset,
+    load_interaction_log,
+    load_mbgmn,
+    load_movielens,
+    read_movielens_log,
+    synthetic,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data'
@@ -270,6 +282,41 @@ def test_csv_remap_order_and_leave_one_out(tmp_path, caplog):
     assert edges(data, 'buy') == [(0, 0), (1, 3), (2, 0), (2, 1)]
     assert edges(data, 'view') == [(0, 1), (1, 4)]  # bob's repeated view removed
     assert 'duplicate' in caplog.text
+
+
+def test_log_reader_returns_a_typed_record(tmp_path):
+    from mbgraph.data.datasets import InteractionLog, graph_from_log, read_interaction_log
+    f = tmp_path / 'log.csv'
+    f.write_text(LOG)
+    log_ = read_interaction_log(f, behaviors=['view', 'buy'])
+    assert isinstance(log_, InteractionLog)
+    assert log_.behaviors == ['view', 'buy'] and log_.user_raw_id == ['alice', 'bob', 'carol']
+    assert (log_.num_users, log_.num_items) == (3, 6) and len(log_) == log_.user.size
+    assert log_.timestamp.dtype == np.float64 and log_.rating is None
+    # the dict interface it replaces still reads, for code written against it
+    assert log_['item'] is log_.item
+    assert log_.keys() == ['user', 'item', 'behavior', 'timestamp', 'behaviors',
+                           'user_raw_id', 'item_raw_id']
+    with pytest.raises(KeyError):
+        log_['rating']
+    as_dict = {k: log_[k] for k in log_.keys()}
+    one, other = graph_from_log(log_, name='log'), graph_from_log(as_dict, name='log')
+    for b in ('view', 'buy'):
+        for split in (None, 'val', 'test'):
+            assert edges(one, b, split if b == 'buy' else None) == \
+                edges(other, b, split if b == 'buy' else None)
+
+
+def test_datasets_package_keeps_the_old_import_paths():
+    from mbgraph.data import datasets
+    from mbgraph.data.datasets import logs, mbgmn, movielens, pickles, registry, synthetic_data
+    assert datasets.load_mbgmn is mbgmn.load_mbgmn
+    assert datasets.safe_unpickle is pickles.safe_unpickle
+    assert datasets.read_interaction_log is logs.read_interaction_log
+    assert datasets.load_movielens is movielens.load_movielens
+    assert datasets.load_dataset is registry.load_dataset and datasets.DATASETS is registry.DATASETS
+    assert datasets.synthetic is synthetic_data.synthetic is synthetic
+    assert [n for n in datasets.__all__ if not hasattr(datasets, n)] == []
 
 
 def test_csv_inferred_order_and_unknown_behavior(tmp_path):

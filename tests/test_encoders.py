@@ -8,8 +8,13 @@ from mbgraph.data.adjacency import BehaviorAdjacency
 from mbgraph.data.datasets import synthetic
 from mbgraph.data.sampling import BPRSampler
 from mbgraph.models.composed import MultiBehaviorModel
-from mbgraph.nn.encoders import (BehaviorEmbeddings, CascadeEncoder, COGCNEncoder,
-                                 PerBehaviorLightGCN, PKFEncoder)
+from mbgraph.nn.encoders import (
+    BehaviorEmbeddings,
+    CascadeEncoder,
+    COGCNEncoder,
+    PerBehaviorLightGCN,
+    PKFEncoder,
+)
 from mbgraph.nn.heads.bilinear import BilinearHead
 from mbgraph.training import Trainer
 

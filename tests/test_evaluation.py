@@ -27,8 +27,10 @@ def graph():
 
 
 def test_full_ranking_masks_training_and_val():
-    table = [[9.0, 5.0, 1.0, 8.0, 2.0],   # user 0: item 0 (train) and 3 (val) masked -> item 1 ranks 1st
-             [0.0, 3.0, 1.0, 2.0, 9.0]]   # user 1: item 4 (train) masked -> 1, 3, 2: test item 2 is 3rd
+    # user 0: item 0 (train) and 3 (val) masked -> item 1 ranks 1st
+    # user 1: item 4 (train) masked -> 1, 3, 2: test item 2 is 3rd
+    table = [[9.0, 5.0, 1.0, 8.0, 2.0],
+             [0.0, 3.0, 1.0, 2.0, 9.0]]
     ev = FullRankingEvaluator(graph(), 'test', ks=(1, 3))
     m = ev.evaluate(FixedScores(table))
     assert m['hr@1'] == pytest.approx(0.5)
@@ -53,7 +55,8 @@ def test_missing_or_empty_split():
     with pytest.raises(ValueError, match="no 'val' split"):
         FullRankingEvaluator(data, 'val')
     with pytest.raises(ValueError, match='empty split'):
-        SampledEvaluator(torch.zeros(2, 0, dtype=torch.long), 5, torch.zeros(2, 0, dtype=torch.long))
+        SampledEvaluator(torch.zeros(2, 0, dtype=torch.long), 5,
+                         torch.zeros(2, 0, dtype=torch.long))
 
 
 def test_sampled_negatives():
@@ -88,7 +91,8 @@ def test_prepare_eval_hook_gets_split():
     m = SplitAware(torch.zeros(2, 5))
     FullRankingEvaluator(graph(), 'val').evaluate(m)
     FullRankingEvaluator(graph(), 'test').evaluate(m)
-    SampledEvaluator(torch.tensor([[0], [1]]), 5, torch.tensor([[0], [0]]), 2, split='test').evaluate(m)
+    SampledEvaluator(torch.tensor([[0], [1]]), 5, torch.tensor([[0], [0]]), 2,
+                     split='test').evaluate(m)
     assert m.seen == ['val', 'test', 'test']
 
 

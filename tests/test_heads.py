@@ -10,8 +10,15 @@ from mbgraph.data.datasets import synthetic
 from mbgraph.data.sampling import BPRSampler, UniquePairSampler
 from mbgraph.models.composed import MultiBehaviorModel
 from mbgraph.nn.encoders.base import BehaviorEmbeddings, MultiBehaviorEncoder
-from mbgraph.nn.heads import (DFMEHead, MESIHead, MMoEHead, PLEHead, PMEHead, SharedBottomHead,
-                              StackedMLP)
+from mbgraph.nn.heads import (
+    DFMEHead,
+    MESIHead,
+    MMoEHead,
+    PLEHead,
+    PMEHead,
+    SharedBottomHead,
+    StackedMLP,
+)
 from mbgraph.training import Trainer
 
 BEHAVIORS = ['view', 'cart', 'buy']
@@ -501,8 +508,10 @@ def test_dfme_copf_defaults_at_initialisation():
             emb, t[0], t[1:].t(), b).unbind(1)) for b, t in batch.items())
         cl = model.head.loss_terms(emb, batch)['contrastive']
         params = [model.user_emb.weight, model.item_emb.weight]
-        norm = lambda loss: torch.cat([g.flatten() for g in torch.autograd.grad(
-            loss, params, retain_graph=True)]).norm()
+
+        def norm(loss):
+            return torch.cat([g.flatten() for g in torch.autograd.grad(
+                loss, params, retain_graph=True)]).norm()
         users, items = batch['buy'][0], batch['buy'][1]
         gate = model.head.gate_weights(emb.users[2][users], emb.items[2][items], 2)
         return float(norm(cl) / norm(bpr)), gate.detach()

@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from mbgraph.data import (MultiplexValidationError, deduplicate, edge_type, holdout_validation,
-                          make_multiplex, statistics, target_behavior, validate)
+from mbgraph.data import (
+    MultiplexValidationError,
+    deduplicate,
+    edge_type,
+    holdout_validation,
+    make_multiplex,
+    statistics,
+    target_behavior,
+    validate,
+)
 
 
 def test_schema(tiny):

@@ -656,6 +656,7 @@ def test_runner_child_dies_with_the_runner(tmp_path):
 def test_runner_skips_a_run_another_runner_holds(tmp_path):
     from benchmarks.config import load_table
     from benchmarks.runner import execute, plan
+
     from test_benchmarks import MINIMAL, write
     planned = plan([load_table(write(tmp_path, MINIMAL))])[0]
     results = tmp_path / 'results'
@@ -673,6 +674,7 @@ def test_runner_skips_a_run_another_runner_holds(tmp_path):
 
 def test_config_values_are_checked_like_options(tmp_path):
     from benchmarks.config import ConfigError, load_table
+
     from test_benchmarks import MINIMAL, write
     for old, new, message in [
             ('epochs = 5', 'epochs = "ten"', "epochs = 'ten': expected an integer"),

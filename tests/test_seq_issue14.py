@@ -16,8 +16,7 @@ from mbgraph.models.baselines import MostPop
 from mbgraph.training import Trainer
 from mbgraph.validation import OptionError
 from mbgraph_seq.data import SequenceDataset
-from mbgraph_seq.models import (DPCPL, EBM, SEQ_MODELS, PoMRec, SequenceMostPop,
-                                sequence_pipeline)
+from mbgraph_seq.models import DPCPL, EBM, SEQ_MODELS, PoMRec, SequenceMostPop, sequence_pipeline
 from mbgraph_seq.nn.prompts import compactness_loss
 from mbgraph_seq.train import train_sequence_model
 
@@ -333,6 +332,7 @@ def test_hmar_movielens_config_is_the_authors():
 # -------------------------------------------------------------------------------- hold-out data
 def test_sslrec_folder_with_event_times_reads_as_sequences(tmp_path):
     import pickle
+
     import scipy.sparse as sp
     shape = (2, 8)
     mats = {   # values = event times

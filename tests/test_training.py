@@ -21,7 +21,9 @@ def small_graph(seed=0, users=40, items=30):
         c = seen.get(u, 0)
         seen[u] = c + 1
         (val if c == 0 and u < 10 else test if c == 1 and u < 10 else train).append((u, i))
-    t = lambda pairs: torch.tensor(pairs, dtype=torch.long).t()
+
+    def t(pairs):
+        return torch.tensor(pairs, dtype=torch.long).t()
     return make_multiplex(users, items, ['buy'], {'buy': t(train)}, val=t(val), test=t(test))
 
 

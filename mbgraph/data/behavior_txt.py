@@ -27,8 +27,9 @@ import torch
 from torch_geometric.data import HeteroData
 
 from .datasets import PathLike
+from .datasets._base import resolve_order
 from .multiplex import deduplicate, holdout_validation, make_multiplex, validate
-from .sslrec import _infer_order
+from .sslrec import SSLREC_ORDERS
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +92,8 @@ def load_behavior_txt(directory: PathLike, behaviors: Sequence[str] | None = Non
                                 'and test.txt')
     present = sorted(p.stem for p in directory.glob('*.txt')
                      if p.stem not in NOT_BEHAVIORS and not p.stem.endswith('_dict'))
-    if behaviors is not None:
-        order = [str(b) for b in behaviors]
-        if not order or len(set(order)) != len(order):
-            raise ValueError(f'behaviors must be distinct names, target last; got {order}')
-        missing = [b for b in order if not (directory / f'{b}.txt').is_file()]
-        if missing:
-            raise FileNotFoundError(f'{directory}: no file for behaviors {missing} (expected '
-                                    f'{", ".join(b + ".txt" for b in missing)}); behavior '
-                                    f'files present: {[b + ".txt" for b in present]}')
-    else:
-        order = _infer_order(present) if present else None
-        if order is None:
-            raise ValueError(f'{directory}: the behavior order of files '
-                             f'{[b + ".txt" for b in present] or "(none)"} is not known; pass '
-                             'behaviors=[...] upstream -> downstream with the target last')
+    order = resolve_order(directory, present, behaviors, None, lambda b: f'{b}.txt',
+                          orders=SSLREC_ORDERS, logger=log)
     test_path = _first(directory, TEST_FILES)
     if test_path is None:
         raise FileNotFoundError(f'{directory / TEST_FILES[0]}: missing; expected held-out '

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch_geometric.data import HeteroData
 
-from .datasets import graph_from_log
+from .datasets import InteractionLog, graph_from_log
 
 #: ``torch_geometric.datasets.Taobao``'s behavior codes (its ``behavior_dict``)
 PYG_TAOBAO_CODES = {'pv': 0, 'cart': 1, 'buy': 2, 'fav': 3}
@@ -104,12 +104,12 @@ def from_pyg_taobao(data: HeteroData, behaviors: Sequence[str] | None = None, *,
     keep = pos >= 0
     if not bool((pos == len(order) - 1).any()):
         raise ValueError(f'edge type {et} has no {order[-1]!r} edges (the target)')
-    log_ = {'user': ei[0, keep].numpy().astype(np.int64),
-            'item': ei[1, keep].numpy().astype(np.int64),
-            'behavior': pos[keep].numpy(),
-            'timestamp': (time[keep].double().numpy() if time is not None else None),
-            'behaviors': order,
-            'user_raw_id': list(range(num_users)), 'item_raw_id': list(range(num_items))}
+    log_ = InteractionLog(user=ei[0, keep].numpy().astype(np.int64),
+                          item=ei[1, keep].numpy().astype(np.int64),
+                          behavior=pos[keep].numpy(),
+                          timestamp=(time[keep].double().numpy() if time is not None else None),
+                          behaviors=order,
+                          user_raw_id=list(range(num_users)), item_raw_id=list(range(num_items)))
     out = graph_from_log(log_, seed=seed, name=name, source=f'PyG Taobao {et}')
     # ids are PyG's own: no raw-id lists to keep
     del out['user'].raw_id, out['item'].raw_id

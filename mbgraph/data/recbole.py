@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from torch_geometric.data import HeteroData
 
-from .datasets import PathLike, _infer_order, _sorted_ids, finite_number, graph_from_log
+from .datasets import InteractionLog, PathLike, finite_number, graph_from_log
+from .datasets._base import _infer_order, _sorted_ids
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,9 @@ def read_recbole_log(path: PathLike, behaviors: Sequence[str] | None = None, *,
                      behavior_field: str | None = None, rating_field: str = 'rating',
                      time_field: str = 'timestamp',
                      rating_cuts: tuple[float, float] = (2.0, 4.0),
-                     encoding: str = 'utf-8') -> dict:
-    """Read an atomic ``.inter`` file into the log layout of
-    :func:`~mbgraph.data.datasets.read_interaction_log` (``'user'``, ``'item'``,
-    ``'behavior'``, ``'timestamp'``, ``'behaviors'``, ``'user_raw_id'``, ``'item_raw_id'``).
+                     encoding: str = 'utf-8') -> InteractionLog:
+    """Read an atomic ``.inter`` file into the :class:`~mbgraph.data.datasets.InteractionLog`
+    that :func:`~mbgraph.data.datasets.read_interaction_log` returns too.
 
     Args:
         path: the file, or a folder holding exactly one ``*.inter`` file.
@@ -167,13 +167,13 @@ def read_recbole_log(path: PathLike, behaviors: Sequence[str] | None = None, *,
     code = {b: k for k, b in enumerate(order)}
     user_raw, user_map = _sorted_ids(users)
     item_raw, item_map = _sorted_ids(items)
-    return {
-        'user': np.fromiter((user_map[x] for x in users), dtype=np.int64, count=len(users)),
-        'item': np.fromiter((item_map[x] for x in items), dtype=np.int64, count=len(items)),
-        'behavior': np.fromiter((code[acts[k]] for k in idx), dtype=np.int64, count=idx.size),
-        'timestamp': np.asarray(times, dtype=np.float64)[idx] if it is not None else None,
-        'behaviors': order, 'user_raw_id': user_raw, 'item_raw_id': item_raw,
-    }
+    return InteractionLog(
+        user=np.fromiter((user_map[x] for x in users), dtype=np.int64, count=len(users)),
+        item=np.fromiter((item_map[x] for x in items), dtype=np.int64, count=len(items)),
+        behavior=np.fromiter((code[acts[k]] for k in idx), dtype=np.int64, count=idx.size),
+        timestamp=np.asarray(times, dtype=np.float64)[idx] if it is not None else None,
+        behaviors=order, user_raw_id=user_raw, item_raw_id=item_raw,
+    )
 
 
 def load_recbole(path: PathLike, behaviors: Sequence[str] | None = None, *, seed: int = 0,

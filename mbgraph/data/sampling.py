@@ -23,6 +23,9 @@ from torch_geometric.data import HeteroData
 
 from .multiplex import behaviors_of, edge_type, num_users_items, target_behavior
 
+#: BPR triples per behavior and step when neither the caller nor a model's reading says
+DEFAULT_BATCH_SIZE = 2048
+
 
 class InteractionSet:
     """The set of (user, item) pairs in ``edge_index`` (``[2, E]``), for fast membership."""
@@ -123,7 +126,8 @@ class BPRSampler:
     """
 
     def __init__(self, data: HeteroData, behaviors: Optional[Sequence[str]] = None,
-                 batch_size: int = 2048, num_samples: Optional[int] = None, seed: int = 0):
+                 batch_size: int = DEFAULT_BATCH_SIZE, num_samples: Optional[int] = None,
+                 seed: int = 0):
         known = behaviors_of(data)
         self.behaviors: List[str] = _sampled_behaviors(known, behaviors)
         if batch_size <= 0:
@@ -240,7 +244,8 @@ class UniquePairSampler(BPRSampler):
     """
 
     def __init__(self, data: HeteroData, behaviors: Optional[Sequence[str]] = None,
-                 batch_size: int = 2048, num_samples: Optional[int] = None, seed: int = 0, *,
+                 batch_size: int = DEFAULT_BATCH_SIZE, num_samples: Optional[int] = None,
+                 seed: int = 0, *,
                  pairs: Optional[Sequence[Sequence[str]]] = None,
                  unique_batch_size: Optional[int] = None):
         super().__init__(data, behaviors, batch_size, num_samples, seed)

@@ -28,6 +28,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from .datasets import KNOWN_ORDERS, PathLike, safe_unpickle
+from .datasets._base import resolve_order
 from .multiplex import deduplicate, holdout_validation, make_multiplex, validate
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ SSLREC_BEHAVIORS: dict[str, list[str]] = {
     'tmall': ['pv', 'fav', 'cart', 'buy'],
     'ijcai_15': ['click', 'fav', 'cart', 'buy'],
 }
+
+#: the orders a folder's behavior order is inferred from: SSLRec's, then mbgraph's
+SSLREC_ORDERS = (*map(tuple, SSLREC_BEHAVIORS.values()), *KNOWN_ORDERS)
 
 #: other spellings of the dataset names above (folder names, this project's dataset names)
 _ALIASES = {'retailrocket': 'retail_rocket', 'retail-rocket': 'retail_rocket',
@@ -67,17 +71,6 @@ def behavior_files(directory: PathLike) -> dict[str, Path]:
         if behavior and p.is_file():
             out[behavior] = p
     return out
-
-
-def _infer_order(present: Sequence[str]) -> list[str] | None:
-    """The order of ``present`` if every known order (SSLRec's and mbgraph's) holding all of
-    them, target included, agrees on it."""
-    present = set(present)
-    candidates = set()
-    for order in (*map(tuple, SSLREC_BEHAVIORS.values()), *KNOWN_ORDERS):
-        if present <= set(order) and order[-1] in present:
-            candidates.add(tuple(b for b in order if b in present))
-    return list(candidates.pop()) if len(candidates) == 1 else None
 
 
 def read_sparse_pairs(path: PathLike, shape: tuple[int, int] | None = None
@@ -168,41 +161,11 @@ def load_sslrec(directory: PathLike, behaviors: Sequence[str] | None = None,
                                 f'{TRAIN_PREFIX}<behavior>{TRAIN_SUFFIX} and {TEST_FILE}')
     files = behavior_files(directory)
     present = list(files)
-    listed = [f'{TRAIN_PREFIX}{b}{TRAIN_SUFFIX}' for b in present]
     name = name or directory.name
-    if behaviors is not None:
-        order = [str(b) for b in behaviors]
-        if not order or len(set(order)) != len(order):
-            raise ValueError(f'behaviors must be distinct names, target last; got {order}')
-        missing = [b for b in order if b not in files]
-        if missing:
-            raise FileNotFoundError(
-                f'{directory}: no file for behaviors {missing} (expected '
-                f'{", ".join(TRAIN_PREFIX + b + TRAIN_SUFFIX for b in missing)}); files '
-                f'present: {listed}')
-    else:
-        known = SSLREC_BEHAVIORS.get(sslrec_name(name) or sslrec_name(directory.name) or '')
-        if known is not None:
-            if known[-1] not in files:
-                raise FileNotFoundError(
-                    f'{directory / (TRAIN_PREFIX + known[-1] + TRAIN_SUFFIX)}: missing the '
-                    f'target behavior file (order {known}); files present: {listed}')
-            order = [b for b in known if b in files]
-            skipped = [b for b in known if b not in files]
-            if skipped:
-                log.warning('%s: no file for behaviors %s; loading %s only', directory,
-                            skipped, order)
-        else:
-            order = _infer_order(present) if present else None
-            if order is None:
-                raise ValueError(
-                    f'{directory}: the behavior order of files {listed or "(none)"} is not '
-                    f'known; pass behaviors=[...] upstream -> downstream with the target last'
-                    if present else
-                    f'{directory}: no {TRAIN_PREFIX}<behavior>{TRAIN_SUFFIX} files')
-    ignored = [b for b in present if b not in order]
-    if ignored:
-        log.info('%s: not loading behaviors %s (not in %s)', directory, ignored, order)
+    known = SSLREC_BEHAVIORS.get(sslrec_name(name) or sslrec_name(directory.name) or '')
+    order = resolve_order(directory, present, behaviors, known,
+                          lambda b: f'{TRAIN_PREFIX}{b}{TRAIN_SUFFIX}', orders=SSLREC_ORDERS,
+                          logger=log)
     test_path = directory / TEST_FILE
     if not test_path.is_file():
         raise FileNotFoundError(f'{test_path}: missing; expected the pickled users x items '

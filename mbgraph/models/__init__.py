@@ -17,8 +17,17 @@ from .composed import MultiBehaviorModel
 from .hybrid import PREFIX as HYBRID_PREFIX
 from .hybrid import HistoryHybrid, build_hybrid
 from .lightgcn import LightGCN, LightGCN_M
-from .multi_behavior import (COPF, CRGCN, ENCODERS, HEADS, MBCGCN, PKEF, ComposedModel,
-                             build_composed, parse_name)
+from .multi_behavior import (
+    COPF,
+    CRGCN,
+    ENCODERS,
+    HEADS,
+    MBCGCN,
+    PKEF,
+    ComposedModel,
+    build_composed,
+    parse_name,
+)
 
 #: model name (as the CLI spells it) -> constructor ``(data, **hyperparameters)``
 MODELS: Dict[str, Callable] = {

@@ -21,6 +21,7 @@ from torch_geometric.data import HeteroData
 
 from ..data.adjacency import BehaviorAdjacency
 from ..data.multiplex import behaviors_of, num_users_items
+from ..data.sampling import DEFAULT_BATCH_SIZE, BPRSampler
 
 
 class GraphRecommender(nn.Module):
@@ -103,10 +104,10 @@ class GraphRecommender(nn.Module):
             return u @ item_final.t()
         return (u.unsqueeze(1) * item_final[items]).sum(-1)
 
-    def batch_source(self, data: HeteroData, batch_size: int = 2048, seed: int = 0):
+    def batch_source(self, data: HeteroData, batch_size: int = DEFAULT_BATCH_SIZE,
+                     seed: int = 0):
         """The training batch source this model's :meth:`loss` expects (BPR triples of
         :attr:`train_behaviors` by default)."""
-        from ..data.sampling import BPRSampler
         return BPRSampler(data, self.train_behaviors, batch_size=batch_size, seed=seed)
 
     def extra_repr(self) -> str:

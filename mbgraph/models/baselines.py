@@ -22,6 +22,7 @@ from torch_geometric.data import HeteroData
 
 from ..data.adjacency import BehaviorAdjacency
 from ..data.multiplex import behaviors_of, edge_type, num_users_items
+from ..data.sampling import DEFAULT_BATCH_SIZE
 
 
 class TrainingFree(nn.Module):
@@ -50,7 +51,8 @@ class TrainingFree(nn.Module):
     def loss(self, batch):
         raise RuntimeError(f'{type(self).__name__} is training-free: it has no loss to train')
 
-    def batch_source(self, data: HeteroData, batch_size: int = 2048, seed: int = 0):
+    def batch_source(self, data: HeteroData, batch_size: int = DEFAULT_BATCH_SIZE,
+                     seed: int = 0):
         return None
 
     def score_all(self, users: Tensor) -> Tensor:

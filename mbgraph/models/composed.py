@@ -7,16 +7,24 @@ r"""Any encoder x any head: :class:`MultiBehaviorModel`.
 (PKEF eq 19-21, COPF eq 16-17). "MB-CGCN + DFME" or "PKEF + DFME" of COPF table 6 is one line::
 
     model = MultiBehaviorModel(data, CascadeEncoder(...), DFMEHead(...))
+
+The model trains on :meth:`MultiBehaviorModel.batch_source`, which feeds what its head
+declares it needs (:meth:`~mbgraph.nn.heads.base.MultiTaskHead.batch_needs`): a hand-built
+``MultiBehaviorModel(data, encoder, PMEHead(...))`` gets PME's unique pairs as the named PKEF
+does. A hand-built model takes the classes' defaults (the equations as printed); the named
+models (``COPF(data)``, ``build_model('copf', data)``, ``mbgraph train --model copf``) take
+a whole reading of :mod:`mbgraph.models.readings`, the same one in all three.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, FrozenSet, Mapping, Optional
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from ..data.sampling import DEFAULT_BATCH_SIZE, BPRSampler, UniquePairSampler, UserBatchSampler
 from ..distributed import rank_and_world_size
 from ..losses import bpr_loss, l2_loss
 from ..nn.encoders.base import BehaviorEmbeddings, MultiBehaviorEncoder
@@ -62,7 +70,13 @@ class MultiBehaviorModel(GraphRecommender):
         bpr_scale: factor on every BPR term, the head's unique and parallel terms included
             (the authors' code multiplies each by 3).
         embedding_dim: :math:`d`.
+
+    Attributes:
+        batches: the batch settings of the reading a named model was built under (``None``:
+            pair batches of :data:`~mbgraph.data.sampling.DEFAULT_BATCH_SIZE` triples per behavior).
     """
+
+    batches: Optional[Dict[str, Any]] = None
 
     def __init__(self, data: HeteroData, encoder: MultiBehaviorEncoder, head: MultiTaskHead,
                  lambdas: Optional[Mapping[str, float]] = None, reg: float = 1e-4,
@@ -94,6 +108,46 @@ class MultiBehaviorModel(GraphRecommender):
         # heads whose own loss terms are weighted by lambda_k (PME eq 18/20) share the model's
         if hasattr(head, 'set_default_lambdas'):
             head.set_default_lambdas({b: self.bpr_scale * v for b, v in self.lambdas.items()})
+
+    def batch_needs(self) -> FrozenSet[str]:
+        """The batch keys beyond the BPR triples that the encoder's and the head's loss terms
+        read (:meth:`~mbgraph.nn.heads.base.MultiTaskHead.batch_needs`)."""
+        needs = frozenset()
+        for part in (self.encoder, self.head):
+            declared = getattr(part, 'batch_needs', None)
+            if declared is not None:
+                needs |= declared()
+        return needs
+
+    def batch_source(self, data: HeteroData, batch_size: Optional[int] = None,
+                     seed: int = 0):
+        """The batch source that feeds this model's loss: heads that need the "k' without k"
+        pairs (``'unique'``, PME's eq 20) get a
+        :class:`~mbgraph.data.sampling.UniquePairSampler`, or their user-batch form; a model
+        whose reading trains on the authors' user batches (``batches['kind'] == 'users'``) a
+        :class:`~mbgraph.data.sampling.UserBatchSampler`; any other a
+        :class:`~mbgraph.data.sampling.BPRSampler`. ``batch_size`` is triples per behavior for
+        pair batches and users per batch for user batches (default: the reading's, else
+        :data:`~mbgraph.data.sampling.DEFAULT_BATCH_SIZE`)."""
+        settings = dict(self.batches or {'kind': 'pairs', 'batch_size': DEFAULT_BATCH_SIZE})
+        needs = self.batch_needs()
+        unknown = sorted(needs - {'unique'})
+        if unknown:
+            raise ValueError(f'no batch source feeds the batch keys {unknown} that the encoder '
+                             'or head declares it needs')
+        unique = 'unique' in needs
+        if settings['kind'] == 'users':
+            return UserBatchSampler(
+                data, self.train_behaviors,
+                users_per_batch=batch_size or settings['users_per_batch'],
+                max_positives=settings['max_positives'],
+                users_per_epoch=settings.get('users_per_epoch'), seed=seed,
+                unique=settings.get('unique') if unique else None)
+        batch_size = batch_size or settings.get('batch_size', DEFAULT_BATCH_SIZE)
+        if unique:
+            return UniquePairSampler(data, self.train_behaviors, batch_size=batch_size,
+                                     seed=seed)
+        return BPRSampler(data, self.train_behaviors, batch_size=batch_size, seed=seed)
 
     def embeddings(self) -> BehaviorEmbeddings:
         """Encoder then the head's whole-graph stage (cached in eval mode)."""

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch_geometric.data import HeteroData
 
 from ..data.multiplex import behaviors_of, edge_type, num_users_items
+from ..data.sampling import DEFAULT_BATCH_SIZE
 from ..losses import bpr_loss
 
 #: the registry prefix: ``'hybrid:' + base model name``
@@ -206,7 +207,8 @@ class HistoryHybrid(nn.Module):
         """:math:`b_k`, one per auxiliary behavior (upstream -> downstream)."""
         return self.bias_scale * self.theta
 
-    def batch_source(self, data: HeteroData, batch_size: int = 2048, seed: int = 0):
+    def batch_source(self, data: HeteroData, batch_size: int = DEFAULT_BATCH_SIZE,
+                     seed: int = 0):
         source = self.base.batch_source(data, batch_size=batch_size, seed=seed) \
             if hasattr(self.base, 'batch_source') else None
         if source is None:         # a training-free base: the biases' own target triples

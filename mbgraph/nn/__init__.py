@@ -1,1 +1,41 @@
-"""Neural network building blocks of mbgraph."""
+"""Neural network building blocks of mbgraph: the message-passing layer, the encoders and the
+multi-task heads, importable from here as PyG's layers are from ``torch_geometric.nn``::
+
+    from mbgraph.nn import BehaviorConv, COGCNEncoder, DFMEHead
+
+The classes live in :mod:`mbgraph.nn.conv`, :mod:`mbgraph.nn.encoders` and
+:mod:`mbgraph.nn.heads`, one idea a file; this module only re-exports them.
+"""
+from .conv import BehaviorConv
+from .encoders import (
+    BehaviorEmbeddings,
+    CascadeEncoder,
+    COGCNEncoder,
+    LightGCNEncoder,
+    MultiBehaviorEncoder,
+    PerBehaviorLightGCN,
+    PKFEncoder,
+)
+from .heads import (
+    BehaviorMixture,
+    BilinearHead,
+    DFMEHead,
+    MESIHead,
+    MMoEHead,
+    MultiTaskHead,
+    PLEHead,
+    PMEHead,
+    SharedBottomHead,
+    StackedMLP,
+)
+
+__all__ = [
+    # layer
+    'BehaviorConv',
+    # encoders and their base
+    'MultiBehaviorEncoder', 'BehaviorEmbeddings', 'LightGCNEncoder', 'CascadeEncoder',
+    'PKFEncoder', 'COGCNEncoder', 'PerBehaviorLightGCN',
+    # heads, their base and their shared blocks
+    'MultiTaskHead', 'BilinearHead', 'SharedBottomHead', 'MMoEHead', 'PLEHead', 'MESIHead',
+    'PMEHead', 'DFMEHead', 'StackedMLP', 'BehaviorMixture',
+]

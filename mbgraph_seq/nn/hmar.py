@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 # --------------------------------------------------------------------------------------------
 # historical behavior indicators (eq 2)
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,12 @@ from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import Adj, OptTensor, SparseTensor
 from torch_geometric.utils import (
-    add_self_loops, is_torch_sparse_tensor, scatter, spmm, to_edge_index, to_torch_csr_tensor,
+    add_self_loops,
+    is_torch_sparse_tensor,
+    scatter,
+    spmm,
+    to_edge_index,
+    to_torch_csr_tensor,
 )
 
 from mbgraph.data.adjacency import NORMS, SparseOperator

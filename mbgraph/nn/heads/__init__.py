@@ -1,12 +1,12 @@
 """Multi-task heads: per-behavior embeddings -> per-behavior scores."""
 from .base import MultiTaskHead, gather_pairs
 from .bilinear import BilinearHead
-from .shared_bottom import BehaviorMixture, SharedBottomHead, StackedMLP, pair_features
+from .dfme import DFMEHead
+from .mesi import MESIHead
 from .mmoe import MMoEHead
 from .ple import PLEHead
-from .mesi import MESIHead
 from .pme import PMEHead
-from .dfme import DFMEHead
+from .shared_bottom import BehaviorMixture, SharedBottomHead, StackedMLP, pair_features
 
 __all__ = ['MultiTaskHead', 'BilinearHead', 'gather_pairs', 'StackedMLP', 'BehaviorMixture',
            'pair_features', 'SharedBottomHead', 'MMoEHead', 'PLEHead', 'MESIHead', 'PMEHead',

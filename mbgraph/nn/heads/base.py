@@ -9,11 +9,15 @@ A head receives the :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` of an 
 * :meth:`MultiTaskHead.score_all` -- ``[B, I]`` scores of every item (full ranking), chunked
   over items so per-pair heads stay within memory;
 * :meth:`MultiTaskHead.loss_terms` -- head-specific losses (contrastive, unique, ...), already
-  weighted, as ``{name: scalar}``.
+  weighted, as ``{name: scalar}``;
+* :meth:`MultiTaskHead.batch_needs` -- the batch keys beyond the BPR triples that those losses
+  read, so that the model holding the head trains on a batch source that feeds them (PME's
+  ``'unique'`` pairs); a head asked for a loss term that its batch cannot feed raises instead
+  of returning a zero.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, FrozenSet, List
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +47,12 @@ class MultiTaskHead(nn.Module):
 
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         return {}
+
+    def batch_needs(self) -> FrozenSet[str]:
+        """The batch keys besides the behaviors' BPR triples that :meth:`loss_terms` reads
+        (e.g. ``'unique'``, the "k' without k" pairs of
+        :class:`~mbgraph.data.sampling.UniquePairSampler`); none by default."""
+        return frozenset()
 
     def regularized_parameters(self) -> List[Tensor]:
         """The head's parameters that an L2 term over whole tables covers

@@ -1,4 +1,5 @@
-r"""The bilinear (inner-product) head: :math:`\hat y^k_{uv} = \mathbf{e}_u^{k,*\top}\mathbf{e}_v^{k,*}`.
+r"""The bilinear (inner-product) head:
+:math:`\hat y^k_{uv} = \mathbf{e}_u^{k,*\top}\mathbf{e}_v^{k,*}`.
 
 The scoring of MB-CGCN and CRGCN, and the "w/o DFME" variant of COPF table 3.
 """

@@ -17,8 +17,14 @@ from typing import Sequence, Union
 from torch import Tensor
 
 from ..encoders.base import BehaviorEmbeddings
-from .shared_bottom import (MTLHead, BehaviorMixture, StackedMLP, gather_stacked,
-                            pair_dim, pair_features)
+from .shared_bottom import (
+    BehaviorMixture,
+    MTLHead,
+    StackedMLP,
+    gather_stacked,
+    pair_dim,
+    pair_features,
+)
 
 
 def mix_experts(gate: Tensor, experts: Tensor) -> Tensor:

@@ -25,8 +25,14 @@ from torch import Tensor, nn
 
 from ..encoders.base import BehaviorEmbeddings
 from .mmoe import mix_experts
-from .shared_bottom import (MTLHead, BehaviorMixture, StackedMLP, gather_stacked,
-                            pair_dim, pair_features)
+from .shared_bottom import (
+    BehaviorMixture,
+    MTLHead,
+    StackedMLP,
+    gather_stacked,
+    pair_dim,
+    pair_features,
+)
 
 
 class ExtractionLevel(nn.Module):

@@ -64,7 +64,7 @@ not add it too). The cascade loss (eq 19) is the composed model's per-behavior B
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -105,8 +105,9 @@ class PMEHead(MTLHead):
         tower (str, optional): ``'sum'`` or ``'linear'``. (default: ``'sum'``)
         proj_scale (float, optional): factor on every projected vector (code: ``0.01``).
             (default: ``1.0``)
-        unique_loss (bool, optional): add eq 20 when the batch has ``'unique'`` pairs.
-            (default: ``True``)
+        unique_loss (bool, optional): add eq 20; the batches must then carry ``'unique'``
+            pairs (:meth:`batch_needs`; a batch without them is an error). (default:
+            ``True``)
         parallel_loss (bool, optional): add eq 18 when ``extras['parallel']`` exists.
             (default: ``True``)
         lambdas (dict, optional): :math:`\lambda_k` per behavior name for eq 18 and 20
@@ -301,8 +302,17 @@ class PMEHead(MTLHead):
         zu_k, zv_k = gather_pairs(emb, k_i, users, items)
         return self.score_scale * self.project(zu_j, zv_j, zu_k, zv_k)[1].sum(-1)
 
+    def batch_needs(self) -> FrozenSet[str]:
+        """``{'unique'}`` with the unique loss (eq 20): its "k' without k" pairs."""
+        return frozenset({'unique'}) if self.unique_loss else frozenset()
+
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         out: Dict[str, Tensor] = {}
+        if self.unique_loss and 'unique' not in batch:
+            raise ValueError("PMEHead(unique_loss=True) needs the batch's 'unique' pairs (eq 20): "
+                             'train on the batch source of the model that holds it '
+                             '(model.batch_source(data), a UniquePairSampler), or pass '
+                             'unique_loss=False')
         unique = batch.get('unique') if self.unique_loss else None
         if unique:
             total = None
