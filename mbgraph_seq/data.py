@@ -508,13 +508,24 @@ class SequenceDataset:
         scipy/numpy types (:func:`mbgraph.data.datasets.safe_unpickle`). ``behaviors``: their
         order, target last (default: SSLRec's known order of the files present); ``kw`` goes
         to :meth:`from_log`."""
-        from mbgraph.data.sslrec import TEST_FILE, _infer_order, behavior_files
+        from mbgraph.data.datasets._base import resolve_order
+        from mbgraph.data.sslrec import (
+            SSLREC_ORDERS,
+            TEST_FILE,
+            TRAIN_PREFIX,
+            TRAIN_SUFFIX,
+            behavior_files,
+        )
         directory = Path(directory)
         files = behavior_files(directory)
-        order = list(behaviors) if behaviors is not None else _infer_order(list(files))
-        if not files or order is None or not set(order) <= set(files):
+        try:   # the graph loader's rule: given, else the order the files agree on
+            order = resolve_order(directory, list(files), behaviors, None,
+                                  lambda b: f'{TRAIN_PREFIX}{b}{TRAIN_SUFFIX}',
+                                  orders=SSLREC_ORDERS)
+        except (ValueError, FileNotFoundError) as e:
             raise ValueError(f'{directory}: expected train_mat_<behavior>.pkl files of known '
-                             f'order (found {sorted(files)}); pass behaviors=[..., target]')
+                             f'order (found {sorted(files)}); pass behaviors=[..., target] '
+                             f'({e})') from None
         parts = [(k, files[b]) for k, b in enumerate(order)]
         if (directory / TEST_FILE).is_file():
             parts.append((len(order) - 1, directory / TEST_FILE))
