@@ -64,43 +64,136 @@ def test_history_evaluated_by_full_ranking(data):
     assert result['hr@2'] == pytest.approx(2 / 3)
 
 
-def dense_cascadingrank(data_pairs, num_users, num_items, users, alpha, beta):
-    """The paper's fixed points by direct solves: r_t = (I - gamma A_t)^-1 (alpha q + beta
-    r_{t-1}), r_0 = q, A_t = D^-1/2 A D^-1/2 of behavior t's user-item graph."""
+def _dense_graph(pairs, num_users, num_items):
+    """Behavior t's normalised adjacency over the U + I nodes, D^-1/2 A D^-1/2 by hand."""
     n = num_users + num_items
-    gamma = 1 - alpha - beta
-    q = np.zeros((n, len(users)))
-    q[users, np.arange(len(users))] = 1
-    r = q
-    for pairs in data_pairs:
-        a = np.zeros((n, n))
-        for u, i in pairs:
-            a[u, num_users + i] = a[num_users + i, u] = 1
-        d = a.sum(1)
-        inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0)
-        a_norm = inv[:, None] * a * inv[None, :]
-        r = np.linalg.solve(np.eye(n) - gamma * a_norm, alpha * q + beta * r)
-    return r[num_users:].T
+    a = np.zeros((n, n))
+    for u, i in pairs:
+        a[u, num_users + i] = a[num_users + i, u] = 1
+    d = a.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0)
+    return inv[:, None] * a * inv[None, :]
 
 
+def _dense_queries(pairs, num_users, num_items, users, one_hot):
+    """q_t: the user's one-hot node, plus (the authors' code) its behavior-t items / d_t(u)."""
+    q = np.zeros((num_users + num_items, len(users)))
+    for col, u in enumerate(users):
+        q[u, col] = 1
+        items = sorted({i for v, i in pairs if v == u})
+        if not one_hot:
+            for i in items:
+                q[num_users + i, col] = 1 / len(items)
+    return q
+
+
+def dense_cascadingrank(behaviors, num_users, num_items, users, alpha, beta, tolerance,
+                        max_iter, query='interactions'):
+    """CascadingRank's power iteration by hand, step for step: for each behavior t, r^(0) =
+    q_t (the first reading: r_{t-1}), r^(k) = gamma A_t r^(k-1) + alpha q_t + beta r_{t-1},
+    r_0 = q_1; stop after the first k whose mean L1 change over the batch is <= tolerance (the
+    first reading: whose largest one is < tolerance) or at max_iter. Returns the target's item
+    scores [B, I] and the iterations per behavior."""
+    gamma, one_hot = 1 - alpha - beta, query == 'one_hot'
+    r_prev, iterations = None, []
+    for pairs in behaviors:
+        a_norm = _dense_graph(pairs, num_users, num_items)
+        q = _dense_queries(pairs, num_users, num_items, users, one_hot)
+        if r_prev is None:
+            r_prev = q
+        r = r_prev.copy() if one_hot else q.copy()
+        for k in range(1, max_iter + 1):
+            r_next = gamma * a_norm @ r + alpha * q + beta * r_prev
+            change = np.abs(r_next - r).sum(0)
+            r = r_next
+            if (change.max() < tolerance) if one_hot else (change.mean() <= tolerance):
+                break
+        iterations.append(k)
+        r_prev = r
+    return r_prev[num_users:].T, iterations
+
+
+# 4 users, 5 items, 3 behaviors; user 3 has no view and no cart (an all-zero item half)
+VIEW4 = VIEW + [(3, 2)]
+GRAPH4 = dict(view=[p for p in VIEW4 if p[0] != 3], cart=CART, buy=BUY + [(3, 2), (3, 3)])
+
+
+@pytest.fixture
+def data4():
+    return make_multiplex(4, 5, ['view', 'cart', 'buy'],
+                          {b: ei(p) for b, p in GRAPH4.items()}, test=ei(TEST + [(3, 0)]))
+
+
+@pytest.mark.parametrize('query', ['interactions', 'one_hot'])
 @pytest.mark.parametrize('alpha, beta', [(0.0, 0.9), (0.3, 0.6), (0.7, 0.2), (0.5, 0.5)])
-def test_cascadingrank_matches_the_dense_fixed_point(data, alpha, beta):
-    model = CascadingRank(data, alpha=alpha, beta=beta, tolerance=1e-9, max_iter=1000)
-    users = torch.tensor([0, 1, 2])
-    expected = dense_cascadingrank([VIEW, CART, BUY], 3, 5, [0, 1, 2], alpha, beta)
-    got = model.score(users).double().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    assert len(model.iterations) == 3
+def test_cascadingrank_recomputes_the_iteration_by_hand(data4, alpha, beta, query):
+    users = [0, 1, 2, 3]
+    for tolerance, max_iter in [(1e-4, 100), (1e-9, 1000), (1e-4, 2)]:
+        model = CascadingRank(data4, alpha=alpha, beta=beta, tolerance=tolerance,
+                              max_iter=max_iter, query=query)
+        expected, iterations = dense_cascadingrank(list(GRAPH4.values()), 4, 5, users, alpha,
+                                                   beta, tolerance, max_iter, query)
+        got = model.score(torch.tensor(users)).double().numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        if tolerance >= 1e-4:    # at 1e-9 float32 round-off (the model's) decides the step
+            assert model.iterations == iterations
     # a candidate subset scores the same as the full row
-    cand = torch.tensor([[4, 0], [2, 3], [1, 1]])
-    assert torch.allclose(model.score(users, cand), model.score(users).gather(1, cand))
+    cand = torch.tensor([[4, 0], [2, 3], [1, 1], [0, 4]])
+    full = model.score(torch.tensor(users))
+    assert torch.allclose(model.score(torch.tensor(users), cand), full.gather(1, cand))
 
 
-def test_cascadingrank_rejects_bad_coefficients(data):
-    with pytest.raises(ValueError, match='alpha \\+ beta <= 1'):
-        CascadingRank(data, alpha=0.6, beta=0.6)
-    with pytest.raises(ValueError, match='ranks nothing'):
-        CascadingRank(data, alpha=0.0, beta=0.0)
+@pytest.mark.parametrize('query', ['interactions', 'one_hot'])
+def test_cascadingrank_converges_to_the_fixed_point(data4, query):
+    """(I - gamma A_t) r_t = alpha q_t + beta r_{t-1}, r_0 = q_1, by direct solves."""
+    alpha, beta = 0.3, 0.6
+    r = None
+    for pairs in GRAPH4.values():
+        q = _dense_queries(pairs, 4, 5, [0, 1, 2, 3], query == 'one_hot')
+        r = q if r is None else r
+        r = np.linalg.solve(np.eye(9) - 0.1 * _dense_graph(pairs, 4, 5), alpha * q + beta * r)
+    model = CascadingRank(data4, alpha=alpha, beta=beta, tolerance=1e-10, max_iter=1000,
+                          query=query)
+    np.testing.assert_allclose(model.score(torch.arange(4)).double().numpy(), r[4:].T,
+                               rtol=0, atol=1e-6)
+
+
+def test_cascadingrank_without_smoothing_is_the_queries_mixed_by_hand(data):
+    """gamma = 0 (alpha + beta = 1): r_t = alpha q_t + beta r_{t-1} exactly, one step each."""
+    model = CascadingRank(data, alpha=0.25, beta=0.75)
+    # user 0 viewed 0, 1, 2 (1/3 each), carted 1, 3 (1/2 each), bought 4 (1)
+    q_view = np.array([1 / 3, 1 / 3, 1 / 3, 0, 0])
+    q_cart = np.array([0, 1 / 2, 0, 1 / 2, 0])
+    q_buy = np.array([0, 0, 0, 0, 1.0])
+    r1 = 0.25 * q_view + 0.75 * q_view
+    r2 = 0.25 * q_cart + 0.75 * r1
+    r3 = 0.25 * q_buy + 0.75 * r2
+    np.testing.assert_allclose(model.score(torch.tensor([0]))[0].double().numpy(), r3,
+                               atol=1e-7)
+    assert model.queries(torch.tensor([0]), 1)[3:, 0].tolist() == pytest.approx(
+        [0, 0.5, 0, 0.5, 0])
+    # the first reading: no item half, so an item scores only through the graph (0 here)
+    assert CascadingRank(data, alpha=0.25, beta=0.75, query='one_hot').score(
+        torch.tensor([0])).abs().max() == 0
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(alpha=0.6, beta=0.6), 'alpha \\+ beta <= 1'),
+    (dict(alpha=-0.1, beta=0.5), 'alpha, beta in \\[0, 1\\]'),
+    (dict(alpha=float('nan')), 'alpha, beta in \\[0, 1\\]'),
+    (dict(beta=1.5), 'alpha, beta in \\[0, 1\\]'),
+    (dict(alpha='x'), 'numbers for alpha'),
+    (dict(alpha=0.0, beta=0.0), 'ranks nothing'),
+    (dict(tolerance=0), 'tolerance > 0'),
+    (dict(tolerance=float('inf')), 'tolerance > 0'),
+    (dict(max_iter=0), 'max_iter >= 1'),
+    (dict(max_iter=2.5), 'max_iter >= 1'),
+    (dict(max_iter=True), 'max_iter >= 1'),
+    (dict(query='onehot'), "query must be one of \\('interactions', 'one_hot'\\)"),
+])
+def test_cascadingrank_rejects_bad_hyperparameters(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CascadingRank(data, **kwargs)
 
 
 def test_baselines_are_registered_and_parameter_free(data):
