@@ -168,6 +168,8 @@ def info_nce(anchor: Tensor, positive: Optional[Tensor], tau: float = 0.1,
     if weight is not None and weight.shape != anchor.shape[:1]:
         raise ValueError(f'info_nce: weight must have shape [{anchor.size(0)}] (one per '
                          f'anchor), got {list(weight.shape)}')
+    if anchor.size(0) == 0:
+        raise ValueError('info_nce needs at least one anchor, got an empty batch')
     if positive_index is not None:
         w = (anchor.new_full(anchor.shape[:1], 1.0 / anchor.size(0)) if weight is None
              else weight.to(anchor.dtype) / weight.sum())

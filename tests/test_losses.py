@@ -73,6 +73,8 @@ def test_info_nce_positive_index_by_hand(cosine):
         info_nce(a, None, tau, candidates=table, positive_index=ids[:2])
     with pytest.raises(ValueError, match='positive or positive_index'):
         info_nce(a, None, tau, candidates=table)
+    with pytest.raises(ValueError, match='at least one anchor'):
+        info_nce(a[:0], None, tau, candidates=table, positive_index=ids[:0])
 
 
 @pytest.mark.parametrize('chunk', [1, 7, 1 << 20])
