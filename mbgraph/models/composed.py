@@ -142,7 +142,11 @@ class MultiBehaviorModel(GraphRecommender):
                 users_per_batch=batch_size or settings['users_per_batch'],
                 max_positives=settings['max_positives'],
                 users_per_epoch=settings.get('users_per_epoch'), seed=seed,
-                unique=settings.get('unique') if unique else None)
+                unique=settings.get('unique') if unique else None,
+                draws=settings.get('draws', 'permutation'),
+                batches_per_epoch=settings.get('batches_per_epoch'),
+                negatives=settings.get('negatives', 'behavior'),
+                batch_users=getattr(self, 'bpr_mean', 'triples') == 'users')
         batch_size = batch_size or settings.get('batch_size', DEFAULT_BATCH_SIZE)
         if unique:
             return UniquePairSampler(data, self.train_behaviors, batch_size=batch_size,

@@ -27,7 +27,6 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from torch_geometric.data import HeteroData
 
 from ..data.multiplex import behaviors_of
-from ..data.sampling import BPRSampler, UniquePairSampler, UserBatchSampler
 from ..nn.encoders import (CascadeEncoder, COGCNEncoder, PerBehaviorLightGCN, PKFEncoder)
 from ..nn.heads import (BilinearHead, DFMEHead, MESIHead, MMoEHead, PLEHead, PMEHead,
                         SharedBottomHead)
@@ -72,44 +71,18 @@ NAMED: Dict[str, Tuple[str, str, Dict[str, Any]]] = {
 
 
 class ComposedModel(MultiBehaviorModel):
-    """A :class:`MultiBehaviorModel` that also picks its batch source: heads with a unique
-    loss (PME, PKEF eq 20) get "k' without k" pairs from
-    :class:`~mbgraph.data.sampling.UniquePairSampler`; a model built under a named reading
-    whose batches are the authors' user batches (``batches['kind'] == 'users'``) gets a
-    :class:`~mbgraph.data.sampling.UserBatchSampler`.
+    """A :class:`MultiBehaviorModel` built from registry names, possibly under a named
+    reading (its batch source is :meth:`MultiBehaviorModel.batch_source`, which reads the
+    reading's ``batches``).
 
     Attributes:
-        reading: the name of the reading the model was built under (``None``: none).
-        batches: the batch settings of that reading (``None``: pair batches of 2048).
+        reading: the name of the reading the model was built under (``None``: none); its
+            batch settings are :attr:`MultiBehaviorModel.batches`.
         schedule: the reading's training schedule (lr, decay, epochs), for the caller.
     """
 
     reading: Optional[str] = None
-    batches: Optional[Dict[str, Any]] = None
     schedule: Optional[Dict[str, Any]] = None
-
-    def batch_source(self, data: HeteroData, batch_size: Optional[int] = None,
-                     seed: int = 0):
-        """The batch source; ``batch_size`` is triples per behavior for pair batches and
-        users per batch for user batches (default: the reading's, else 2048)."""
-        settings = dict(self.batches or {'kind': 'pairs', 'batch_size': 2048})
-        unique = getattr(self.head, 'unique_loss', False)
-        if settings['kind'] == 'users':
-            return UserBatchSampler(
-                data, self.train_behaviors,
-                users_per_batch=batch_size or settings['users_per_batch'],
-                max_positives=settings['max_positives'],
-                users_per_epoch=settings.get('users_per_epoch'), seed=seed,
-                unique=settings.get('unique') if unique else None,
-                draws=settings.get('draws', 'permutation'),
-                batches_per_epoch=settings.get('batches_per_epoch'),
-                negatives=settings.get('negatives', 'behavior'),
-                batch_users=getattr(self, 'bpr_mean', 'triples') == 'users')
-        batch_size = batch_size or settings.get('batch_size', 2048)
-        if unique:
-            return UniquePairSampler(data, self.train_behaviors, batch_size=batch_size,
-                                     seed=seed)
-        return BPRSampler(data, self.train_behaviors, batch_size=batch_size, seed=seed)
 
 
 def _split_kwargs(kwargs: Mapping[str, Any]):
