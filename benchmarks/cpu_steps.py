@@ -13,6 +13,11 @@ Runs as a file so that ``mbgraph`` is imported from wherever ``PYTHONPATH`` poin
 Each model: ``--steps`` training steps (loss, backward, Adam) on the first batches of its
 default reading's sampler, the median after two warm-up steps; with ``--eval``, three
 full-ranking passes over the test users (random weights), the median of the last two.
+Wall-clock seconds (``step_wall_seconds``, ``wall_seconds_per_million_triples``) are printed
+beside the CPU seconds; they say something only on an otherwise idle machine (the row's
+``load_average``), and they are the ones to compare with ``--threads 2`` runs.
+``--matmul-precision medium`` runs the training steps with bfloat16 GEMMs (torch's own
+switch, the evaluation stays exact).
 """
 from __future__ import annotations
 
@@ -32,6 +37,9 @@ def main(argv=None) -> None:
     p.add_argument('--steps', type=int, default=4)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--eval', action='store_true', help='also time full-ranking passes')
+    p.add_argument('--matmul-precision', choices=['highest', 'high', 'medium'],
+                   default='highest', help="torch.set_float32_matmul_precision for the "
+                   "training steps ('medium': bfloat16 GEMMs where the CPU has them)")
     args = p.parse_args(argv)
 
     import torch
@@ -49,31 +57,42 @@ def main(argv=None) -> None:
         sampler = model.batch_source(data, seed=0)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         it = iter(sampler.batches(1))
-        times, loss = [], None
+        times, walls, loss = [], [], None
+        torch.set_float32_matmul_precision(args.matmul_precision)
         for _ in range(2 + args.steps):
             batch = next(it)
-            t0 = time.process_time()
+            t0, w0 = time.process_time(), time.perf_counter()
             loss, _ = model.loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             times.append(time.process_time() - t0)
-        step = statistics.median(times[2:])
+            walls.append(time.perf_counter() - w0)
+        torch.set_float32_matmul_precision('highest')     # evaluation: the exact scores
+        step, wall = statistics.median(times[2:]), statistics.median(walls[2:])
         triples = int(sum(sampler.triples_per_epoch(1).values()))
         row = {'tree': os.path.dirname(os.path.dirname(os.path.abspath(mbgraph.__file__))),
                'model': name, 'behaviors': args.behaviors, 'threads': args.threads,
+               'matmul_precision': args.matmul_precision,
                'step_cpu_seconds': round(step, 4),
                'cpu_seconds_per_million_triples': round(step * sampler.num_batches()
                                                         / triples * 1e6, 1),
+               # wall clock: meaningful only on an otherwise idle machine (see load_average)
+               'step_wall_seconds': round(wall, 4),
+               'wall_seconds_per_million_triples': round(wall * sampler.num_batches()
+                                                         / triples * 1e6, 1),
                'loss_after_steps': round(float(loss.detach()), 6)}
         if args.eval:
             ev = FullRankingEvaluator(data, 'test', ks=[10])
             passes = []
+            eval_walls = []
             for _ in range(3):
-                t0 = time.process_time()
+                t0, w0 = time.process_time(), time.perf_counter()
                 metrics = ev.evaluate(model, torch.device('cpu'))
                 passes.append(time.process_time() - t0)
+                eval_walls.append(time.perf_counter() - w0)
             row['eval_cpu_seconds'] = round(statistics.median(passes[1:]), 3)
+            row['eval_wall_seconds'] = round(statistics.median(eval_walls[1:]), 3)
             row['eval_hr@10'] = round(float(metrics['hr@10']), 6)
         row['load_average'] = round(os.getloadavg()[0], 1)
         print(json.dumps(row), flush=True)
