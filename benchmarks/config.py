@@ -63,7 +63,7 @@ HYPER_FLAGS: Dict[str, str] = {
     'min_interactions': '--min-interactions', 'tie_order': '--tie-order',
 }
 TABLE_KEYS = {'id', 'title', 'paper', 'datasets', 'columns', 'seeds', 'note'}
-ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper'}
+ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper', 'seeds'}
 TOP_KEYS = {'table', 'hyper', 'dataset', 'row'}
 DEFAULT_COLUMNS = ('test.hr@10', 'test.ndcg@10')
 
@@ -88,6 +88,14 @@ class Row:
     set: Mapping[str, Any]
     hyper: Mapping[str, Any]
     paper: Mapping[str, Tuple[float, ...]]
+    #: at most this many of the table's seeds (``seeds = 1`` for a deterministic row: a
+    #: training-free ranking computes the same numbers under every seed)
+    seeds: Optional[int] = None
+
+    def seed_count(self, table_seeds: int) -> int:
+        """How many seeds this row runs when its table (or ``--seeds``) asks for
+        ``table_seeds``."""
+        return table_seeds if self.seeds is None else min(self.seeds, table_seeds)
 
 
 @dataclass
@@ -379,9 +387,14 @@ def load_table(path: Path) -> Table:
         if not isinstance(overrides, dict):
             raise ConfigError(f'{rw}: set must be a table of KEY = VALUE')
         check_model(r['model'], overrides, f'{rw} ({r["name"]})')
+        row_seeds = r.get('seeds')
+        if row_seeds is not None and (isinstance(row_seeds, bool)
+                                      or not isinstance(row_seeds, int) or row_seeds < 1):
+            raise ConfigError(f'{rw}: seeds must be an integer >= 1, got {row_seeds!r}')
         rows.append(Row(name=r['name'], model=r['model'].lower(), set=dict(overrides),
                         hyper=_check_hyper(r.get('hyper', {}), f'{rw} hyper'),
-                        paper=_paper_numbers(r.get('paper', {}), f'{rw} paper')))
+                        paper=_paper_numbers(r.get('paper', {}), f'{rw} paper'),
+                        seeds=row_seeds))
     for d in datasets:
         if d not in GRAPH_DATASETS:
             raise ConfigError(f'{where} [table]: unknown dataset {d!r}; known: '
@@ -438,7 +451,8 @@ def load_suite(suite: str) -> List[Table]:
 def expand(table: Table, seeds: Optional[int] = None, epochs: Optional[int] = None,
            datasets: Optional[Sequence[str]] = None,
            lr: Optional[float] = None) -> List[Tuple[Row, Run]]:
-    """The (row, run) pairs of ``table``: rows x datasets x seeds, with ``seeds``,
+    """The (row, run) pairs of ``table``: rows x datasets x seeds (a row's own ``seeds``
+    caps its count), with ``seeds``,
     ``epochs`` and ``lr`` overriding the file's (``epochs`` also caps ``eval_every`` and
     replaces DPCPL's ``pretrain_epochs``; overridden runs get their own ids) and ``datasets``
     restricting the datasets."""
@@ -458,7 +472,7 @@ def expand(table: Table, seeds: Optional[int] = None, epochs: Optional[int] = No
                     overrides['pretrain_epochs'] = epochs
             if lr is not None:                         # every row, its own lr included
                 hyper['lr'] = float(lr)
-            for seed in range(n_seeds):
+            for seed in range(row.seed_count(n_seeds)):
                 effective = {'model': row.model, 'dataset': dataset, 'seed': seed,
                              'set': overrides, 'hyper': hyper}
                 out.append((row, Run(model=row.model, dataset=dataset, seed=seed,

@@ -206,10 +206,11 @@ def _setting(t: Table, cells, wanted: int, chart: Optional[str]) -> List[str]:
             rs = cells.get((row.name, d), [])
             kind = row_kind(row.model)
             paper = row.paper.get(d)
-            out = [row.name, kind, *(_cell(c, rs, wanted) for c in METRICS),
+            n = row.seed_count(wanted)
+            out = [row.name, kind, *(_cell(c, rs, n) for c in METRICS),
                    ' / '.join(f'{v:.4f}' for v in paper) if paper else '',
-                   *(_cell(c, rs, wanted, kind == 'training-free') for c, _ in COSTS),
-                   _seeds(rs, wanted)]
+                   *(_cell(c, rs, n, kind == 'training-free') for c, _ in COSTS),
+                   _seeds(rs, n)]
             lines.append('| ' + ' | '.join(out) + ' |')
         lines.append('')
     if chart:

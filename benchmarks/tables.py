@@ -115,13 +115,13 @@ def render_table(table: Table, results: Dict[str, Dict[str, Any]],
             found = cells.get((row.name, d), [])
             for c in table.columns:
                 values = [v for v in (lookup(r, c) for r in found) if v is not None]
-                out.append(format_cell(c, values, wanted))
+                out.append(format_cell(c, values, row.seed_count(wanted)))
             if has_paper[d]:
                 nums = row.paper.get(d)
                 out.append(' / '.join(f'{v:.4f}' for v in nums) if nums else '')
         lines.append('| ' + ' | '.join(out) + ' |')
     finished = sum(len(v) for v in cells.values())
-    total = len(cells) * wanted
+    total = sum(row.seed_count(wanted) for row in table.rows for _ in datasets)
     foot = f'{finished} of {total} runs finished; cells are mean ± sample std over seeds'
     if any(has_paper.values()):
         foot += '; `paper` = the HR@10 / NDCG@10 the paper reports'

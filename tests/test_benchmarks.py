@@ -120,6 +120,8 @@ def test_minimal_config_parses(tmp_path):
     ('"encoder.fusion" = "vanilla"', '"encoder.fusoin" = "vanilla"', "'fusoin'"),   # option
     ('"encoder.fusion" = "vanilla"', '"head.nope" = 1', "'nope'"),
     ('name = "PKEF vanilla"', 'name = "LightGCN"', 'duplicate row name'),
+    ('model = "pkef"', 'model = "pkef"\nseeds = 0', 'seeds must be an integer >= 1'),
+    ('model = "pkef"', 'model = "pkef"\nseeds = "one"', 'seeds must be an integer >= 1'),
 ])
 def test_config_errors_name_the_problem(tmp_path, old, new, needle):
     assert old in MINIMAL
@@ -423,6 +425,22 @@ def test_training_throughput_rows_render(tmp_path):
     assert '### Training steps of the named models' in text and '| pkef | code |' in text
 
 
+def test_a_row_caps_its_seeds(tmp_path):
+    """A deterministic row (``seeds = 1``) runs once in a 2-seed table; the table counts
+    and renders it as complete with one run."""
+    text = MINIMAL.replace('model = "pkef"', 'model = "pkef"\nseeds = 1', 1)
+    table = load_table(write(tmp_path, text))
+    runs = expand(table)
+    assert [(row.name, run.seed) for row, run in runs] == \
+        [('LightGCN', 0), ('LightGCN', 1), ('PKEF vanilla', 0)]
+    assert len(expand(table, seeds=5)) == 5 + 1 and len(expand(table, seeds=1)) == 2
+    (_, r0), (_, r1), (_, p0) = runs
+    results = {r.id: _result(r, 0.2, 0.1, [(1, 0.2)]) for r in (r0, r1, p0)}
+    rendered = render_table(table, results)
+    assert '3 of 3 runs finished' in rendered
+    assert '| PKEF vanilla | 0.2000 | 0.1000 |' in rendered      # no "(n=1)": it is complete
+
+
 def test_the_leaderboard_has_every_graph_model_and_baseline_on_three_settings():
     from mbgraph.models import MODELS
     tables = {t.id: t for t in load_suite('leaderboard')}
@@ -433,6 +451,9 @@ def test_the_leaderboard_has_every_graph_model_and_baseline_on_three_settings():
         hybrids = {m for m in models if m.startswith('hybrid:')}
         assert models - hybrids == set(MODELS) and hybrids
         assert table.seeds == 3 and 'test.hr@20' in table.columns
+        # the training-free rows are deterministic: one run each
+        assert {r.model for r in table.rows if r.seeds == 1} == \
+            {'mostpop', 'history', 'cascadingrank'}
     assert tables['leaderboard_taobao_cart_buy'].dataset_hyper['taobao']['behaviors'] == \
         'cart,buy'
     assert tables['leaderboard_taobao_pv_cart_buy'].dataset_hyper['taobao']['behaviors'] == \
@@ -463,4 +484,6 @@ def test_cpu_steps_prints_one_row_per_model(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r['model'] for r in rows] == ['copf', 'lightgcn']
     assert all(r['step_cpu_seconds'] > 0 and r['eval_cpu_seconds'] > 0 for r in rows)
+    assert all(r['step_wall_seconds'] > 0 and r['eval_wall_seconds'] > 0 for r in rows)
+    assert all(r['matmul_precision'] == 'highest' for r in rows)
     assert all(0 <= r['eval_hr@10'] <= 1 for r in rows)
