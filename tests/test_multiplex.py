@@ -110,6 +110,37 @@ def test_holdout_validation():
     assert data2[edge_type('buy')].val_edge_index.tolist() == val.tolist()
 
 
+def test_holdout_validation_unseen_leaves_every_behavior():
+    """``unseen``: the held-out (user, item) pairs also leave the auxiliary behaviors, so the
+    validation items, like such a test split's, were never touched in training."""
+    edges = {'view': torch.tensor([[0, 0, 0, 1, 2, 2, 2], [0, 1, 3, 3, 4, 1, 0]]),
+             'buy': torch.tensor([[0, 0, 0, 1, 2, 2], [0, 1, 2, 3, 4, 1]])}
+    plain = make_multiplex(3, 5, ['view', 'buy'], dict(edges))
+    holdout_validation(plain, seed=3)
+    data = make_multiplex(3, 5, ['view', 'buy'], dict(edges))
+    n = holdout_validation(data, seed=3, unseen=True)
+    val = data[edge_type('buy')].val_edge_index
+    assert n == 2 and val.tolist() == plain[edge_type('buy')].val_edge_index.tolist()
+    held = set(map(tuple, val.t().tolist()))
+    view = set(map(tuple, data[edge_type('view')].edge_index.t().tolist()))
+    before = set(map(tuple, edges['view'].t().tolist()))
+    assert not view & held and view == before - held      # only the held pairs left
+    assert set(map(tuple, plain[edge_type('view')].edge_index.t().tolist())) == before
+    validate(data)
+
+
+def test_is_test_unseen():
+    from mbgraph.data.multiplex import is_test_unseen
+    edges = {'view': torch.tensor([[0, 1], [0, 1]]), 'buy': torch.tensor([[0, 1], [2, 2]])}
+    unseen = make_multiplex(2, 4, ['view', 'buy'], dict(edges),
+                            test=torch.tensor([[0, 1], [3, 3]]))
+    assert is_test_unseen(unseen)
+    viewed = make_multiplex(2, 4, ['view', 'buy'], dict(edges),
+                            test=torch.tensor([[0, 1], [3, 1]]))   # user 1 viewed item 1
+    assert not is_test_unseen(viewed)
+    assert not is_test_unseen(make_multiplex(2, 4, ['view', 'buy'], dict(edges)))
+
+
 def test_statistics(tiny):
     rows = {r['behavior']: r for r in statistics(tiny)}
     assert rows['view']['interactions'] == 6 and rows['view']['users'] == 3

@@ -85,7 +85,12 @@ def test_given_behaviors_select_and_order_the_files(tmp_path):
     folder = write(tmp_path / 'x', mats={'a': VIEW, 'b': CART, 'c': BUY})
     data = load_dataset('sslrec', root=folder, behaviors=['b', 'c'])
     assert data.behaviors == ['b', 'c']
-    assert pairs(data[edge_type('b')].edge_index) == nonzero_pairs(CART)
+    # no test item is in the user's training (b or c): the validation pairs, held out like
+    # the test, leave b as well
+    val = set(pairs(data[edge_type('c')].val_edge_index))
+    assert val and pairs(data[edge_type('b')].edge_index) == \
+        sorted(set(nonzero_pairs(CART)) - val)
+    assert val & set(nonzero_pairs(CART))        # the case is exercised: a carted pair held
     with pytest.raises(ValueError, match="not known; pass behaviors"):
         load_sslrec(folder)
     with pytest.raises(FileNotFoundError, match=r"no file for behaviors \['z'\].*train_mat_z"):
@@ -190,7 +195,10 @@ def test_shared_retailrocket():
     assert data.behaviors == ['view', 'cart', 'buy']
     assert (data['user'].num_nodes, data['item'].num_nodes) == (2174, 30113)
     buy = data[edge_type('buy')]
-    assert data[edge_type('view')].edge_index.size(1) == 75374
-    assert data[edge_type('cart')].edge_index.size(1) == 12456
+    # the files hold 75,374 views and 12,456 carts; no test buy was viewed or carted, so the
+    # 885 validation buys leave view (708 of them were viewed) and cart (797) as well
+    assert data[edge_type('view')].edge_index.size(1) == 75374 - 708
+    assert data[edge_type('cart')].edge_index.size(1) == 12456 - 797
     assert buy.edge_index.size(1) + buy.val_edge_index.size(1) == 9551
+    assert buy.val_edge_index.size(1) == 885
     assert buy.test_edge_index.size(1) == 2174

@@ -274,12 +274,15 @@ def statistics(data: HeteroData) -> List[dict]:
     return rows
 
 
-def holdout_validation(data: HeteroData, seed: int = 0) -> int:
+def holdout_validation(data: HeteroData, seed: int = 0, unseen: bool = False) -> int:
     """Move one seeded random training interaction of the target behavior per user (for users
     with at least two) into ``val_edge_index``, in place; returns the number moved.
 
     Used when a dataset ships a test split but no validation split (the MB-GMN pickle format);
-    the loaders log that they did so.
+    the loaders log that they did so. With ``unseen`` the held-out (user, item) pairs also
+    leave every auxiliary behavior's training edges, so that, like a test split whose items
+    the user never touched in training (SSLRec's RetailRocket), validation does not reward
+    ranking the user's own viewed / carted items first (:func:`is_test_unseen`).
     """
     target = data[edge_type(target_behavior(data))]
     if getattr(target, 'val_edge_index', None) is not None:
@@ -301,7 +304,30 @@ def holdout_validation(data: HeteroData, seed: int = 0) -> int:
     keep[held] = False
     target.val_edge_index = ei[:, held]
     target.edge_index = ei[:, keep]
+    if unseen:
+        num_items = int(data[ITEM].num_nodes)
+        held_keys = torch.unique(target.val_edge_index[0].long() * num_items
+                                 + target.val_edge_index[1].long())
+        for b in behaviors_of(data)[:-1]:
+            store = data[edge_type(b)]
+            keys = store.edge_index[0].long() * num_items + store.edge_index[1].long()
+            store.edge_index = store.edge_index[:, ~torch.isin(keys, held_keys)]
     return int(held.numel())
+
+
+def is_test_unseen(data: HeteroData) -> bool:
+    """Whether no test pair of the target behavior is a training pair of any behavior (the
+    user never interacted with a test item in training); ``False`` without a test split."""
+    test = split_edge_index(data, 'test')
+    if test is None or test.numel() == 0:
+        return False
+    num_items = int(data[ITEM].num_nodes)
+    test_keys = test[0].long() * num_items + test[1].long()
+    for b in behaviors_of(data):
+        ei = data[edge_type(b)].edge_index
+        if torch.isin(test_keys, ei[0].long() * num_items + ei[1].long()).any():
+            return False
+    return True
 
 
 def merge_validation(data: HeteroData) -> int:

@@ -8,7 +8,10 @@ A folder holds one pickled users x items matrix per behavior, ``train_mat_<behav
 
 SSLRec reads ``test_mat.pkl`` as its validation set too. Here validation and test stay apart:
 as for the MB-GMN files, one seeded random training target interaction per user (users with at
-least two) is held out of training as the validation split.
+least two) is held out of training as the validation split. Where no test item was
+interacted with by its user in training under any behavior (RetailRocket's files), the
+held-out pairs leave the auxiliary behaviors' training edges as well, so that validation asks
+the test's question (:func:`mbgraph.data.multiplex.holdout_validation` with ``unseen``).
 
 Example::
 
@@ -29,7 +32,7 @@ from torch_geometric.data import HeteroData
 
 from .datasets import KNOWN_ORDERS, PathLike, safe_unpickle
 from .datasets._base import resolve_order
-from .multiplex import deduplicate, holdout_validation, make_multiplex, validate
+from .multiplex import deduplicate, holdout_validation, is_test_unseen, make_multiplex, validate
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +201,16 @@ def load_sslrec(directory: PathLike, behaviors: Sequence[str] | None = None,
     removed = deduplicate(data)
     if any(removed.values()):
         log.info('%s: removed duplicate training pairs per behavior: %s', directory, removed)
-    held = holdout_validation(data, seed)
+    # a validation split built like the test: where no test item was touched by its user in
+    # training, the held-out pairs leave the auxiliary behaviors too (else validation
+    # rewards the user's own viewed / carted items, which the test never asks for)
+    unseen = is_test_unseen(data)
+    held = holdout_validation(data, seed, unseen=unseen)
     log.info('%s: SSLRec reads %s as validation too; held out one seeded (seed=%d) random '
              'training %r interaction per user with at least two as validation instead: %d '
-             'pairs', directory, TEST_FILE, seed, target, held)
+             'pairs%s', directory, TEST_FILE, seed, target, held,
+             ' (like the test, unseen in training: also removed from every other behavior)'
+             if unseen else '')
     validate(data)
     return data
 
