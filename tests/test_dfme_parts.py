@@ -100,6 +100,8 @@ def test_table4_names_by_model_option_and_positionally():
     args = [4, 3, *DFMEHead.__init__.__defaults__]                     # every option given
     args[names.index('aggregation')] = 'linear'
     assert type(DFMEHead(*args)) is ExpertFusionHead
+    # the class's signature is __init__'s, not __new__'s (benchmark configs check options)
+    assert list(inspect.signature(DFMEHead).parameters) == names
     with pytest.raises(ValueError, match="unknown aggregation 'mean'"):
         ExpertFusionHead(4, 3, 'mean')
     with pytest.raises(ValueError, match="is ExpertFusionHead"):

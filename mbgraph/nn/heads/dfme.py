@@ -619,3 +619,7 @@ class FittedExperts:
 # where DFMEHead.__new__ finds a positional aggregation argument
 _AGGREGATION_POSITION = list(inspect.signature(DFMEHead.__init__).parameters).index(
     'aggregation') - 1
+# inspect.signature(DFMEHead) would read __new__'s (*args, **kwargs): the options are
+# __init__'s (the benchmark configs check head options against them)
+DFMEHead.__signature__ = inspect.signature(DFMEHead.__init__).replace(
+    parameters=list(inspect.signature(DFMEHead.__init__).parameters.values())[1:])
