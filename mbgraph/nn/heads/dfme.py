@@ -122,7 +122,7 @@ from .contrastive import (
     contrastive_option,
 )
 from .expert_fusion import AGGREGATIONS as FUSION_AGGREGATIONS
-from .expert_fusion import ExpertFusionHead
+from .expert_fusion import TOWERS, ExpertFusionHead
 from .shared_bottom import MTLHead, StackedMLP, check_embeddings
 
 # CL_ANCHORS and CL_NORMS lived here before issue 11: re-exported for old imports
@@ -134,8 +134,6 @@ EXTRAS_KEY = 'dfme'
 AGGREGATIONS = ('gated',) + FUSION_AGGREGATIONS
 #: ``fit_step``: one fitting layer as eq 11 writes it, or as the code computes it
 FIT_STEPS = ('paper', 'code')
-#: ``tower``: eq 15's average over d, or the code's sum
-TOWERS = ('mean', 'sum')
 
 #: COPF table 3's DFME rows -> the switches that build them (:meth:`DFMEHead.variant`);
 #: ``'COPF'`` is the full model. "all sg." replaces eq 14's stop-gradient and needs it on.
