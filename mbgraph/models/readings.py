@@ -52,6 +52,8 @@ READINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
         'code': {
             'model': {'reg': 1e-2, 'reg_scope': 'tables', 'bpr_scale': 3.0},
             'encoder': {'num_layers': 1, 'cumulative': 'union'},
+            # the head's table-3 switches (backward_fit=False, the rest on) are those of
+            # DFMEHead.VARIANTS['w/o back.'] (mbgraph/nn/heads/dfme.py)
             'head': {'fit_graph': 'task', 'fit_step': 'code', 'alpha': 0.001, 'beta': 0.1,
                      'num_layers': 1, 'output_scale': 0.1, 'score_scale': 300.0,
                      'tower': 'sum', 'gate_init': 'xavier', 'gate_input': 'embeddings',
@@ -76,6 +78,7 @@ READINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
         'paper': {
             'model': {'reg': 1e-2, 'reg_scope': 'batch', 'bpr_scale': 1.0},
             'encoder': {'num_layers': 1, 'cumulative': 'paper'},
+            # the head's table-3 switches are DFMEHead.VARIANTS['COPF'], the full model
             'head': {'fit_graph': 'other', 'fit_step': 'paper', 'alpha': 0.001, 'beta': 0.1,
                      'num_layers': 1, 'output_scale': 1.0, 'score_scale': 1.0,
                      'tower': 'mean', 'gate_init': 'zeros', 'gate_input': 'embeddings',

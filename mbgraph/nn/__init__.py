@@ -17,9 +17,11 @@ from .encoders import (
     PKFEncoder,
 )
 from .heads import (
+    BehaviorContrastive,
     BehaviorMixture,
     BilinearHead,
     DFMEHead,
+    ExpertFusionHead,
     MESIHead,
     MMoEHead,
     MultiTaskHead,
@@ -37,5 +39,6 @@ __all__ = [
     'PKFEncoder', 'COGCNEncoder', 'PerBehaviorLightGCN',
     # heads, their base and their shared blocks
     'MultiTaskHead', 'BilinearHead', 'SharedBottomHead', 'MMoEHead', 'PLEHead', 'MESIHead',
-    'PMEHead', 'DFMEHead', 'StackedMLP', 'BehaviorMixture',
+    'PMEHead', 'DFMEHead', 'ExpertFusionHead', 'StackedMLP', 'BehaviorMixture',
+    'BehaviorContrastive',
 ]

@@ -86,7 +86,8 @@ def fuse(fusion: str, base: Tensor, other: Tensor, weight: Optional[Tensor] = No
     :math:`\mathbf{e}_{par}`; any broadcastable leading shape). ``weight`` is
     :math:`\mathbf{W}` (``[d, d]`` for ``'linear'``, ``[4, 4d]`` or ``[4, d]`` for
     ``'vanilla'``), ``bias`` the vanilla gate's ``[4]``. ``None`` for ``'none'``. Also used by
-    :class:`~mbgraph.nn.heads.dfme.DFMEHead` for COPF table 4's aggregation schemes."""
+    :class:`~mbgraph.nn.heads.expert_fusion.ExpertFusionHead` for COPF table 4's aggregation
+    schemes."""
     if fusion == 'none':
         return None
     if fusion == 'sum':

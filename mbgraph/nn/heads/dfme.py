@@ -1,40 +1,13 @@
 r"""The Distributed Fitting Multi-Expert network (DFME) of COPF (Meng et al., "Combinatorial
 Optimization Perspective based Framework for Multi-behavior Recommendation", KDD 2025,
-section 4.3, eq 8-15) with its contrastive loss (eq 8, 17).
+section 4.3, eq 9-15) with its contrastive loss (eq 8, 17).
 
-**Contrastive alignment** (eq 8): the target behavior :math:`K` and every auxiliary behavior
-:math:`k` are pulled together per user (and per item),
-
-.. math::
-    \mathcal{L}_{cl,U}^{K,k} = \frac{1}{|U|} \sum_{u \in U} -\log
-    \frac{\exp(\varphi(\mathbf{e}_u^{K,*}, \mathbf{e}_u^{k,*})/\tau)}
-    {\sum_{u' \in U} \exp(\varphi(\mathbf{e}_u^{K,*}, \mathbf{e}_{u'}^{k,*})/\tau)},
-    \qquad \mathcal{L} \mathrel{+}= \gamma \sum_{k<K}
-    (\mathcal{L}_{cl,U}^{K,k} + \mathcal{L}_{cl,V}^{K,k})   \quad \text{(eq 17)}.
-
-The anchors :math:`u` are the users (items: positives and negatives) of the batch's
-target-behavior triples, as in the authors' code (all users of the graph as anchors would be
-:math:`O(|U|^2)`); the denominator runs over all users (``negatives='all'``, the paper and the
-code) or the batch's (``negatives='batch'``). :math:`\varphi` is the cosine similarity, the
-code's (``cosine=True``, the default), or the inner product, the paper's example ("e.g.,
-inner product"; ``cosine=False``). The inner product makes eq 8 grow with
-:math:`\lVert \mathbf{e}^{K,*} \rVert \lVert \mathbf{e}^{k,*} \rVert / \tau`: on COGCN's
-embeddings (target norms ~57 at initialisation) its logits are ~:math:`10^3`, the softmax over
-the users is a hard maximum and the term outweighs BPR at any of the weights below (on small
-synthetic data, HR@10 0.23 against 0.35 with the cosine).
-
-**Weight of the contrastive term against BPR** (``cl_norm``). Eq 16 *sums* the BPR terms
-over the training triples, eq 8 *averages* the contrastive term over the users, and eq 17 adds
-the two with :math:`\gamma = 1`. :class:`~mbgraph.models.composed.MultiBehaviorModel` averages
-each behavior's BPR terms over the batch's :math:`B` triples, i.e. divides the batch's eq 16
-by :math:`B`; dividing the batch's eq 17 by the same :math:`B` leaves the contrastive term as
-:math:`\frac{\gamma}{B}` times its mean over the anchors (``cl_norm='triples'``, the default).
-``cl_norm='batch'`` (the plain anchor mean next to the BPR mean) weighs it :math:`B` times
-more than eq 17 does (2048 times with the CLI's batch); ``cl_norm='total'`` is the code's sum
-over the anchors divided by :math:`|U|`, next to BPR logits that the code multiplies by
-``mult`` = 300 and sums over :math:`d` (:math:`300 d` = 19200 times eq 15's average). With
-eq 15's average and no multiplier, ``'batch'`` lets the contrastive gradients swamp the ranking
-loss: COPF on the synthetic data fell from HR@10 0.62 (``contrastive=False``) to 0.18.
+**Contrastive alignment** (eq 8, 17): the target behavior and every auxiliary behavior pulled
+together per user and per item, weighed against BPR as eq 16-17 do. The head holds it as a
+:class:`~mbgraph.nn.heads.contrastive.BehaviorContrastive` (:attr:`DFMEHead.contrastive_term`;
+that module's docstring has the equations and the options ``tau``, ``gamma``, ``cosine``,
+``negatives``, ``cl_anchors``, ``cl_norm``, which the head passes on and reads back as
+``head.tau``, ...).
 
 **Behavior-specific experts** (eq 9): :math:`\mathbf{e}^k = \mathbf{e}_u^{k,*} \circ
 \mathbf{e}_v^{k,*}`.
@@ -84,27 +57,25 @@ scores by 300 before the BPR softplus (``score_scale=300``; default 1) and sums 
 :math:`d` instead of eq 15's average.
 
 **Gate initialisation** (``gate_init``). The gate's logits scale with the embeddings it
-reads, and COGCN's are far from unit scale: with eq 5's operators the target behavior's
-embeddings have norms ~250 times the initial embeddings' (57 against 0.2 on the synthetic
-data at initialisation) while the first behavior's stay below 1. A Xavier-initialised
-:math:`\mathbf{W}_g` (``gate_init='xavier'``, what the paper and the code do) then gives the
-target task logits of standard deviation ~10: its softmax is saturated from the first step, a
-hard and random choice per (user, item) pair between the task's own expert and the fitting
-experts, whose scores are ~:math:`10^{-4}` of the own expert's (:math:`\alpha, \beta \ll 1`).
-The target score becomes that routing rather than :math:`\mathbf{e}^K`, BPR drives the own
-expert's weight to 0 (:math:`10^{-26}` after training), and the own expert gets no gradient
-any more. In the code the embeddings are small enough for Xavier to start near the uniform
-gate; ``gate_init='zeros'`` (the default) starts every task at :math:`\mathbf{g}^k = 1/K`
-whatever the encoder's scale, and the gate learns from there. Adam still moves the logits by
-about the learning rate times :math:`\lVert \mathbf{e}_u^{k,*} \| \mathbf{e}_v^{k,*}
-\rVert_1` per step, so on such embeddings the target task's gate learns far faster than the
-others and can still shut its own expert out before that expert is any good (seen on small
-data at learning rate 0.01). ``gate_input='normalized'`` feeds the gate the L2-normalised
-embeddings instead, which makes it indifferent to the encoder's scale (neither the paper nor
-the code: eq 13 reads the embeddings as they are, ``gate_input='embeddings'``, the default).
-Measured on Taobao (pv, cart, buy; lr 5e-3, 10 epochs; docs/RESULTS.md, COPF table 4): with
-the default the target task's gate ended at weight 1.0 on the cart fitting expert and 0 on its
-own (target embedding norms ~1,650) and HR@10 was 0.023; with ``'normalized'`` 0.081.
+reads, and COGCN's are far from unit scale: eq 5's operators make the target behavior's
+embeddings hundreds of times larger than the initial embeddings at initialisation, while the
+first behavior's stay near them. A Xavier-initialised :math:`\mathbf{W}_g`
+(``gate_init='xavier'``, what the paper and the code do) then gives the target task logits
+far apart: its softmax is saturated from the first step, a hard and random choice per (user,
+item) pair between the task's own expert and the fitting experts, whose scores are orders of
+magnitude below the own expert's (:math:`\alpha, \beta \ll 1`). The target score becomes
+that routing rather than :math:`\mathbf{e}^K`, BPR drives the own expert's weight to 0, and
+the own expert gets no gradient any more. In the code the embeddings are small enough for
+Xavier to start near the uniform gate; ``gate_init='zeros'`` (the default) starts every task
+at :math:`\mathbf{g}^k = 1/K` whatever the encoder's scale, and the gate learns from there.
+Adam still moves the logits by about the learning rate times :math:`\lVert \mathbf{e}_u^{k,*}
+\| \mathbf{e}_v^{k,*} \rVert_1` per step, so on such embeddings the target task's gate learns
+far faster than the others and can still shut its own expert out before that expert is any
+good. ``gate_input='normalized'`` feeds the gate the L2-normalised embeddings instead, which
+makes it indifferent to the encoder's scale (neither the paper nor the code: eq 13 reads the
+embeddings as they are, ``gate_input='embeddings'``, the default). The measurements behind
+this paragraph: docs/RESULTS.md, *Measurements behind the DFME head's defaults* and *COPF
+table 4 on Taobao* (the gate's collapse at full scale and what ``'normalized'`` changes).
 
 **Gate outputs and experts** (``expert_order``). Eq 13-14 index the shared gate's outputs by
 behavior: :math:`g^k(j)` weighs behavior :math:`j`'s expert, so the output that weighs the
@@ -113,48 +84,27 @@ stacks the task's own expert first and the other behaviors' after it in behavior
 the shared gate's first output always weighs the task's own expert
 (``expert_order='own_first'``).
 
-**Ablations of COPF table 3**: ``contrastive=False`` (w/o con.), ``forward_fit=False`` (w/o
-for.: the other behaviors' specific experts :math:`\mathbf{e}^j` replace the fitting experts),
-``backward_fit=False`` (w/o back.: no stop-gradient), ``all_sg=True`` (all sg.: every
-:math:`j \ne k` term of every task is stopped), ``fitting=False`` (w/o fit.: both
-``forward_fit`` and ``backward_fit`` off).
+**Ablations of COPF table 3** (:data:`VARIANTS`, :meth:`DFMEHead.variant`):
+``contrastive=False`` (w/o con.), ``forward_fit=False`` (w/o for.: the other behaviors'
+specific experts :math:`\mathbf{e}^j` replace the fitting experts), ``backward_fit=False``
+(w/o back.: no stop-gradient), ``all_sg=True`` (all sg.: every :math:`j \ne k` term of every
+task is stopped), ``fitting=False`` (w/o fit.: both ``forward_fit`` and ``backward_fit``
+off). Table 3's "w/o DFME" is not a DFME head: the bilinear head
+(:class:`~mbgraph.nn.heads.bilinear.BilinearHead`, model ``copf+bilinear``).
 
 **Aggregation schemes of COPF table 4** (``aggregation``). Section 5.3.2 replaces the whole
 aggregation of eq 10-14 (fitting experts, gate and stop-gradient) by one of five
-alternatives, keeping the contrastive term (eq 8) in every one. They are PKEF's fusion
-functions (:func:`~mbgraph.nn.encoders.pkf.fuse`, PKEF eq 12-13 and its table 4), applied
-between the behavior-specific experts of eq 9 with the task's own expert as the base:
-
-.. math::
-    \hat o^k_{uv} = \mathrm{mean}\Big(\mathbf{e}^k + \sum_{j \ne k}
-        \mathbf{f}_{k,j}(\mathbf{e}^k, \mathbf{e}^j)\Big), \qquad
-    \mathbf{e}^j = \mathbf{e}_u^{j,*} \circ \mathbf{e}_v^{j,*},
-
-with :math:`\mathbf{f}` = :math:`\mathbf{0}` (``'none'``, *No Aggregation*),
-:math:`\mathbf{e}^j` (``'sum'``, *Summation*), :math:`\mathbf{W}_{k,j}\mathbf{e}^j`
-(``'linear'``, *Linear Trans.*, :math:`\mathbf{W}_{k,j} \in \mathbb{R}^{d \times d}`),
-PKEF eq 13's gated mixture of :math:`[\mathbf{e}^k, \mathbf{e}^j, \mathbf{e}^k -
-\mathbf{e}^j, \mathbf{e}^k \circ \mathbf{e}^j]` with its gate :math:`\mathbf{W}_{k,j} \in
-\mathbb{R}^{4 \times 4d}`, :math:`\mathbf{b}_{k,j} \in \mathbb{R}^4` (``'vanilla'``,
-*Vanilla Fusion*) or the part of :math:`\mathbf{e}^j` collinear with :math:`\mathbf{e}^k`,
-:math:`\frac{\mathbf{e}^j \cdot \mathbf{e}^k}{\lVert \mathbf{e}^k \rVert^2 + \epsilon}
-\mathbf{e}^k` (``'projection'``, *Projection Fusion*; PKEF eq 12 / PME eq 16). The paper
-names the schemes without equations; the readings taken here: the base is the task's own
-expert (as PKF's cascade vector is), one :math:`\mathbf{W}_{k,j}` per (task, other
-behavior) pair, and no stop-gradient (eq 14's is part of DFME's own scheme).
-On COGCN's embeddings the vanilla scheme is unstable: its fourth feature
-:math:`\mathbf{e}^k \circ \mathbf{e}^j` is of fourth order in the embeddings, whose norms
-COGCN's operators already multiply (see *Gate initialisation*), so its scores start in the
-thousands (1.9e8 at most after two epochs on ml-latest-small) and its BPR terms grow instead of
-falling: on Taobao at lr 5e-3 the target term went 2.8, 1.4 (epoch 2), then up to 35.6 by
-epoch 10, and test HR@10 was 0.013 (docs/RESULTS.md, COPF table 4). The other schemes stay
-of second order.
-``aggregation='gated'`` (the default) is eq 10-15. The gate options (``gate_*``,
+alternatives, keeping the contrastive term: :class:`~mbgraph.nn.heads.expert_fusion.
+ExpertFusionHead`. ``aggregation='gated'`` (the default) is eq 10-15;
+``DFMEHead(..., aggregation='sum')`` (and the other four names) builds an
+:class:`~mbgraph.nn.heads.expert_fusion.ExpertFusionHead` instead, so that ``--set
+head.aggregation=sum`` on ``copf`` keeps selecting it. The gate options (``gate_*``,
 ``expert_order``), the fitting options and ``all_sg`` belong to ``'gated'`` and have no
 effect otherwise (``all_sg=True`` or ``gate_per_task=True`` with another scheme is an error).
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -162,26 +112,95 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...losses import info_nce
 from ..encoders.base import BehaviorEmbeddings
-from ..encoders.pkf import fuse
 from .base import gate_output_order
+from .contrastive import (
+    CL_ANCHORS,
+    CL_NORMS,
+    CONTRASTIVE_OPTIONS,
+    BehaviorContrastive,
+    contrastive_option,
+)
+from .expert_fusion import AGGREGATIONS as FUSION_AGGREGATIONS
+from .expert_fusion import TOWERS, ExpertFusionHead
 from .shared_bottom import MTLHead, StackedMLP, check_embeddings
+
+# CL_ANCHORS and CL_NORMS lived here before issue 11: re-exported for old imports
+__all__ = ['DFMEHead', 'FittedExperts', 'VARIANTS', 'AGGREGATIONS', 'CL_ANCHORS', 'CL_NORMS']
 
 EXTRAS_KEY = 'dfme'
 #: ``aggregation`` values: eq 13-15 and the five alternatives of COPF table 4
-AGGREGATIONS = ('gated', 'none', 'sum', 'linear', 'vanilla', 'projection')
+#: (:class:`~mbgraph.nn.heads.expert_fusion.ExpertFusionHead`)
+AGGREGATIONS = ('gated',) + FUSION_AGGREGATIONS
 #: ``fit_step``: one fitting layer as eq 11 writes it, or as the code computes it
 FIT_STEPS = ('paper', 'code')
-#: ``tower``: eq 15's average over d, or the code's sum
-TOWERS = ('mean', 'sum')
-#: ``cl_anchors``: the batch's distinct users/items, or the code's one anchor per target pair
-CL_ANCHORS = ('unique', 'pairs')
-CL_NORMS = ('triples', 'batch', 'total', 'users')
+
+#: COPF table 3's DFME rows -> the switches that build them (:meth:`DFMEHead.variant`);
+#: ``'COPF'`` is the full model. "all sg." replaces eq 14's stop-gradient and needs it on.
+VARIANTS: Dict[str, Dict[str, bool]] = {
+    'COPF': {},
+    'w/o con.': {'contrastive': False},
+    'w/o for.': {'forward_fit': False},
+    'w/o back.': {'backward_fit': False},
+    'all sg.': {'all_sg': True, 'backward_fit': True},
+    'w/o fit.': {'fitting': False},
+}
+
+
+def _squash(name: str) -> str:
+    return ''.join(c for c in str(name).lower() if c.isalnum())
+
+
+_VARIANT_KEYS = {**{_squash(k): k for k in VARIANTS}, 'dfme': 'COPF'}
+
+
+def variant_key(name: str) -> str:
+    """The :data:`VARIANTS` key of ``name``, case, spaces and punctuation aside (``'w/o
+    con.'``, ``'wo_con'``; ``'DFME'`` is the full model)."""
+    key = _VARIANT_KEYS.get(_squash(name))
+    if key is None:
+        if _squash(name) == 'wodfme':
+            raise ValueError("table 3's 'w/o DFME' replaces DFME by the bilinear head "
+                             "(BilinearHead, model 'copf+bilinear'): not a DFMEHead variant")
+        raise ValueError(f'unknown DFME variant {name!r}; expected one of {list(VARIANTS)}')
+    return key
+
+
+def _check_choices(**given: str) -> None:
+    options = {'fit_graph': ('other', 'task'), 'fit_step': FIT_STEPS, 'tower': TOWERS,
+               'gate_init': ('zeros', 'xavier'), 'gate_input': ('embeddings', 'normalized'),
+               'expert_order': ('behavior', 'own_first')}
+    for name, value in given.items():
+        if value not in options[name]:
+            raise ValueError(f'unknown {name} {value!r}; expected one of {list(options[name])}')
+
+
+def _fusion_head(*args, **kwargs) -> ExpertFusionHead:
+    """``DFMEHead(..., aggregation=NAME)`` with one of table 4's names: the options checked
+    as before, the gate and fitting options dropped, the rest passed on."""
+    bound = inspect.signature(DFMEHead.__init__).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    a = dict(bound.arguments)
+    aggregation = a['aggregation']
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f'unknown aggregation {aggregation!r}; expected one of '
+                         f'{list(AGGREGATIONS)}')
+    if a['all_sg'] or a['gate_per_task']:
+        raise ValueError(f'all_sg and gate_per_task act on the gate of eq 13-14, which '
+                         f'aggregation={aggregation!r} replaces')
+    if a['num_layers'] < 1:
+        raise ValueError(f"DFMEHead needs num_layers >= 1 fitting layers, got {a['num_layers']}")
+    _check_choices(**{k: a[k] for k in ('fit_graph', 'fit_step', 'gate_init', 'gate_input',
+                                        'expert_order')})
+    return ExpertFusionHead(a['embedding_dim'], a['num_behaviors'], aggregation,
+                            score_scale=a['score_scale'], tower=a['tower'],
+                            contrastive=a['contrastive'],
+                            **{k: a[k] for k in CONTRASTIVE_OPTIONS})
 
 
 class DFMEHead(MTLHead):
-    r"""COPF's Distributed Fitting Multi-Expert head (module docstring: eq 8-15).
+    r"""COPF's Distributed Fitting Multi-Expert head (module docstring: eq 9-15), holding eq
+    8's contrastive term as :attr:`contrastive_term`.
 
     Args:
         embedding_dim (int): :math:`d`.
@@ -195,19 +214,9 @@ class DFMEHead(MTLHead):
             (:math:`\mathbf{A}_k`, the code). (default: ``'other'``)
         output_scale (float, optional): :math:`s` on the fitting output (code: ``0.1``).
             (default: ``1.0``)
-        tau (float, optional): temperature :math:`\tau`. (default: ``0.1``)
-        gamma (float, optional): weight :math:`\gamma` of the contrastive loss. (default: ``1.0``)
-        cosine (bool, optional): cosine similarity for :math:`\varphi` (the code); ``False``
-            is the inner product (the paper's example). (default: ``True``)
-        negatives (str, optional): ``'all'`` or ``'batch'`` (eq 8's denominator).
-            (default: ``'all'``)
-        cl_norm (str, optional): what the sum over the anchors is divided by:
-            ``'triples'``, their number times the number :math:`B` of the batch's triples
-            per behavior (eq 16 sums BPR over the triples, eq 8 averages over the users; see
-            the module docstring), ``'batch'``, their number (a mean over the anchors), or
-            ``'total'``, :math:`|U|` (:math:`|V|`) whatever the batch, or ``'users'``,
-            :math:`|U|` for both sums (the code: each batch carries its share of the all-user
-            sum, the item side divided by the users too). (default: ``'triples'``)
+        tau, gamma, cosine, negatives, cl_norm (optional): eq 8's options, passed on to
+            :class:`~mbgraph.nn.heads.contrastive.BehaviorContrastive` (its docstring; the
+            defaults are its own: ``0.1``, ``1.0``, ``True``, ``'all'``, ``'triples'``).
         contrastive (bool, optional): eq 8 on (``False`` = w/o con.). (default: ``True``)
         forward_fit (bool, optional): fitting experts on (``False`` = w/o for.).
             (default: ``True``)
@@ -232,21 +241,21 @@ class DFMEHead(MTLHead):
             (output :math:`j`, behavior :math:`j`: eq 13-14) or ``'own_first'`` (output 0 the
             task's own expert, then the other behaviors in order: the code).
             (default: ``'behavior'``)
-        aggregation (str, optional): ``'gated'`` (eq 10-15) or one of COPF table 4's
+        aggregation (str, optional): ``'gated'`` (eq 10-15); one of COPF table 4's
             alternatives ``'none'``, ``'sum'``, ``'linear'``, ``'vanilla'``,
-            ``'projection'`` (module docstring). (default: ``'gated'``)
+            ``'projection'`` builds an :class:`~mbgraph.nn.heads.expert_fusion.
+            ExpertFusionHead` instead (module docstring). (default: ``'gated'``)
         fit_step (str, optional): one fitting layer as eq 11 writes it, ``'paper'``
             (:math:`(\mathbf{D}^{-1}\mathbf{A} + \mathbf{I})(\mathbf{E} \circ \mathbf{r})`),
             or as the code computes it, ``'code'`` (:math:`\mathbf{D}^{-1}\mathbf{A}
             (\mathbf{E} \circ \mathbf{r}) + \mathbf{E}`). (default: ``'paper'``)
         tower (str, optional): eq 15's ``'mean'`` over :math:`d`, or the code's ``'sum'``.
             (default: ``'mean'``)
-        cl_anchors (str, optional): eq 8's anchors: ``'unique'``, the batch's distinct
-            target-behavior users and items (positives and negatives), or ``'pairs'``, the
-            code's one user anchor per target pair and the pairs' positive items, repeats
-            counted (each distinct anchor computed once and weighted by its count: exact).
-            ``cl_norm='users'`` is the code's divisor of both sums, :math:`|U|`.
+        cl_anchors (str, optional): eq 8's anchors, passed on to
+            :class:`~mbgraph.nn.heads.contrastive.BehaviorContrastive`.
             (default: ``'unique'``)
+
+    Table 3's rows are :data:`VARIANTS`: ``DFMEHead.variant('w/o con.', d, K, **options)``.
 
     Shapes:
         - **input:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
@@ -258,6 +267,21 @@ class DFMEHead(MTLHead):
     """
 
     chunk_size: int = 4096  # score_all is matrix products: [K, B, chunk] at a time
+    #: table 3's rows (module-level :data:`VARIANTS`)
+    VARIANTS = VARIANTS
+    #: the :data:`VARIANTS` key this head was built as by :meth:`variant` (else ``None``)
+    variant_name: Optional[str] = None
+    # eq 8's options, read from (and set on) contrastive_term
+    tau, gamma, cosine, negatives, cl_norm, cl_anchors = (contrastive_option(name)
+                                                          for name in CONTRASTIVE_OPTIONS)
+
+    def __new__(cls, *args, **kwargs):
+        # the old aggregation argument: table 4's names build the head that computes them
+        aggregation = kwargs.get('aggregation', args[_AGGREGATION_POSITION]
+                                 if len(args) > _AGGREGATION_POSITION else 'gated')
+        if cls is DFMEHead and aggregation != 'gated':
+            return _fusion_head(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(self, embedding_dim: int, num_behaviors: int, alpha: float = 0.001,
                  beta: float = 0.1, num_layers: int = 1, fit_graph: str = 'other',
@@ -270,35 +294,16 @@ class DFMEHead(MTLHead):
                  expert_order: str = 'behavior', aggregation: str = 'gated',
                  fit_step: str = 'paper', tower: str = 'mean', cl_anchors: str = 'unique'):
         super().__init__(embedding_dim, num_behaviors)
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f'unknown aggregation {aggregation!r}; expected one of '
-                             f'{list(AGGREGATIONS)}')
-        gated = aggregation == 'gated'
-        if not gated and (all_sg or gate_per_task):
-            raise ValueError(f'all_sg and gate_per_task act on the gate of eq 13-14, which '
-                             f'aggregation={aggregation!r} replaces')
+        if aggregation != 'gated':   # only a subclass gets here (DFMEHead.__new__ maps it)
+            raise ValueError(f'aggregation={aggregation!r} is ExpertFusionHead '
+                             f'(mbgraph.nn.heads.expert_fusion); {type(self).__name__} is '
+                             f"aggregation='gated'")
         if num_layers < 1:
             raise ValueError(f'DFMEHead needs num_layers >= 1 fitting layers, got {num_layers}')
-        if fit_graph not in ('other', 'task'):
-            raise ValueError(f"unknown fit_graph {fit_graph!r}; expected 'other' or 'task'")
-        if negatives not in ('all', 'batch'):
-            raise ValueError(f"unknown negatives {negatives!r}; expected 'all' or 'batch'")
-        if cl_norm not in CL_NORMS:
-            raise ValueError(f'unknown cl_norm {cl_norm!r}; expected one of {list(CL_NORMS)}')
-        for name, value, options in (('fit_step', fit_step, FIT_STEPS), ('tower', tower, TOWERS),
-                                     ('cl_anchors', cl_anchors, CL_ANCHORS)):
-            if value not in options:
-                raise ValueError(f'unknown {name} {value!r}; expected one of {list(options)}')
-        if gate_init not in ('zeros', 'xavier'):
-            raise ValueError(f"unknown gate_init {gate_init!r}; expected 'zeros' or 'xavier'")
-        if gate_input not in ('embeddings', 'normalized'):
-            raise ValueError(f"unknown gate_input {gate_input!r}; expected 'embeddings' or "
-                             f"'normalized'")
-        if expert_order not in ('behavior', 'own_first'):
-            raise ValueError(f"unknown expert_order {expert_order!r}; expected 'behavior' or "
-                             f"'own_first'")
-        if tau <= 0:
-            raise ValueError(f'temperature tau must be > 0, got {tau}')
+        _check_choices(fit_graph=fit_graph, fit_step=fit_step, tower=tower,
+                       gate_init=gate_init, gate_input=gate_input, expert_order=expert_order)
+        self.contrastive_term = BehaviorContrastive(tau, gamma, cosine, negatives, cl_norm,
+                                                    cl_anchors)
         if all_sg and not (backward_fit and fitting):
             raise ValueError('all_sg=True replaces the stop-gradient of eq 14 and needs it on '
                              '(backward_fit=True, fitting=True)')
@@ -306,59 +311,61 @@ class DFMEHead(MTLHead):
         self.num_layers = int(num_layers)
         self.fit_graph = fit_graph
         self.output_scale = float(output_scale)
-        self.tau, self.gamma, self.cosine, self.negatives = float(tau), float(gamma), cosine, \
-            negatives
-        self.cl_norm = cl_norm
         self.contrastive = contrastive
         self.fitting = fitting
         self.aggregation = aggregation
-        self.forward_fit = forward_fit and fitting and gated
-        self.backward_fit = backward_fit and fitting and gated
+        self.forward_fit = forward_fit and fitting
+        self.backward_fit = backward_fit and fitting
         self.all_sg = all_sg
         self.gate_per_task = gate_per_task
         self.score_scale = float(score_scale)
         self.gate_init = gate_init
         self.gate_input = gate_input
         self.expert_order = expert_order
-        self.fit_step, self.tower, self.cl_anchors = fit_step, tower, cl_anchors
+        self.fit_step, self.tower = fit_step, tower
         d, k = embedding_dim, num_behaviors
-        for name in ('behavior_emb', 'layer_weight', 'fusion_weight', 'fusion_bias'):
-            self.register_parameter(name, None)
-        self.gate = None
-        if gated:
-            self.behavior_emb = nn.Parameter(torch.empty(k, d))                 # r^{k',0}
-            self.layer_weight = nn.Parameter(torch.empty(self.num_layers - 1, d, d))  # W^l
-            self.gate = StackedMLP(k if gate_per_task else 1, [2 * d, k], act=None)
-        elif aggregation == 'linear':   # W_{k,j}, j != k (pair index: _pair_params)
-            self.fusion_weight = nn.Parameter(torch.empty(k, k - 1, d, d))
-        elif aggregation == 'vanilla':  # the gate of PKEF eq 13 per (k, j)
-            self.fusion_weight = nn.Parameter(torch.empty(k, k - 1, 4, 4 * d))
-            self.fusion_bias = nn.Parameter(torch.empty(k, k - 1, 4))
+        self.behavior_emb = nn.Parameter(torch.empty(k, d))                 # r^{k',0}
+        self.layer_weight = nn.Parameter(torch.empty(self.num_layers - 1, d, d))  # W^l
+        self.gate = StackedMLP(k if gate_per_task else 1, [2 * d, k], act=None)
         self.reset_parameters()
+
+    @classmethod
+    def variant(cls, name: str, *args, **kwargs) -> 'DFMEHead':
+        """Table 3's row ``name`` (a :data:`VARIANTS` key: ``'w/o con.'``, ``'all sg.'``,
+        ...); ``args`` and ``kwargs`` go to the constructor (``embedding_dim``,
+        ``num_behaviors``, the other options). An option that the row sets may be passed
+        only with the row's value."""
+        key = variant_key(name)
+        switches = VARIANTS[key]
+        given = dict(inspect.signature(cls.__init__).bind_partial(None, *args, **kwargs)
+                     .arguments)
+        given.pop('self')
+        clash = {k: given[k] for k in switches if k in given and given[k] != switches[k]}
+        if clash:
+            raise ValueError(f'variant {key!r} sets {switches} itself; do not also pass '
+                             f'{clash}')
+        if given.get('aggregation', 'gated') != 'gated':
+            raise ValueError(f"variant {key!r} is a row of table 3, DFME's own aggregation "
+                             f"(aggregation='gated')")
+        head = cls(**{**given, **switches})
+        head.variant_name = key
+        return head
 
     def reset_parameters(self) -> None:
         # Xavier, as COPF initialises every parameter
-        matrices = [] if self.behavior_emb is None else [self.behavior_emb, *self.layer_weight]
-        if self.fusion_weight is not None:
-            matrices += list(self.fusion_weight.flatten(0, 1))
-        for p in matrices:
+        for p in [self.behavior_emb, *self.layer_weight]:
             bound = math.sqrt(6.0 / (p.size(0) + p.size(1)))
             nn.init.uniform_(p, -bound, bound)
-        if self.fusion_bias is not None:
-            nn.init.zeros_(self.fusion_bias)
-        if self.gate is not None:
-            self.gate.reset_parameters()           # Xavier weights, zero biases
-            if self.gate_init == 'zeros':          # g^k = 1/K at the start (module docstring)
-                with torch.no_grad():
-                    for w in self.gate.weights:
-                        w.zero_()
+        self.gate.reset_parameters()               # Xavier weights, zero biases
+        if self.gate_init == 'zeros':              # g^k = 1/K at the start (module docstring)
+            with torch.no_grad():
+                for w in self.gate.weights:
+                    w.zero_()
 
     # ------------------------------------------------------------------ eq 10-12
     def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
         """Add the fitted embeddings of every (task, behavior) pair as ``extras['dfme']``."""
         check_embeddings(emb, self.num_behaviors, self.embedding_dim, 'DFMEHead')
-        if self.aggregation != 'gated':   # table 4's schemes read the embeddings as they are
-            return emb
         if self.forward_fit:
             fitted = self.fitting_embeddings(emb, adjacency)
         else:  # w/o for. / w/o fit.: task k aggregates the behavior-specific embeddings
@@ -441,8 +448,6 @@ class DFMEHead(MTLHead):
     def forward(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                 behavior: str) -> Tensor:
         k = self._index(emb, behavior)
-        if self.aggregation != 'gated':
-            return self._forward_fused(emb, users, items, k)
         fitted = self._fitted(emb)
         num_pairs = users.size(0)
         rows = torch.cat([users, items.reshape(-1) + fitted.num_users])   # one gather per table
@@ -468,8 +473,6 @@ class DFMEHead(MTLHead):
         division, no ``[K, B, I]`` tensor (the pairwise softmax only where the weights
         underflow)."""
         k = self._index(emb, behavior)
-        if self.aggregation != 'gated':
-            return self._score_all_fused(emb, users, k)
         fit_u, fit_v = self._fitted(emb).tables(k)                       # [K, U, d], [K, I, d]
         d = self.embedding_dim
         width = d if self.tower == 'mean' else 1
@@ -517,128 +520,21 @@ class DFMEHead(MTLHead):
             out.append(self.layer_weight)
         return out
 
-    # ------------------------------------------------------------------ COPF table 4
-    def _pair_params(self, k: int, j: int):
-        r""":math:`\mathbf{W}_{k,j}` (and the vanilla gate's bias) of task ``k``, behavior
-        ``j != k``."""
-        p = j if j < k else j - 1
-        weight = None if self.fusion_weight is None else self.fusion_weight[k, p]
-        bias = None if self.fusion_bias is None else self.fusion_bias[k, p]
-        return weight, bias
-
-    def _forward_fused(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
-                       k: int) -> Tensor:
-        u, v = emb.users[:, users], emb.items[:, items]                  # [K, B, d], [K, B, (C), d]
-        if items.dim() == 2:
-            u = u.unsqueeze(2)
-        own = out = u[k] * v[k]                                          # e^k, eq 9
-        if self.aggregation != 'none':
-            for j in range(self.num_behaviors):
-                if j != k:
-                    out = out + fuse(self.aggregation, own, u[j] * v[j],
-                                     *self._pair_params(k, j))
-        return self.score_scale * self._reduce(out)
-
-    def _score_all_fused(self, emb: BehaviorEmbeddings, users: Tensor, k: int) -> Tensor:
-        r"""``[B, I]`` of table 4's schemes by matrix products. Every sum over :math:`d` of a
-        product of pair experts is one: :math:`\mathbf{w} \cdot (\mathbf{e}^a \circ
-        \mathbf{e}^b) = (\mathbf{w} \circ \mathbf{e}_u^a \circ \mathbf{e}_u^b) \cdot
-        (\mathbf{e}_v^a \circ \mathbf{e}_v^b)`; ``'linear'`` sums
-        :math:`\mathbf{W}_{k,j}\mathbf{e}^j` through the column sums of
-        :math:`\mathbf{W}_{k,j}`, ``'vanilla'`` splits its gate's :math:`[4, 4d]` weight into
-        the four feature blocks."""
-        d = self.embedding_dim
-        u = emb.users[:, users]                                          # [K, B, d]
-        uk = u[k]
-        out = []
-        for start in range(0, emb.items.size(1), self.chunk_size):
-            v = emb.items[:, start:start + self.chunk_size]              # [K, C, d]
-            vk = v[k]
-            own = uk @ vk.t()                                            # sum_d e^k
-            total = own
-            for j in range(self.num_behaviors):
-                if j == k or self.aggregation == 'none':
-                    continue
-                uj, vj = u[j], v[j]
-                weight, bias = self._pair_params(k, j)
-                if self.aggregation == 'sum':
-                    total = total + uj @ vj.t()
-                elif self.aggregation == 'linear':
-                    total = total + (uj * weight.sum(0)) @ vj.t()
-                elif self.aggregation == 'projection':
-                    dot = (uk * uj) @ (vk * vj).t()                      # e^j . e^k
-                    sq = uk.pow(2) @ vk.pow(2).t()                       # ||e^k||^2
-                    total = total + dot / (sq + 1e-12) * own
-                else:  # vanilla: logits_i = W_i . [e^k, e^j, e^k - e^j, e^k o e^j] + b_i
-                    wk, wj, wdiff, wprod = weight.view(4, 4, d).unbind(1)  # [4, d] each
-                    ukj, vkj = uk * uj, vk * vj
-                    logits = (torch.matmul((wk + wdiff).unsqueeze(1) * uk, vk.t())
-                              + torch.matmul((wj - wdiff).unsqueeze(1) * uj, vj.t())
-                              + torch.matmul(wprod.unsqueeze(1) * ukj, vkj.t())
-                              + bias.view(4, 1, 1))                      # [4, B, C]
-                    other, both = uj @ vj.t(), ukj @ vkj.t()
-                    sums = torch.stack([own, other, own - other, both])  # sum_d of each feature
-                    total = total + (logits.softmax(dim=0) * sums).sum(0)
-            out.append(total * (self.score_scale / (d if self.tower == 'mean' else 1)))
-        return torch.cat(out, dim=1)
-
     # ------------------------------------------------------------------ eq 8, 17
     def contrastive_loss(self, emb: BehaviorEmbeddings, users: Tensor, items: Tensor,
                          num_triples: int = 1, user_counts: Optional[Tensor] = None,
                          item_counts: Optional[Tensor] = None) -> Tensor:
-        r""":math:`\sum_{k<K} (\mathcal{L}_{cl,U}^{K,k} + \mathcal{L}_{cl,V}^{K,k})` with
-        anchors ``users`` and ``items`` (distinct ids; ``*_counts`` how often each one is an
-        anchor, default once: every distinct anchor is computed once and weighted, which is
-        exact), normalised as ``cl_norm`` says (``num_triples``: the batch's triples per
-        behavior, :math:`B` of ``'triples'``), not weighted by :math:`\gamma`."""
-        target = self.num_behaviors - 1
-        total = emb.users.new_zeros(())
-        num_users = emb.users.size(1)
-        tables_u, tables_v = emb.users.unbind(0), emb.items.unbind(0)   # no select gradients
-        for k in range(target):
-            for table, ids, counts in ((tables_u, users, user_counts),
-                                       (tables_v, items, item_counts)):
-                if ids.numel() == 0:
-                    continue
-                weight = None if counts is None else counts.to(table[k].dtype)
-                if self.negatives == 'all':   # the positives are rows ids of the candidates
-                    term = info_nce(table[target][ids], None, self.tau, candidates=table[k],
-                                    cosine=self.cosine, positive_index=ids, weight=weight)
-                else:
-                    term = info_nce(table[target][ids], table[k][ids], self.tau,
-                                    cosine=self.cosine, weight=weight)
-                n = ids.numel() if counts is None else float(counts.sum())
-                if self.cl_norm == 'total':  # sum over the anchors / |U| (|V|)
-                    term = term * (n / table[k].size(0))
-                elif self.cl_norm == 'users':  # the code: both sums / |U|
-                    term = term * (n / num_users)
-                total = total + term
-        if self.cl_norm == 'triples':        # eq 17 over eq 16's sum, divided by B
-            total = total / max(int(num_triples), 1)
-        return total
+        r""":meth:`BehaviorContrastive.loss
+        <mbgraph.nn.heads.contrastive.BehaviorContrastive.loss>` of :attr:`contrastive_term`:
+        eq 8 over the anchors ``users`` and ``items``, not weighted by :math:`\gamma`."""
+        return self.contrastive_term.loss(emb, users, items, num_triples, user_counts,
+                                          item_counts)
 
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         if not self.contrastive or self.gamma == 0.0 or self.num_behaviors < 2:
             return {}
         check_embeddings(emb, self.num_behaviors, self.embedding_dim, 'DFMEHead')
-        target = emb.target
-        if target in batch:
-            triples = [batch[target]]
-        else:  # target not sampled (lambda_K = 0): the batch's users and items of any behavior
-            triples = [t for b, t in batch.items() if b in emb.behaviors]
-        if not triples:
-            raise ValueError(f'DFMEHead contrastive loss: the batch has no triples of the '
-                             f'behaviors {emb.behaviors} (keys: {list(batch)})')
-        num_triples = max(t[0].numel() for t in triples)        # B, the BPR mean's divisor
-        if self.cl_anchors == 'pairs':   # the code: a user per pair, the positive items
-            users, user_counts = torch.cat([t[0] for t in triples]).unique(return_counts=True)
-            items, item_counts = torch.cat([t[1] for t in triples]).unique(return_counts=True)
-        else:
-            users = torch.cat([t[0] for t in triples]).unique()
-            items = torch.cat([t[1:].reshape(-1) for t in triples]).unique()
-            user_counts = item_counts = None
-        return {'contrastive': self.gamma * self.contrastive_loss(
-            emb, users, items, num_triples, user_counts, item_counts)}
+        return self.contrastive_term.loss_terms(emb, batch, 'DFMEHead')
 
     def extra_repr(self) -> str:
         return (f'embedding_dim={self.embedding_dim}, num_behaviors={self.num_behaviors}, '
@@ -716,3 +612,12 @@ class FittedExperts:
         per_task = [self.tables(k) for k in range(self.num_behaviors)]
         yield torch.stack([t[0] for t in per_task])
         yield torch.stack([t[1] for t in per_task])
+
+
+# where DFMEHead.__new__ finds a positional aggregation argument
+_AGGREGATION_POSITION = list(inspect.signature(DFMEHead.__init__).parameters).index(
+    'aggregation') - 1
+# inspect.signature(DFMEHead) would read __new__'s (*args, **kwargs): the options are
+# __init__'s (the benchmark configs check head options against them)
+DFMEHead.__signature__ = inspect.signature(DFMEHead.__init__).replace(
+    parameters=list(inspect.signature(DFMEHead.__init__).parameters.values())[1:])
