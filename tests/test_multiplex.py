@@ -11,6 +11,7 @@ from mbgraph.data import (
     target_behavior,
     validate,
 )
+from mbgraph.data.multiplex import merge_validation, select_behaviors
 
 
 def test_schema(tiny):
@@ -127,6 +128,14 @@ def test_holdout_validation_unseen_leaves_every_behavior():
     assert not view & held and view == before - held      # only the held pairs left
     assert set(map(tuple, plain[edge_type('view')].edge_index.t().tolist())) == before
     validate(data)
+    # the papers' protocol merges validation back: every behavior is whole again
+    kept = select_behaviors(data, ['view', 'buy'])
+    for d in (data, kept):
+        assert merge_validation(d) == 2
+        for b in ('view', 'buy'):
+            got = sorted(map(tuple, d[edge_type(b)].edge_index.t().tolist()))
+            assert got == sorted(map(tuple, edges[b].t().tolist()))
+        assert getattr(d[edge_type('view')], 'held_edge_index', None) is None
 
 
 def test_is_test_unseen():

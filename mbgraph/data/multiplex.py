@@ -9,7 +9,10 @@ Schema
 * ``data.behaviors``: the behavior names ordered upstream -> downstream, the last one is the
   target behavior (e.g. ``['pv', 'cart', 'buy']``);
 * on the target behavior's edge store: ``val_edge_index`` and ``test_edge_index`` (``[2, N]``),
-  the held-out interactions of the target behavior (either may be absent).
+  the held-out interactions of the target behavior (either may be absent);
+* on an auxiliary behavior's edge store, optionally ``held_edge_index``: its interactions
+  with the validation pairs, kept out of training while validation is held out
+  (:func:`holdout_validation` with ``unseen``) and returned by :func:`merge_validation`.
 
 Example::
 
@@ -311,7 +314,9 @@ def holdout_validation(data: HeteroData, seed: int = 0, unseen: bool = False) ->
         for b in behaviors_of(data)[:-1]:
             store = data[edge_type(b)]
             keys = store.edge_index[0].long() * num_items + store.edge_index[1].long()
-            store.edge_index = store.edge_index[:, ~torch.isin(keys, held_keys)]
+            out = torch.isin(keys, held_keys)
+            store.held_edge_index = store.edge_index[:, out]     # merge_validation returns it
+            store.edge_index = store.edge_index[:, ~out]
     return int(held.numel())
 
 
@@ -332,14 +337,21 @@ def is_test_unseen(data: HeteroData) -> bool:
 
 def merge_validation(data: HeteroData) -> int:
     """Move the validation pairs of the target behavior back into its training pairs, in
-    place (the papers' protocol: every training interaction trains, no validation split);
-    returns the number moved (0 when there is no validation split)."""
+    place (the papers' protocol: every training interaction trains, no validation split), and
+    the auxiliary interactions an ``unseen`` holdout kept out with them back into theirs;
+    returns the number of validation pairs moved (0 when there is no validation split)."""
     target = data[edge_type(target_behavior(data))]
     val = getattr(target, 'val_edge_index', None)
     if val is None:
         return 0
     target.edge_index = torch.cat([target.edge_index, val], dim=1)
     del target.val_edge_index
+    for b in behaviors_of(data)[:-1]:      # what an ``unseen`` holdout took out of them
+        store = data[edge_type(b)]
+        held = getattr(store, 'held_edge_index', None)
+        if held is not None:
+            store.edge_index = torch.cat([store.edge_index, held], dim=1)
+            del store.held_edge_index
     return int(val.size(1))
 
 
@@ -363,4 +375,8 @@ def select_behaviors(data: HeteroData, behaviors: Sequence[str]) -> HeteroData:
                          val=getattr(target, 'val_edge_index', None),
                          test=getattr(target, 'test_edge_index', None),
                          name=getattr(data, 'name', None))
+    for b in behaviors[:-1]:
+        held = getattr(data[edge_type(b)], 'held_edge_index', None)
+        if held is not None:
+            out[edge_type(b)].held_edge_index = held
     return out
