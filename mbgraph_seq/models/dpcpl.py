@@ -25,7 +25,6 @@ from ..nn.prompts import PromptGenerator, PromptOutput, compactness_loss
 from .ebm import EBM
 from .sasrec import SequenceRecommender
 
-
 PROMPT_INITS = ('backbone', 'small')
 
 

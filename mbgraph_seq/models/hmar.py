@@ -28,9 +28,15 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SequenceBatch, SequenceDataset
-from ..nn.hmar import (BehaviorClassifier, HierarchicalMaskedAttention, HMAREmbedding,
-                       history_behavior_counts, hmar_loss, prefix_behavior_counts,
-                       resolve_alpha)
+from ..nn.hmar import (
+    BehaviorClassifier,
+    HierarchicalMaskedAttention,
+    HMAREmbedding,
+    history_behavior_counts,
+    hmar_loss,
+    prefix_behavior_counts,
+    resolve_alpha,
+)
 from .sasrec import SequenceRecommender
 
 
