@@ -37,7 +37,7 @@ from ..nn.hmar import (
     prefix_behavior_counts,
     resolve_alpha,
 )
-from .sasrec import SequenceRecommender
+from .base import SequenceRecommender
 
 
 def crop_batch(batch: SequenceBatch, length: int) -> SequenceBatch:
