@@ -32,8 +32,7 @@ import torch
 from mbgraph import io as run_io
 from mbgraph.distributed import is_main_process
 from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
-from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, \
-    write_metrics
+from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, write_metrics
 from mbgraph.validation import OptionError, check_options, content_checksum, load_verified
 
 from .data import SequenceDataset

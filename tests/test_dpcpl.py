@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cyclic_walks as synthetic
 from mbgraph.training import Trainer
 from mbgraph_seq.models import DPCPL, EBM, SEQ_MODELS
 from mbgraph_seq.nn.prompts import PromptGenerator, coding_rate, compactness_loss
 from mbgraph_seq.train import train_sequence_model
+
+from helpers import cyclic_walks as synthetic
 
 
 def rate_by_hand(Z, eps2, n):

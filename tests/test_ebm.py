@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import cyclic_walks as synthetic
 from mbgraph.training import Trainer
 from mbgraph_seq.data import SequenceBatch
 from mbgraph_seq.models import DPCPL, EBM, SEQ_MODELS
 from mbgraph_seq.nn.filter import BehaviorMinerLayer, ChunkedComplexMLP, EfficientFilterLayer
+
+from helpers import cyclic_walks as synthetic
 
 
 def complex_weights(mlp):
@@ -102,7 +103,8 @@ def test_parameter_count_independent_of_sequence_length():
     # EBMs for max_len 10 and 200 differ by the position embedding table only
     short = EBM(synthetic(max_len=10), dim=d, num_blocks=k)
     long = EBM(synthetic(max_len=200), dim=d, num_blocks=k)
-    count = lambda m: sum(p.numel() for p in m.parameters())
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
     assert count(long) - count(short) == 190 * d
     assert count(long.layers) == count(short.layers)
 
@@ -188,8 +190,11 @@ def attention_layer_by_hand(layer, x, behaviors, mask, keep):
     block, attn = layer.attention, layer.attention.attn
     H, dh = attn.num_heads, attn.head_dim
     B, L, d = x.shape
-    lin = lambda m, t: t @ m.weight.t() + m.bias
-    ln = lambda m, t: F.layer_norm(t, (d,), m.weight, m.bias)
+    def lin(m, t):
+        return t @ m.weight.t() + m.bias
+
+    def ln(m, t):
+        return F.layer_norm(t, (d,), m.weight, m.bias)
     out = torch.zeros(B, L, d)
     for r in range(B):
         views = []

@@ -7,15 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cyclic_walks
 from mbgraph.evaluation import SampledEvaluator
 from mbgraph.training import Trainer
 from mbgraph_seq.data import SequenceBatch, SequenceDataset
 from mbgraph_seq.models.hmar import HMAR, crop_batch
-from mbgraph_seq.nn.hmar import (BehaviorClassifier, BehaviorEncoder, HMAREmbedding,
-                                 HierarchicalMaskedAttention, SequenceEncoder, causal_key_mask,
-                                 history_behavior_counts, hmar_loss, prefix_behavior_counts,
-                                 resolve_alpha)
+from mbgraph_seq.nn.hmar import (
+    BehaviorClassifier,
+    BehaviorEncoder,
+    HierarchicalMaskedAttention,
+    HMAREmbedding,
+    SequenceEncoder,
+    causal_key_mask,
+    history_behavior_counts,
+    hmar_loss,
+    prefix_behavior_counts,
+    resolve_alpha,
+)
+
+from helpers import cyclic_walks
 
 # one left-padded sequence, K = 2 behaviors (ids + 1), item ids + 1
 #   position:   0    1    2    3    4    5

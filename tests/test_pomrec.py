@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cyclic_walks
 from mbgraph.evaluation import SampledEvaluator
 from mbgraph.training import Trainer
 from mbgraph_seq.data import SequenceBatch, SequenceDataset
 from mbgraph_seq.models.pomrec import PoMRec
-from mbgraph_seq.nn.pomrec import (CentralityDispersionExtractor, InterestAggregator,
-                                   centrality_dispersion, masked_softmax, prompt_augment)
+from mbgraph_seq.nn.pomrec import (
+    CentralityDispersionExtractor,
+    InterestAggregator,
+    centrality_dispersion,
+    masked_softmax,
+    prompt_augment,
+)
+
+from helpers import cyclic_walks
 
 
 def _seed(s=0):

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cyclic_walks as synthetic
 from mbgraph.training import Trainer
 from mbgraph_seq.data import SequenceBatch
 from mbgraph_seq.models import SEQ_MODELS, SASRec
 from mbgraph_seq.nn.transformer import causal_attention_mask
 from mbgraph_seq.train import train_sequence_model
+
+from helpers import cyclic_walks as synthetic
 
 
 def test_attention_mask():
@@ -47,6 +48,10 @@ def test_losses_by_hand():
     torch.manual_seed(1)
     ds = synthetic()
     batch = next(iter(ds.train_source(batch_size=4, num_negatives=2).batches(0)))
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
     for kind in ('bce', 'bpr'):
         torch.manual_seed(1)
         model = SASRec(ds, dim=8, num_layers=1, loss=kind).eval()
@@ -61,7 +66,6 @@ def test_losses_by_hand():
                     continue
                 sp = float(h[r, t] @ E[p])
                 sn = [float(h[r, t] @ E[n]) for n in batch.neg[r, t]]
-                sig = lambda x: 1 / (1 + math.exp(-x))
                 if kind == 'bce':
                     terms.append(-math.log(sig(sp)) - np.mean([math.log(1 - sig(x)) for x in sn]))
                 else:

@@ -27,9 +27,16 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from torch_geometric.data import HeteroData
 
 from ..data.multiplex import behaviors_of
-from ..nn.encoders import (CascadeEncoder, COGCNEncoder, PerBehaviorLightGCN, PKFEncoder)
-from ..nn.heads import (BilinearHead, DFMEHead, MESIHead, MMoEHead, PLEHead, PMEHead,
-                        SharedBottomHead)
+from ..nn.encoders import CascadeEncoder, COGCNEncoder, PerBehaviorLightGCN, PKFEncoder
+from ..nn.heads import (
+    BilinearHead,
+    DFMEHead,
+    MESIHead,
+    MMoEHead,
+    PLEHead,
+    PMEHead,
+    SharedBottomHead,
+)
 from . import readings as _readings
 from .composed import MultiBehaviorModel
 

@@ -3,7 +3,7 @@
 ``SEQ_MODELS`` maps a model name to a constructor ``(dataset: SequenceDataset,
 **hyperparameters) -> model``; every model follows mbgraph's contract (``loss(batch)``,
 ``score(users, items=None)``, ``prepare_eval(split)``) and declares how it trains through
-``train_layout`` / ``target_only`` (see :class:`~mbgraph_seq.models.sasrec.SequenceRecommender`).
+``train_layout`` / ``target_only`` (see :class:`~mbgraph_seq.models.base.SequenceRecommender`).
 Add a model by importing its class here and adding an entry.
 
 ``SHARED_MODELS`` are the sequence twins of graph models that keep the graph model's name
@@ -11,12 +11,13 @@ Add a model by importing its class here and adding an entry.
 """
 from typing import Callable, Dict
 
+from .base import SequenceRecommender
 from .baselines import SequenceMostPop
 from .dpcpl import DPCPL
 from .ebm import EBM
 from .hmar import HMAR
 from .pomrec import PoMRec
-from .sasrec import SASRec, SequenceRecommender
+from .sasrec import SASRec
 
 SEQ_MODELS: Dict[str, Callable] = {
     'sasrec': SASRec,

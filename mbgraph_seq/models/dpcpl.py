@@ -22,9 +22,8 @@ from torch import Tensor, nn
 
 from ..data import SequenceBatch, SequenceDataset
 from ..nn.prompts import PromptGenerator, PromptOutput, compactness_loss
+from .base import SequenceRecommender
 from .ebm import EBM
-from .sasrec import SequenceRecommender
-
 
 PROMPT_INITS = ('backbone', 'small')
 

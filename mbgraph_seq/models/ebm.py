@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..data import SequenceBatch, SequenceDataset
 from ..nn.filter import BehaviorMinerLayer, check_sequence_mixer
 from ..nn.transformer import SequenceEmbedding
-from .sasrec import SequenceRecommender
+from .base import SequenceRecommender
 
 
 class EBM(SequenceRecommender):

@@ -28,10 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from ..data import SequenceBatch, SequenceDataset
-from ..nn.hmar import (BehaviorClassifier, HierarchicalMaskedAttention, HMAREmbedding,
-                       history_behavior_counts, hmar_loss, prefix_behavior_counts,
-                       resolve_alpha)
-from .sasrec import SequenceRecommender
+from ..nn.hmar import (
+    BehaviorClassifier,
+    HierarchicalMaskedAttention,
+    HMAREmbedding,
+    history_behavior_counts,
+    hmar_loss,
+    prefix_behavior_counts,
+    resolve_alpha,
+)
+from .base import SequenceRecommender
 
 
 def crop_batch(batch: SequenceBatch, length: int) -> SequenceBatch:

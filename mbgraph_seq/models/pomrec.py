@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from ..data import SequenceBatch, SequenceDataset
 from ..nn.pomrec import CentralityDispersionExtractor, InterestAggregator, prompt_augment
+from .base import SequenceRecommender
 from .hmar import crop_batch
-from .sasrec import SequenceRecommender
 
 
 class PoMRec(SequenceRecommender):
