@@ -76,8 +76,8 @@ import torch
 from torch import Tensor
 
 from ...data.adjacency import NORMS
-from .base import BehaviorEmbeddings
-from .cascade import LayerSpec, PerBehaviorEncoder, check_choice, combine_layers, propagate
+from ..functional import combine_layers, propagate
+from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice
 
 CUMULATIVE = ('paper', 'union')
 COUPLED = ('sum', 'target')

@@ -69,41 +69,14 @@ import torch
 from torch import Tensor, nn
 
 from ...data.adjacency import NORMS
-from .base import BehaviorEmbeddings
-from .cascade import LayerSpec, PerBehaviorEncoder, check_choice
+from ..functional import FUSIONS, fuse  # fuse moved to nn/functional.py; re-exported here
+from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice
 
-FUSIONS = ('projection', 'vanilla', 'sum', 'linear', 'none')
+__all__ = ['PKFEncoder', 'fuse', 'FUSIONS', 'GATE_INPUTS', 'PARALLEL_INPUTS']
+
 GATE_INPUTS = ('concat', 'cascade')
 #: what eq 12-13 fuse with the cascade: the parallel aggregate A p (paper) or p's next layer
 PARALLEL_INPUTS = ('aggregate', 'next_layer')
-
-
-def fuse(fusion: str, base: Tensor, other: Tensor, weight: Optional[Tensor] = None,
-         bias: Optional[Tensor] = None, projection_scale: float = 1.0,
-         gate_input: str = 'concat', eps: float = 1e-12) -> Optional[Tensor]:
-    r"""One fusion function of the module docstring, :math:`\mathbf{f}(\mathbf{base},
-    \mathbf{other})` over the last axis (``base`` is :math:`\mathbf{e}_{cas}`, ``other``
-    :math:`\mathbf{e}_{par}`; any broadcastable leading shape). ``weight`` is
-    :math:`\mathbf{W}` (``[d, d]`` for ``'linear'``, ``[4, 4d]`` or ``[4, d]`` for
-    ``'vanilla'``), ``bias`` the vanilla gate's ``[4]``. ``None`` for ``'none'``. Also used by
-    :class:`~mbgraph.nn.heads.dfme.DFMEHead` for COPF table 4's aggregation schemes."""
-    if fusion == 'none':
-        return None
-    if fusion == 'sum':
-        return other
-    if fusion == 'linear':
-        return other @ weight.t()
-    if fusion == 'projection':
-        coef = (other * base).sum(-1, keepdim=True) / (
-            base.pow(2).sum(-1, keepdim=True) + eps)
-        return projection_scale * coef * base
-    if fusion != 'vanilla':
-        raise ValueError(f'unknown fusion {fusion!r}; expected one of {list(FUSIONS)}')
-    base, other = torch.broadcast_tensors(base, other)
-    feats = torch.stack([base, other, base - other, base * other], dim=-2)   # [..., 4, d]
-    gate_in = feats.flatten(-2) if gate_input == 'concat' else base
-    w = torch.softmax(gate_in @ weight.t() + bias, dim=-1)                   # [..., 4]
-    return (w.unsqueeze(-1) * feats).sum(-2)
 
 
 class PKFEncoder(PerBehaviorEncoder):
