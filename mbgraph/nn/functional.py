@@ -24,7 +24,7 @@ write their own). Example, two LightGCN layers averaged::
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -48,34 +48,30 @@ def residual_step(op, h: Tensor, layer: int) -> Tensor:
     return op @ h + h
 
 
-def combine_layers(layers: Sequence[Tensor], combine: str, *, running: bool = False) -> Tensor:
-    """``'mean'``, ``'sum'`` or ``'last'`` of a list of layer embeddings.
-
-    ``running`` sums left to right (``h0 + h1 + ...``) instead of stacking and reducing: the
-    same sum up to float rounding (bitwise the same for up to four layers on CPU), kept because
-    LightGCNEncoder and DFME's fitting experts have always summed this way and a refactor must
-    not move their last bits."""
+def _check_combine(combine: str) -> None:
     if combine not in COMBINES:
         raise ValueError(f'unknown combine {combine!r}; expected one of {list(COMBINES)}')
+
+
+def combine_layers(layers: Sequence[Tensor], combine: str) -> Tensor:
+    """``'mean'``, ``'sum'`` or ``'last'`` of a list of layer embeddings."""
+    _check_combine(combine)
     if combine == 'last':
         return layers[-1]
-    if running:
-        total = layers[0]
-        for h in layers[1:]:
-            total = total + h
-    else:
-        total = torch.stack(list(layers)).sum(0)
+    total = torch.stack(list(layers)).sum(0)
     return total / len(layers) if combine == 'mean' else total
 
 
-def propagate(x: Tensor, op, num_layers: int, *, step: Optional[Step] = None,
+def propagate(x: Any, op, num_layers: int, *, step: Optional[Step] = None,
               combine: Optional[str] = None,
               running: bool = False) -> Union[List[Tensor], Tensor]:
     r"""The propagation engine: the layers :math:`[\mathbf{h}^0 = \mathbf{x}, \dots,
     \mathbf{h}^{L}]` over one operator (``L + 1`` tensors), or their combination.
 
     Args:
-        x (Tensor): :math:`\mathbf{h}^0`, ``[N, d]``.
+        x (Tensor): :math:`\mathbf{h}^0`, ``[N, d]`` (or any layer state that ``step``
+            understands: PKEF's two streams advance as one pair ``(z, p)``; ``combine`` then
+            needs tensors).
         op: the operator (a :class:`~mbgraph.data.adjacency.SparseOperator`, a torch sparse
             or dense matrix: anything with ``op @ h``), handed to ``step``.
         num_layers (int): :math:`L \ge 0`.
@@ -83,15 +79,31 @@ def propagate(x: Tensor, op, num_layers: int, *, step: Optional[Step] = None,
             :func:`lightgcn_step`.
         combine (str, optional): ``None`` returns the list of layers; ``'mean'``, ``'sum'``
             or ``'last'`` their :func:`combine_layers`.
-        running (bool, optional): the summation order of :func:`combine_layers`.
+        running (bool, optional): with ``combine``, add each layer to a running total as it
+            is computed (``h0 + h1 + ...``, left to right) instead of stacking the layers and
+            reducing them at the end. The same sum up to float rounding (bitwise the same
+            for up to four layers on CPU; the backward pass accumulates in another order);
+            :class:`~mbgraph.nn.encoders.lightgcn.LightGCNEncoder` and DFME's fitting
+            experts have always summed this way, and keep their exact numbers.
+            (default: :obj:`False`)
     """
     if num_layers < 0:
         raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+    if combine is not None:
+        _check_combine(combine)
     step = lightgcn_step if step is None else step
+    running = running and combine in ('mean', 'sum')
     layers = [x]
+    total = x
     for layer in range(num_layers):
         layers.append(step(op, layers[-1], layer))
-    return layers if combine is None else combine_layers(layers, combine, running=running)
+        if running:
+            total = total + layers[-1]
+    if combine is None:
+        return layers
+    if not running:
+        return combine_layers(layers, combine)
+    return total / len(layers) if combine == 'mean' else total
 
 
 #: PKEF's fusion functions (section 4.2, table 4), :func:`fuse`

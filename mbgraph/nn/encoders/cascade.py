@@ -77,7 +77,7 @@ from torch import Tensor, nn
 # the shared plumbing moved to base.py and the engine to nn/functional.py; re-exported here
 # for the old import paths
 from ...data.adjacency import NORMS
-from ..functional import combine_layers, propagate
+from ..functional import COMBINES, combine_layers, propagate
 from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice, resolve_layers
 
 __all__ = ['CascadeEncoder', 'LayerSpec', 'PerBehaviorEncoder', 'check_choice', 'resolve_layers',
@@ -85,7 +85,6 @@ __all__ = ['CascadeEncoder', 'LayerSpec', 'PerBehaviorEncoder', 'check_choice', 
 
 MODES = ('mbcgcn', 'crgcn')
 LINKS = ('transform', 'residual')
-COMBINES = ('mean', 'sum', 'last')
 WEIGHT_INITS = ('xavier', 'identity', 'normal')
 
 
@@ -210,6 +209,17 @@ class CascadeEncoder(PerBehaviorEncoder):
         """``[W]`` with ``regularize_weight=True`` (MB-CGCN's code), else none."""
         return [self.weight] if self.regularize_weight and self.weight is not None else []
 
+    def _bias_step(self, start: int):
+        r"""``None`` (LightGCN's :math:`\hat{\mathbf{A}}\mathbf{h}`) without a bias, else the
+        step :math:`\hat{\mathbf{A}}\mathbf{h} + \mathbf{b}^{k,l}` (GCNConv's, every node)
+        of the behavior whose first layer is the ``start``-th over all behaviors."""
+        if self.bias is None:
+            return None
+
+        def step(op, h: Tensor, layer: int) -> Tensor:
+            return op @ h + self.bias[start + layer]
+        return step
+
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
@@ -226,13 +236,7 @@ class CascadeEncoder(PerBehaviorEncoder):
         x = ego  # e^{k,0}
         for k, b in enumerate(behaviors):
             op = adjacency.operator(b, norm=self.norm)
-            if self.bias is None:
-                hs = propagate(x, op, layers[k])
-            else:                                   # GCNConv: A h + b, every node
-                start = sum(layers[:k])
-                hs = [x]
-                for layer in range(layers[k]):
-                    hs.append(op @ hs[-1] + self.bias[start + layer])
+            hs = propagate(x, op, layers[k], step=self._bias_step(sum(layers[:k])))
             if self.mode == 'crgcn':
                 last = F.normalize(hs[-1], dim=-1) if self.normalize else hs[-1]
                 out = x + last

@@ -63,13 +63,16 @@ default here is the paper's eq 12.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ...data.adjacency import NORMS
-from ..functional import FUSIONS, fuse  # fuse moved to nn/functional.py; re-exported here
+
+# fuse moved to nn/functional.py; re-exported here for the old import path
+from ..functional import FUSIONS, combine_layers, fuse, propagate
 from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice
 
 __all__ = ['PKFEncoder', 'fuse', 'FUSIONS', 'GATE_INPUTS', 'PARALLEL_INPUTS']
@@ -160,6 +163,20 @@ class PKFEncoder(PerBehaviorEncoder):
                     None if self.bias is None else self.bias[t],
                     self.projection_scale, self.gate_input, self.eps)
 
+    def _step(self, op, state: Tuple[Tensor, Tensor], layer: int,
+              t: int) -> Tuple[Tensor, Tensor]:
+        """One layer of both streams, ``(z, p) -> (z', p')`` (eq 9, 11, 12-13), the
+        behavior's ``layer``-th; ``t`` counts the layers of the behaviors before it."""
+        z, p = state
+        # one sparse product per stream: measured faster than A_k [z | p] with its
+        # concatenation and the two zero-filled slice gradients
+        e_cas, e_par = op @ z, op @ p
+        z_next = e_cas + z                                    # eq 9
+        p_next = e_par + p                                    # eq 11
+        fused = self.fuse(e_cas, p_next if self.parallel_input == 'next_layer' else e_par,
+                          t + layer)                          # eq 12 / 13 / table 4
+        return (z_next if fused is None else z_next + fused), p_next
+
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
@@ -173,21 +190,13 @@ class PKFEncoder(PerBehaviorEncoder):
         t = 0      # layer index over all behaviors, for W_(k,l)
         for k, b in enumerate(behaviors):
             op = adjacency.operator(b, norm=self.norm)
-            zs, ps = [z0], [ego]
-            for _ in range(layers[k]):
-                # one sparse product per stream: measured faster than A_k [z | p] with its
-                # concatenation and the two zero-filled slice gradients
-                e_cas, e_par = op @ zs[-1], op @ ps[-1]
-                z = e_cas + zs[-1]                        # eq 9
-                p = e_par + ps[-1]                        # eq 11
-                fused = self.fuse(e_cas, p if self.parallel_input == 'next_layer' else e_par,
-                                  t)                      # eq 12 / 13 / table 4
-                zs.append(z if fused is None else z + fused)
-                ps.append(p)
-                t += 1
-            cascade.append(torch.stack(zs).sum(0))        # eq 14
-            parallel.append(torch.stack(ps).sum(0))
-            z0 = zs[-1] + zs[0]                           # eq 10
+            # the two streams advance together, one layer state (z, p)
+            zs, ps = (list(s) for s in zip(*propagate((z0, ego), op, layers[k],
+                                                      step=functools.partial(self._step, t=t))))
+            cascade.append(combine_layers(zs, 'sum'))                 # eq 14
+            parallel.append(combine_layers(ps, 'sum'))
+            z0 = zs[-1] + zs[0]                                       # eq 10
+            t += layers[k]
         num_users = adjacency.num_users
         par = self.stack(behaviors, parallel, num_users)
         return self.stack(behaviors, cascade, num_users, {'parallel': par})
