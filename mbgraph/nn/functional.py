@@ -21,6 +21,10 @@ write their own). Example, two LightGCN layers averaged::
     >>> propagate(torch.tensor([[1.], [3.]]), a, 2, combine='mean')
     tensor([[1.6667],
             [2.3333]])
+
+The normalisations of the operators are :func:`mbgraph.data.adjacency.normalize_edges`
+(re-exported here): the data side builds the operators with it, and ``data`` does not import
+``nn``.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from ..data.adjacency import normalize_edges
 
 #: the layer combinations of :func:`combine_layers`
 COMBINES = ('mean', 'sum', 'last')
@@ -140,4 +146,4 @@ def fuse(fusion: str, base: Tensor, other: Tensor, weight: Optional[Tensor] = No
 
 
 __all__ = ['COMBINES', 'FUSIONS', 'Step', 'combine_layers', 'fuse', 'lightgcn_step',
-           'propagate', 'residual_step']
+           'normalize_edges', 'propagate', 'residual_step']
