@@ -229,3 +229,20 @@ def test_to_hetero_pair_input_says_what_to_do():
     net = to_hetero(Net(), data.metadata())
     with pytest.raises(TypeError, match='to_homogeneous'):
         net(data.x_dict, data.edge_index_dict)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_cached_operator_and_conv_share_one_normalisation(tiny, norm):
+    """BehaviorAdjacency's operator and BehaviorConv's normalised edge_index of the same graph
+    are the same matrix, value for value (both are normalize_edges)."""
+    adj = BehaviorAdjacency(tiny, dtype=torch.float64)
+    edge_index = to_homogeneous_edge_index(tiny)
+    n = adj.num_nodes
+    conv = BehaviorConv(normalize=norm, add_self=False)
+    index, weight = conv._normalize(edge_index, None, n, torch.float64)
+    dense = torch.zeros(n, n, dtype=torch.float64)
+    dense.index_put_((index[1], index[0]), weight, accumulate=True)   # A[target, source]
+    op = adj.operator(adj.behaviors, norm=norm)
+    torch.testing.assert_close(dense, op.to_dense(), rtol=0, atol=0)
+    x = torch.randn(n, 3, dtype=torch.float64)
+    torch.testing.assert_close(conv(x, edge_index), op @ x)

@@ -12,6 +12,8 @@ from mbgraph.nn.encoders import (
     BehaviorEmbeddings,
     CascadeEncoder,
     COGCNEncoder,
+    CRGCNEncoder,
+    MBCGCNEncoder,
     PerBehaviorLightGCN,
     PKFEncoder,
 )
@@ -20,6 +22,9 @@ from mbgraph.training import Trainer
 
 DT = torch.float64
 TOL = dict(atol=1e-9, rtol=1e-9)
+# most tests below build the cascades through the old CascadeEncoder(mode=...), on purpose;
+# test_cascade_factory_builds_the_split_encoders checks that it warns
+pytestmark = pytest.mark.filterwarnings(r'ignore:CascadeEncoder\(mode=:DeprecationWarning')
 
 # the `tiny` fixture of conftest.py, written out again: 3 users, 4 items
 TINY = {'view': [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (2, 0)],
@@ -411,9 +416,9 @@ def test_normalized_cascade_keeps_graph_signal_dominant(mode, kwargs):
 # ======================================================================= common
 def all_encoders(d):
     return {
-        'mbcgcn': CascadeEncoder((2, 1, 1), embedding_dim=d),
-        'mbcgcn_residual': CascadeEncoder(2, link='residual'),
-        'crgcn': CascadeEncoder((2, 1, 1), mode='crgcn', normalize=True),
+        'mbcgcn': MBCGCNEncoder((2, 1, 1), embedding_dim=d),
+        'mbcgcn_residual': MBCGCNEncoder(2, link='residual'),
+        'crgcn': CRGCNEncoder((2, 1, 1), normalize=True),
         'pkf_projection': PKFEncoder((4, 1, 1)),
         'pkf_vanilla': PKFEncoder((2, 1, 1), fusion='vanilla', embedding_dim=d),
         'pkf_linear': PKFEncoder((2, 1, 1), fusion='linear', embedding_dim=d),
@@ -531,3 +536,53 @@ def test_encoder_trains_with_bilinear_head(synthetic_data, name):
     model.eval()
     scores = model.score(torch.tensor([0, 7]))
     assert scores.shape == (2, 200) and torch.isfinite(scores).all()
+
+
+# ======================================================================= the split cascades
+@pytest.mark.parametrize('mode,kwargs,cls', [
+    ('mbcgcn', {'num_layers': (2, 1, 3), 'embedding_dim': 3}, MBCGCNEncoder),
+    ('mbcgcn', {'num_layers': (2, 1, 3), 'embedding_dim': 3, 'weight_init': 'normal',
+                'regularize_weight': True, 'normalize_output': True, 'bias': True},
+     MBCGCNEncoder),
+    ('mbcgcn', {'num_layers': 2, 'link': 'residual', 'combine': 'sum',
+                'aggregate_target': False}, MBCGCNEncoder),
+    ('crgcn', {'num_layers': (1, 3, 2)}, CRGCNEncoder),
+    ('crgcn', {'num_layers': (1, 3, 2), 'normalize': False, 'bias': True,
+               'embedding_dim': 3, 'aggregate_target': True}, CRGCNEncoder),
+])
+def test_cascade_factory_builds_the_split_encoders(tiny, mode, kwargs, cls):
+    """CascadeEncoder(mode=...) warns and returns the encoder its mode names, equal to the new
+    class built directly: same parameters, state-dict keys, outputs and repr."""
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=f'use {cls.__name__}'):
+        old = CascadeEncoder(mode=mode, **kwargs)
+    torch.manual_seed(0)
+    new = cls(**kwargs)
+    assert type(old) is cls and isinstance(new, CascadeEncoder) and new.mode == mode
+    assert old.state_dict().keys() == new.state_dict().keys()
+    for key, value in old.state_dict().items():
+        assert torch.equal(value, new.state_dict()[key]), key
+    new.load_state_dict(old.state_dict())              # an old checkpoint loads
+    adj = BehaviorAdjacency(tiny)
+    ego = torch.randn(adj.num_nodes, 3)
+    a, b = old(ego, adj), new(ego, adj)
+    assert torch.equal(a.users, b.users) and torch.equal(a.items, b.items)
+    assert repr(old) == repr(new) and f"mode={mode!r}" in repr(new)
+    assert len(old.regularized_parameters()) == len(new.regularized_parameters()) == \
+        int(bool(kwargs.get('regularize_weight')))
+
+
+def test_split_cascades_take_only_their_own_arguments():
+    with pytest.raises(TypeError, match='link'):
+        CRGCNEncoder(link='residual')
+    with pytest.raises(TypeError, match='normalize'):
+        MBCGCNEncoder(2, link='residual', normalize=True)
+    with pytest.raises(ValueError, match="unknown link 'skip'"):
+        MBCGCNEncoder(2, link='skip')
+    with pytest.raises(ValueError, match='bias=True learns one bias per propagation layer'):
+        CRGCNEncoder(2, bias=True)
+    assert CRGCNEncoder().normalize and not CRGCNEncoder().aggregate_target
+    assert MBCGCNEncoder(2, embedding_dim=3, num_behaviors=3).aggregate_target
+    with pytest.raises(ValueError, match='MBCGCNEncoder was built for embedding_dim=3'):
+        adj = BehaviorAdjacency(graph(TINY, 3, 4))
+        MBCGCNEncoder(2, embedding_dim=3, num_behaviors=3)(torch.zeros(7, 4), adj)

@@ -6,7 +6,13 @@ from mbgraph.data.datasets import synthetic
 from mbgraph.data.sampling import BPRSampler, UniquePairSampler, UserBatchSampler
 from mbgraph.evaluation import FullRankingEvaluator
 from mbgraph.models import MODELS, build_model, is_known_model
-from mbgraph.nn.encoders import CascadeEncoder, COGCNEncoder, PKFEncoder
+from mbgraph.nn.encoders import (
+    CascadeEncoder,
+    COGCNEncoder,
+    CRGCNEncoder,
+    MBCGCNEncoder,
+    PKFEncoder,
+)
 from mbgraph.nn.heads import BilinearHead, DFMEHead, PMEHead
 from mbgraph.training import Trainer
 
@@ -32,6 +38,8 @@ def test_model_trains_and_loss_decreases(data, name):
 
 def test_named_models_are_the_papers_compositions(data):
     assert isinstance(build_model('mbcgcn', data).encoder, CascadeEncoder)
+    assert type(build_model('mbcgcn', data).encoder) is MBCGCNEncoder
+    assert type(build_model('crgcn', data).encoder) is CRGCNEncoder
     assert isinstance(build_model('mbcgcn', data).head, BilinearHead)
     pkef = build_model('pkef', data)
     assert isinstance(pkef.encoder, PKFEncoder) and isinstance(pkef.head, PMEHead)

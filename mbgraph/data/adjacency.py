@@ -24,7 +24,9 @@ with :math:`\mathbf{R}_k \in \{0, 1\}^{|U| \times |I|}` the training interaction
 where :math:`\mathbf{D}_{ii} = \sum_j \mathbf{A}_{ij}`. A node of degree zero gets
 :math:`\mathbf{D}^{-1}_{ii} = 0` (not ``inf``): its row of :math:`\mathbf{D}^{-1}\mathbf{A}`
 (or of the symmetric form) is all zeros; the ``+ I`` of ``'left_plus_identity'`` and the self
-loop of ``'left_self_loop'`` (degree 1 there) still put a 1 on its diagonal.
+loop of ``'left_self_loop'`` (degree 1 there) still put a 1 on its diagonal. One function,
+:func:`normalize_edges`, computes every normalisation, here and in
+:class:`mbgraph.nn.conv.BehaviorConv`.
 
 Three kinds of operator:
 
@@ -334,6 +336,74 @@ def spmm(op: Union[SparseOperator, Tensor], x: Tensor) -> Tensor:
                     f'torch_sparse.SparseTensor, got {type(op).__name__}')
 
 
+def normalize_edges(row: Tensor, col: Tensor, num_nodes: int, norm: str,
+                    weight: Optional[Tensor] = None, dtype: Optional[torch.dtype] = None,
+                    transpose: bool = False
+                    ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    r"""The normalisations of :data:`NORMS` on an edge list, as PyG's ``gcn_norm`` is
+    :class:`~torch_geometric.nn.conv.GCNConv`'s: the one function behind
+    :class:`BehaviorAdjacency`'s operators and :class:`mbgraph.nn.conv.BehaviorConv`.
+
+    The matrix is :math:`\mathbf{A}` with :math:`\mathbf{A}_{ij}` = ``weight[e]`` at
+    ``(i, j) = (row[e], col[e])`` (1 without ``weight``) and :math:`\mathbf{D}_{ii} = \sum_j
+    \mathbf{A}_{ij}`; a node of degree zero gets :math:`\mathbf{D}^{-1}_{ii} = 0`. The
+    diagonal of ``'left_self_loop'`` (every node's self loop of weight 1, counted in its
+    degree) and of ``'left_plus_identity'`` (the ``+ I``) is appended after the edges.
+
+    Args:
+        row (Tensor): :math:`i` of every edge (the node whose row of :math:`\mathbf{A}` it
+            is: the target of the message).
+        col (Tensor): :math:`j` of every edge (the source).
+        num_nodes (int): :math:`N`.
+        norm (str): one of :data:`NORMS`.
+        weight (Tensor, optional): the edge weights; ``None``: unit weights.
+        dtype (torch.dtype, optional): dtype of the values without ``weight``.
+        transpose (bool, optional): also return ``value_t``, the entry of
+            :math:`\mathrm{norm}(\mathbf{A})^\top` at ``(row[e], col[e])``. Only valid for a
+            symmetric :math:`\mathbf{A}` (every edge listed both ways with the same weight),
+            whose normalised transpose has the same sparsity pattern; ``value_t is value``
+            for the symmetric norms.
+
+    Returns:
+        ``(row, col, value, value_t)``: the edges (with the appended diagonal, if any), their
+        normalised values, and ``value_t`` (``None`` unless ``transpose``).
+    """
+    _check_norm(norm)
+    n = num_nodes
+    if dtype is None:
+        dtype = weight.dtype if weight is not None else torch.get_default_dtype()
+    if norm == 'none':
+        value = torch.ones(row.numel(), dtype=dtype, device=row.device) if weight is None \
+            else weight
+        return row, col, value, value if transpose else None
+    if norm == 'left_self_loop':  # A + I first: the self loops count in the degree
+        loop = torch.arange(n, device=row.device)
+        row, col = torch.cat([row, loop]), torch.cat([col, loop])
+        if weight is not None:
+            weight = torch.cat([weight, weight.new_ones(n)])
+    if weight is None:
+        deg = torch.bincount(row, minlength=n).to(dtype)
+    else:
+        deg = weight.new_zeros(n).scatter_add_(0, row, weight)
+    if norm == 'symmetric':
+        d = deg.pow(-0.5).masked_fill_(deg == 0, 0.)
+        value = d[row] * d[col] if weight is None else d[row] * weight * d[col]
+        return row, col, value, value if transpose else None
+    # left normalisations: D^-1 scales row i, so the transpose's entry (i, j) is 1/d_j
+    d = deg.reciprocal().masked_fill_(deg == 0, 0.)
+    value = d[row] if weight is None else d[row] * weight
+    value_t = None
+    if transpose:
+        value_t = d[col] if weight is None else d[col] * weight
+    if norm == 'left_plus_identity':  # the + I
+        loop = torch.arange(n, device=row.device)
+        ones = value.new_ones(n)
+        row, col, value = torch.cat([row, loop]), torch.cat([col, loop]), torch.cat([value, ones])
+        if transpose:
+            value_t = torch.cat([value_t, ones])
+    return row, col, value, value_t
+
+
 def _normalized_coo(keys: Tensor, num_users: int, num_items: int, norm: str,
                     dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """COO triples of ``norm(A)`` for the bipartite graph whose unique (user, item) pairs are
@@ -343,30 +413,10 @@ def _normalized_coo(keys: Tensor, num_users: int, num_items: int, norm: str,
     ``(row[e], col[e])``. ``A`` is symmetric, so ``norm(A)^T`` has the same sparsity pattern and
     only its values differ (``value_t is value`` for the symmetric norms).
     """
-    n = num_users + num_items
-    device = keys.device
     users = keys // num_items
     items = keys % num_items + num_users
-    row = torch.cat([users, items])
-    col = torch.cat([items, users])
-    deg = torch.bincount(row, minlength=n).to(dtype)
-    if norm == 'none':
-        value = value_t = torch.ones(row.numel(), dtype=dtype, device=device)
-    elif norm == 'symmetric':
-        d = deg.pow(-0.5).masked_fill_(deg == 0, 0.)
-        value = value_t = d[row] * d[col]
-    else:  # left normalisations: D^-1 scales row i, so the transpose's entry (i, j) is 1/d_j
-        if norm == 'left_self_loop':  # D from A + I: d_i + 1, never zero
-            d = (deg + 1).reciprocal()
-        else:
-            d = deg.reciprocal().masked_fill_(deg == 0, 0.)
-        value, value_t = d[row], d[col]
-        if norm != 'left':  # the diagonal: the self loop's 1 / (d_i + 1), or the + I
-            loop = torch.arange(n, device=device)
-            diag = d if norm == 'left_self_loop' else torch.ones(n, dtype=dtype, device=device)
-            row, col = torch.cat([row, loop]), torch.cat([col, loop])
-            value, value_t = torch.cat([value, diag]), torch.cat([value_t, diag])
-    return row, col, value, value_t
+    return normalize_edges(torch.cat([users, items]), torch.cat([items, users]),
+                           num_users + num_items, norm, dtype=dtype, transpose=True)
 
 
 class BehaviorAdjacency:

@@ -6,7 +6,7 @@ r"""Any encoder x any head: :class:`MultiBehaviorModel`.
 
 (PKEF eq 19-21, COPF eq 16-17). "MB-CGCN + DFME" or "PKEF + DFME" of COPF table 6 is one line::
 
-    model = MultiBehaviorModel(data, CascadeEncoder(...), DFMEHead(...))
+    model = MultiBehaviorModel(data, MBCGCNEncoder(...), DFMEHead(...))
 
 The model trains on :meth:`MultiBehaviorModel.batch_source`, which feeds what its head
 declares it needs (:meth:`~mbgraph.nn.heads.base.MultiTaskHead.batch_needs`): a hand-built

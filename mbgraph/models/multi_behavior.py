@@ -3,10 +3,10 @@ r"""The papers' models as encoder x head compositions, and the name grammar of t
 =========  ==========================================  =====================
 name       encoder                                     head
 =========  ==========================================  =====================
-mbcgcn     :class:`CascadeEncoder` (``mode='mbcgcn'``)  bilinear, target loss
-crgcn      :class:`CascadeEncoder` (``mode='crgcn'``)   bilinear, all behaviors
-pkef       :class:`PKFEncoder` (PKEF 4.2)               :class:`PMEHead` (4.3)
-copf       :class:`COGCNEncoder` (COPF 4.2)             :class:`DFMEHead` (4.3)
+mbcgcn     :class:`MBCGCNEncoder`                      bilinear, target loss
+crgcn      :class:`CRGCNEncoder`                       bilinear, all behaviors
+pkef       :class:`PKFEncoder` (PKEF 4.2)              :class:`PMEHead` (4.3)
+copf       :class:`COGCNEncoder` (COPF 4.2)            :class:`DFMEHead` (4.3)
 =========  ==========================================  =====================
 
 Any encoder composes with any head as ``'ENCODER+HEAD'``, e.g. ``'mbcgcn+dfme'`` or
@@ -27,7 +27,13 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from torch_geometric.data import HeteroData
 
 from ..data.multiplex import behaviors_of
-from ..nn.encoders import CascadeEncoder, COGCNEncoder, PerBehaviorLightGCN, PKFEncoder
+from ..nn.encoders import (
+    COGCNEncoder,
+    CRGCNEncoder,
+    MBCGCNEncoder,
+    PerBehaviorLightGCN,
+    PKFEncoder,
+)
 from ..nn.heads import (
     BilinearHead,
     DFMEHead,
@@ -44,11 +50,9 @@ from .composed import MultiBehaviorModel
 ENCODERS: Dict[str, Callable] = {
     # normalize_output: unit-length behavior outputs, otherwise the sparse cascade terms are
     # dwarfed by the initial embeddings and MB-CGCN falls below LightGCN (our reading)
-    'mbcgcn': lambda d, k, **kw: CascadeEncoder(**{'normalize_output': True, **kw},
-                                                mode='mbcgcn', embedding_dim=d,
-                                                num_behaviors=k),
-    'crgcn': lambda d, k, **kw: CascadeEncoder(mode='crgcn', embedding_dim=d, num_behaviors=k,
-                                               **kw),
+    'mbcgcn': lambda d, k, **kw: MBCGCNEncoder(**{'normalize_output': True, **kw},
+                                               embedding_dim=d, num_behaviors=k),
+    'crgcn': lambda d, k, **kw: CRGCNEncoder(embedding_dim=d, num_behaviors=k, **kw),
     # PKEF's best layer counts are (4, 1, 1): four on the first behavior, one on the others
     'pkf': lambda d, k, **kw: PKFEncoder(**{'num_layers': (4,) + (1,) * (k - 1), **kw},
                                          embedding_dim=d, num_behaviors=k),

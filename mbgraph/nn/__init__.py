@@ -11,7 +11,9 @@ from .encoders import (
     BehaviorEmbeddings,
     CascadeEncoder,
     COGCNEncoder,
+    CRGCNEncoder,
     LightGCNEncoder,
+    MBCGCNEncoder,
     MultiBehaviorEncoder,
     PerBehaviorLightGCN,
     PKFEncoder,
@@ -35,8 +37,10 @@ __all__ = [
     # layer
     'BehaviorConv',
     # encoders and their base
-    'MultiBehaviorEncoder', 'BehaviorEmbeddings', 'LightGCNEncoder', 'CascadeEncoder',
-    'PKFEncoder', 'COGCNEncoder', 'PerBehaviorLightGCN',
+    'MultiBehaviorEncoder', 'BehaviorEmbeddings', 'LightGCNEncoder', 'MBCGCNEncoder',
+    'CRGCNEncoder', 'PKFEncoder', 'COGCNEncoder', 'PerBehaviorLightGCN',
+    # the old single class of MB-CGCN and CRGCN (deprecated factory, and their shared base)
+    'CascadeEncoder',
     # heads, their base and their shared blocks
     'MultiTaskHead', 'BilinearHead', 'SharedBottomHead', 'MMoEHead', 'PLEHead', 'MESIHead',
     'PMEHead', 'DFMEHead', 'ExpertFusionHead', 'StackedMLP', 'BehaviorMixture',

@@ -5,16 +5,9 @@ import torch
 from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.typing import Adj, OptTensor, SparseTensor
-from torch_geometric.utils import (
-    add_self_loops,
-    is_torch_sparse_tensor,
-    scatter,
-    spmm,
-    to_edge_index,
-    to_torch_csr_tensor,
-)
+from torch_geometric.utils import is_torch_sparse_tensor, spmm, to_edge_index, to_torch_csr_tensor
 
-from mbgraph.data.adjacency import NORMS, SparseOperator
+from mbgraph.data.adjacency import NORMS, SparseOperator, normalize_edges
 
 
 class BehaviorConv(MessagePassing):
@@ -139,27 +132,17 @@ class BehaviorConv(MessagePassing):
     def _normalize(self, edge_index: Tensor, edge_weight: OptTensor, num_nodes: int,
                    dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """Edge weights of :math:`\\hat{A}` on ``edge_index`` (self loops appended if the norm
-        has a diagonal)."""
+        has a diagonal): :func:`mbgraph.data.adjacency.normalize_edges`, the normalisation of
+        the cached operators too."""
         if edge_weight is None:
             edge_weight = torch.ones(edge_index.size(1), dtype=dtype, device=edge_index.device)
-        if self.normalize == 'none':
-            return edge_index, edge_weight
-        if self.normalize == 'left_self_loop':  # A + I, then normalise
-            edge_index, edge_weight = add_self_loops(edge_index, edge_weight, fill_value=1.,
-                                                     num_nodes=num_nodes)
         # i: the node a message goes to (its row of A), j: the node it comes from
-        i, j = (edge_index[1], edge_index[0]) if self.flow == 'source_to_target' else \
-            (edge_index[0], edge_index[1])
-        deg = scatter(edge_weight, i, dim=0, dim_size=num_nodes, reduce='sum')
-        if self.normalize == 'symmetric':
-            deg_inv_sqrt = deg.pow(-0.5).masked_fill_(deg == 0, 0.)
-            return edge_index, deg_inv_sqrt[i] * edge_weight * deg_inv_sqrt[j]
-        deg_inv = deg.reciprocal().masked_fill_(deg == 0, 0.)
-        edge_weight = deg_inv[i] * edge_weight
-        if self.normalize == 'left_plus_identity':
-            edge_index, edge_weight = add_self_loops(edge_index, edge_weight, fill_value=1.,
-                                                     num_nodes=num_nodes)
-        return edge_index, edge_weight
+        forward = self.flow == 'source_to_target'
+        i, j = (edge_index[1], edge_index[0]) if forward else (edge_index[0], edge_index[1])
+        row, col, value, _ = normalize_edges(i, j, num_nodes, self.normalize, edge_weight)
+        if row is i:  # no diagonal appended: the edges are the input's
+            return edge_index, value
+        return (torch.stack([col, row]) if forward else torch.stack([row, col])), value
 
     def _normalize_adj_t(self, adj_t: Union[Tensor, SparseTensor], num_nodes: int,
                          dtype: torch.dtype) -> Union[Tensor, SparseTensor]:

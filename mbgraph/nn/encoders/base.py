@@ -5,14 +5,22 @@ operators of a :class:`~mbgraph.data.adjacency.BehaviorAdjacency` to a
 :class:`BehaviorEmbeddings`: for every behavior :math:`k` the final user and item
 representations (:math:`\mathbf{e}_u^{k,*}, \mathbf{e}_v^{k,*}`), stacked along a leading
 behavior axis in the data's behavior order. An encoder never samples and never scores.
+
+This module also holds the plumbing shared by the per-behavior encoders
+(:class:`PerBehaviorEncoder`: layer counts per behavior, input checks, stacking;
+:func:`check_choice`, :func:`resolve_layers`); their propagation is
+:func:`mbgraph.nn.functional.propagate`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+#: a layer specification: one count for every behavior, or one per behavior
+LayerSpec = Union[int, Sequence[int]]
 
 
 @dataclass
@@ -110,3 +118,89 @@ class MultiBehaviorEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         reset_children(self)
+
+
+def check_choice(name: str, value: str, options: Sequence[str]) -> str:
+    """``value`` if it is one of ``options``, else a ``ValueError`` naming both."""
+    if value not in options:
+        raise ValueError(f'unknown {name} {value!r}; expected one of {list(options)}')
+    return value
+
+
+def resolve_layers(num_layers: LayerSpec,
+                   num_behaviors: Optional[int] = None) -> Tuple[Optional[Tuple[int, ...]],
+                                                                 Optional[int]]:
+    """Normalise a layer specification.
+
+    Returns ``(layers, num_behaviors)``: ``layers`` is the per-behavior tuple, or ``None`` when
+    a single ``int`` was given and the number of behaviors is not known yet (it is broadcast
+    at the first forward call).
+    """
+    if isinstance(num_layers, bool):
+        raise TypeError(f'num_layers must be an int or a sequence of ints, got {num_layers!r}')
+    if isinstance(num_layers, int):
+        if num_layers < 0:
+            raise ValueError(f'num_layers must be >= 0, got {num_layers}')
+        if num_behaviors is None:
+            return None, None
+        layers = (num_layers,) * int(num_behaviors)
+    else:
+        layers = tuple(num_layers)
+        if not layers or not all(isinstance(n, int) and not isinstance(n, bool)
+                                 for n in layers):
+            raise TypeError(f'num_layers must be an int or a non-empty sequence of ints, got '
+                            f'{num_layers!r}')
+        bad = [n for n in layers if n < 0]
+        if bad:
+            raise ValueError(f'layer counts must be >= 0, got {list(layers)}')
+        if num_behaviors is not None and len(layers) != num_behaviors:
+            raise ValueError(f'{len(layers)} layer counts {list(layers)} given for '
+                             f'num_behaviors={num_behaviors}')
+    if num_behaviors is not None and num_behaviors < 1:
+        raise ValueError(f'num_behaviors must be >= 1, got {num_behaviors}')
+    return layers, len(layers)
+
+
+class PerBehaviorEncoder(MultiBehaviorEncoder):
+    """Shared plumbing of the per-behavior graph encoders (not used on its own).
+
+    Holds the per-behavior layer counts :math:`L_k` (``num_layers``: one ``int`` for every
+    behavior, or one per behavior in the data's order), checks the input against the
+    adjacency, and stacks per-behavior node embeddings into a
+    :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings`.
+    """
+
+    def __init__(self, num_layers: LayerSpec, num_behaviors: Optional[int] = None):
+        super().__init__()
+        self._num_layers_arg = num_layers
+        self.layers, self.num_behaviors = resolve_layers(num_layers, num_behaviors)
+
+    def layers_for(self, behaviors: Sequence[str]) -> Tuple[int, ...]:
+        """:math:`(L_1, \\dots, L_K)` for the adjacency's behaviors."""
+        if self.layers is None:
+            return (int(self._num_layers_arg),) * len(behaviors)
+        if len(self.layers) != len(behaviors):
+            raise ValueError(f'{type(self).__name__} was built for {len(self.layers)} behaviors '
+                             f'(layer counts {list(self.layers)}) but the graph has '
+                             f'{len(behaviors)}: {list(behaviors)}')
+        return self.layers
+
+    def check_input(self, ego: Tensor, adjacency) -> List[str]:
+        """The adjacency's behaviors, after checking ``ego`` is ``[U + I, d]``."""
+        if ego.dim() != 2 or ego.size(0) != adjacency.num_nodes:
+            raise ValueError(f'{type(self).__name__} expects ego embeddings of shape '
+                             f'[num_users + num_items = {adjacency.num_nodes}, d], got '
+                             f'{tuple(ego.shape)}')
+        return list(adjacency.behaviors)
+
+    @staticmethod
+    def stack(behaviors: Sequence[str], nodes: Sequence[Tensor], num_users: int,
+              extras: Optional[Dict] = None) -> BehaviorEmbeddings:
+        """``K`` node tensors ``[U + I, d]`` -> ``BehaviorEmbeddings`` ``[K, U, d]`` /
+        ``[K, I, d]``."""
+        x = torch.stack(list(nodes))
+        return BehaviorEmbeddings(list(behaviors), x[:, :num_users], x[:, num_users:],
+                                  dict(extras or {}), nodes=x)
+
+    def _layers_repr(self) -> str:
+        return repr(list(self.layers)) if self.layers is not None else repr(self._num_layers_arg)

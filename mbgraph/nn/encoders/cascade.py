@@ -1,372 +1,210 @@
 r"""Cascading encoders: behavior :math:`k`'s graph convolution starts from what behavior
-:math:`k-1` learned.
+:math:`k-1` learned. This module holds what the two published cascades share,
+:class:`CascadeEncoder`; the cascades themselves are
+:class:`~mbgraph.nn.encoders.mbcgcn.MBCGCNEncoder` (MB-CGCN, WWW 2023) and
+:class:`~mbgraph.nn.encoders.crgcn.CRGCNEncoder` (CRGCN, TOIS 2023), one file each. No paper
+file is bundled for either; their readings are stated in their modules and every deviation is
+a named option.
 
-Two published cascades (no paper file is bundled for either; the readings below are stated
-explicitly and every deviation is a named option):
-
-**MB-CGCN** (Cheng et al., "Multi-Behavior Recommendation with Cascading Graph Convolution
-Networks", WWW 2023). Each behavior :math:`k` runs LightGCN over its own graph,
-
-.. math::
-    \mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\,\mathbf{e}^{k,l}, \qquad
-    \mathbf{e}^{k,*} = \operatorname{combine}_{l=0}^{L_k} \mathbf{e}^{k,l}
-    \quad (\text{mean over layers, as LightGCN}),
-
-and the next behavior starts from a feature transformation of it, with separate user and item
-matrices (row vectors)
+Both run, behavior after behavior (upstream -> target), LightGCN over behavior :math:`k`'s
+graph from an input that the previous behavior's output decides,
 
 .. math::
-    \mathbf{e}_u^{k+1,0} = \mathbf{e}_u^{k,*}\,\mathbf{W}_u^{k}, \qquad
-    \mathbf{e}_v^{k+1,0} = \mathbf{e}_v^{k,*}\,\mathbf{W}_v^{k}
-    \qquad (\texttt{link='transform'}).
+    \mathbf{e}^{1,0} = \mathbf{E}^{(0)}, \qquad
+    \mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\,\mathbf{e}^{k,l} \;(+\, \mathbf{b}^{k,l}),
+    \qquad \mathbf{e}^{k+1,0} = \mathrm{link}(\mathbf{e}^{k,0}, \dots, \mathbf{e}^{k,L_k}),
 
-The prediction of the target behavior uses the sum of all behaviors' embeddings,
-:math:`\mathbf{e}_u = \sum_k \mathbf{e}_u^{k,*}` (``aggregate_target=True`` writes it into the
-target's slot). PKEF restates this cascade without the transformation as a residual link
-(PKEF eq 10), available as ``link='residual'``:
+and differ in the output :math:`\mathbf{e}^{k,*}` of a behavior and the link. Shared:
+:math:`\hat{\mathbf{A}}_k = \mathrm{norm}(\mathbf{A}_k)` is behavior :math:`k`'s cached
+operator (``norm='symmetric'``: LightGCN's :math:`\mathbf{D}^{-1/2}\mathbf{A}_k
+\mathbf{D}^{-1/2}`; see :mod:`mbgraph.data.adjacency`); ``bias=True`` adds a learnable bias
+:math:`\mathbf{b}^{k,l}`, zero at the start, to every node after every propagation layer (the
+CRGCN authors' code: its layers are PyG-style ``GCNConv`` layers, which keep their bias); and
+``aggregate_target=True`` replaces the target behavior's output by the sum of all behaviors'
+outputs, :math:`\sum_k \mathbf{e}^{k,*}` (MB-CGCN's prediction embedding).
 
-.. math::
-    \mathbf{e}^{k+1,0} = \mathbf{e}^{k,L_k} + \mathbf{e}^{k,0}.
-
-**CRGCN** (Yan et al., "Cascading Residual Graph Convolutional Network for Multi-Behavior
-Recommendation", TOIS 2023). Behavior :math:`k`'s LightGCN starts from the previous behavior's
-output and its output is the residual sum of that input and the last propagation layer:
-
-.. math::
-    \mathbf{e}^{1,0} = \mathbf{E}^{(0)}, \quad \mathbf{e}^{k,0} = \mathbf{e}^{k-1,*}, \quad
-    \mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\,\mathbf{e}^{k,l}, \quad
-    \mathbf{e}^{k,*} = \mathbf{e}^{k,0} + g(\mathbf{e}^{k,L_k}),
-
-with :math:`g` the row-wise L2 normalisation (``normalize=True``, the default: the authors'
-released code, which we take as the published method) or the identity (``normalize=False``,
-the bare equation). CRGCN adds no parameter besides the embeddings.
-
-**Scale (why the normalisation matters).** The initial embeddings are Xavier-initialised
+**Scale (why the cascades normalise).** The initial embeddings are Xavier-initialised
 (row norms about 0.2 to 0.3 here) and :math:`\hat{\mathbf{A}}_k^L\mathbf{e}` of random
 rows is smaller still, and zero for a node without behavior-:math:`k` edges. Unnormalised,
 every cascade output is dominated by the raw ID embedding :math:`\mathbf{e}^{(0)}`, so the
 bilinear BPR fits it like matrix factorisation on the (sparse) target: the validation metric
 peaks after one to three epochs and then falls, below LightGCN. Unit-norm propagated terms
 make the collaborative (graph) signal dominate and equalise its scale across nodes of
-different degree. MB-CGCN's ``normalize_output=True`` applies the same L2 normalisation to
-each :math:`\mathbf{e}^{k,*}` (before the transformation and the sum); its encoder default
-stays the bare equations (``False``); ``weight_init`` starts each :math:`\mathbf{W}^k` at
-Xavier, the identity, or normal with std 0.01 (``'normal'``, the authors' code, MBCGCN.py
-``_init_weights``).
+different degree: CRGCN's ``normalize=True`` and MB-CGCN's ``normalize_output=True``.
 
-**The authors' code** (``docs/reference_mbcgcn_crgcn.md``) adds two things no equation above
-names: MB-CGCN's L2 term covers the four transforms (``regularize_weight=True``), and CRGCN's
-propagation layers are PyG-style ``GCNConv`` layers with a learnable bias, zero at the start,
-:math:`\mathbf{e}^{k,l+1} = \hat{\mathbf{A}}_k\mathbf{e}^{k,l} + \mathbf{b}^{k,l}`
-(``bias=True``; the bias is added to every node, users and items).
-
-In both, :math:`\hat{\mathbf{A}}_k = \mathrm{norm}(\mathbf{A}_k)` is behavior :math:`k`'s
-cached operator (``norm='symmetric'``: LightGCN's
-:math:`\mathbf{D}^{-1/2}\mathbf{A}_k\mathbf{D}^{-1/2}`; see
-:mod:`mbgraph.data.adjacency`). This module also holds the plumbing shared by the per-behavior
-encoders of :mod:`mbgraph.nn.encoders` (layer counts per behavior, input checks, stacking).
+``CascadeEncoder(mode='mbcgcn' | 'crgcn', ...)``, the single class both cascades used to be,
+still builds them (deprecated): it returns an ``MBCGCNEncoder`` or a ``CRGCNEncoder``, with the
+same arguments, parameters and state-dict keys as before.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+# the shared plumbing moved to base.py and the engine to nn/functional.py; re-exported here
+# for the old import paths
 from ...data.adjacency import NORMS
-from .base import BehaviorEmbeddings, MultiBehaviorEncoder
+from ..functional import combine_layers, propagate
+from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice, resolve_layers
 
-LayerSpec = Union[int, Sequence[int]]
+__all__ = ['CascadeEncoder', 'MODES', 'LayerSpec', 'PerBehaviorEncoder', 'check_choice',
+           'resolve_layers', 'propagate', 'combine_layers']
 
+#: the cascades ``CascadeEncoder(mode=...)`` builds
 MODES = ('mbcgcn', 'crgcn')
-LINKS = ('transform', 'residual')
-COMBINES = ('mean', 'sum', 'last')
-WEIGHT_INITS = ('xavier', 'identity', 'normal')
 
 
-def check_choice(name: str, value: str, options: Sequence[str]) -> str:
-    """``value`` if it is one of ``options``, else a ``ValueError`` naming both."""
-    if value not in options:
-        raise ValueError(f'unknown {name} {value!r}; expected one of {list(options)}')
-    return value
+class _ByMode(type(PerBehaviorEncoder)):
+    """Calling :class:`CascadeEncoder` itself builds the cascade its ``mode`` names (the old
+    single-class interface); its subclasses are built as any class."""
+
+    def __call__(cls, *args, **kwargs):
+        if cls is CascadeEncoder:
+            return _from_mode(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
 
-def resolve_layers(num_layers: LayerSpec,
-                   num_behaviors: Optional[int] = None) -> Tuple[Optional[Tuple[int, ...]],
-                                                                 Optional[int]]:
-    """Normalise a layer specification.
+class CascadeEncoder(PerBehaviorEncoder, metaclass=_ByMode):
+    r"""What the cascades share (module docstring): the behavior loop, the optional bias of
+    every propagation layer, and ``aggregate_target``. A subclass says what a behavior outputs
+    and what the next behavior starts from (:meth:`behavior_output`).
 
-    Returns ``(layers, num_behaviors)``: ``layers`` is the per-behavior tuple, or ``None`` when
-    a single ``int`` was given and the number of behaviors is not known yet (it is broadcast
-    at the first forward call).
-    """
-    if isinstance(num_layers, bool):
-        raise TypeError(f'num_layers must be an int or a sequence of ints, got {num_layers!r}')
-    if isinstance(num_layers, int):
-        if num_layers < 0:
-            raise ValueError(f'num_layers must be >= 0, got {num_layers}')
-        if num_behaviors is None:
-            return None, None
-        layers = (num_layers,) * int(num_behaviors)
-    else:
-        layers = tuple(num_layers)
-        if not layers or not all(isinstance(n, int) and not isinstance(n, bool)
-                                 for n in layers):
-            raise TypeError(f'num_layers must be an int or a non-empty sequence of ints, got '
-                            f'{num_layers!r}')
-        bad = [n for n in layers if n < 0]
-        if bad:
-            raise ValueError(f'layer counts must be >= 0, got {list(layers)}')
-        if num_behaviors is not None and len(layers) != num_behaviors:
-            raise ValueError(f'{len(layers)} layer counts {list(layers)} given for '
-                             f'num_behaviors={num_behaviors}')
-    if num_behaviors is not None and num_behaviors < 1:
-        raise ValueError(f'num_behaviors must be >= 1, got {num_behaviors}')
-    return layers, len(layers)
-
-
-class PerBehaviorEncoder(MultiBehaviorEncoder):
-    """Shared plumbing of the per-behavior graph encoders (not used on its own).
-
-    Holds the per-behavior layer counts :math:`L_k` (``num_layers``: one ``int`` for every
-    behavior, or one per behavior in the data's order), checks the input against the
-    adjacency, and stacks per-behavior node embeddings into a
-    :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings`.
-    """
-
-    def __init__(self, num_layers: LayerSpec, num_behaviors: Optional[int] = None):
-        super().__init__()
-        self._num_layers_arg = num_layers
-        self.layers, self.num_behaviors = resolve_layers(num_layers, num_behaviors)
-
-    def layers_for(self, behaviors: Sequence[str]) -> Tuple[int, ...]:
-        """:math:`(L_1, \\dots, L_K)` for the adjacency's behaviors."""
-        if self.layers is None:
-            return (int(self._num_layers_arg),) * len(behaviors)
-        if len(self.layers) != len(behaviors):
-            raise ValueError(f'{type(self).__name__} was built for {len(self.layers)} behaviors '
-                             f'(layer counts {list(self.layers)}) but the graph has '
-                             f'{len(behaviors)}: {list(behaviors)}')
-        return self.layers
-
-    def check_input(self, ego: Tensor, adjacency) -> List[str]:
-        """The adjacency's behaviors, after checking ``ego`` is ``[U + I, d]``."""
-        if ego.dim() != 2 or ego.size(0) != adjacency.num_nodes:
-            raise ValueError(f'{type(self).__name__} expects ego embeddings of shape '
-                             f'[num_users + num_items = {adjacency.num_nodes}, d], got '
-                             f'{tuple(ego.shape)}')
-        return list(adjacency.behaviors)
-
-    @staticmethod
-    def stack(behaviors: Sequence[str], nodes: Sequence[Tensor], num_users: int,
-              extras: Optional[Dict] = None) -> BehaviorEmbeddings:
-        """``K`` node tensors ``[U + I, d]`` -> ``BehaviorEmbeddings`` ``[K, U, d]`` /
-        ``[K, I, d]``."""
-        x = torch.stack(list(nodes))
-        return BehaviorEmbeddings(list(behaviors), x[:, :num_users], x[:, num_users:],
-                                  dict(extras or {}), nodes=x)
-
-    def _layers_repr(self) -> str:
-        return repr(list(self.layers)) if self.layers is not None else repr(self._num_layers_arg)
-
-
-def propagate(x: Tensor, op, num_layers: int) -> List[Tensor]:
-    r"""LightGCN layers :math:`[\mathbf{x}, \hat{\mathbf{A}}\mathbf{x}, \dots,
-    \hat{\mathbf{A}}^{L}\mathbf{x}]` over one cached operator (``L + 1`` tensors)."""
-    out = [x]
-    for _ in range(num_layers):
-        out.append(op @ out[-1])
-    return out
-
-
-def combine_layers(layers: Sequence[Tensor], combine: str) -> Tensor:
-    """``'mean'``, ``'sum'`` or ``'last'`` of a list of layer embeddings."""
-    if combine == 'last':
-        return layers[-1]
-    total = torch.stack(list(layers)).sum(0)
-    return total / len(layers) if combine == 'mean' else total
-
-
-class CascadeEncoder(PerBehaviorEncoder):
-    r"""MB-CGCN and CRGCN cascades (module docstring for the update rules and readings).
+    ``CascadeEncoder(num_layers, mode='mbcgcn', ...)`` itself is the deprecated factory of
+    the old single class: ``mode='mbcgcn'`` returns
+    :class:`~mbgraph.nn.encoders.mbcgcn.MBCGCNEncoder`, ``mode='crgcn'``
+    :class:`~mbgraph.nn.encoders.crgcn.CRGCNEncoder`, and every other argument keeps its old
+    meaning.
 
     Args:
-        num_layers (int or sequence of int, optional): :math:`L_k`, one for every behavior or
-            one per behavior (upstream -> target). (default: :obj:`2`)
-        mode (str, optional): ``'mbcgcn'`` or ``'crgcn'``. (default: :obj:`'mbcgcn'`)
-        norm (str, optional): normalisation of :math:`\mathbf{A}_k` (see
+        num_layers (int or sequence of int): :math:`L_k`, one for every behavior or one per
+            behavior (upstream -> target).
+        norm (str): normalisation of :math:`\mathbf{A}_k` (see
             :meth:`~mbgraph.data.adjacency.BehaviorAdjacency.operator`).
-            (default: :obj:`'symmetric'`)
-        link (str, optional): MB-CGCN only: ``'transform'`` (the paper's
-            :math:`\mathbf{e}^{k,*}\mathbf{W}^k`, needs ``embedding_dim`` and the number of
-            behaviors) or ``'residual'`` (PKEF eq 10's restatement,
-            :math:`\mathbf{e}^{k,L_k} + \mathbf{e}^{k,0}`). (default: :obj:`'transform'`)
-        combine (str, optional): MB-CGCN only: layer combination of
-            :math:`\mathbf{e}^{k,*}`, ``'mean'`` (LightGCN, the MB-CGCN code), ``'sum'``
-            (PKEF eq 14) or ``'last'``. (default: :obj:`'mean'`)
-        aggregate_target (bool, optional): MB-CGCN's prediction embedding: replace the target
-            behavior's output by :math:`\sum_k \mathbf{e}^{k,*}`. ``None``: ``True`` for
-            ``'mbcgcn'``, ``False`` for ``'crgcn'``. (default: :obj:`None`)
-        normalize (bool, optional): CRGCN only: L2-normalise :math:`\mathbf{e}^{k,L_k}`
-            before the residual sum (the authors' code). ``None``: ``True`` for ``'crgcn'``.
-            (default: :obj:`None`)
-        normalize_output (bool, optional): MB-CGCN only: L2-normalise every
-            :math:`\mathbf{e}^{k,*}` (rows) before it feeds the next behavior and the target's
-            sum. (default: :obj:`False`)
-        weight_init (str, optional): MB-CGCN ``link='transform'`` only: ``'xavier'``,
-            ``'identity'`` or ``'normal'`` (std 0.01, the authors' code).
-            (default: :obj:`'xavier'`)
-        regularize_weight (bool, optional): MB-CGCN: the model's L2 term covers
-            :math:`\mathbf{W}^k` too (:meth:`regularized_parameters`, the authors' code).
-            (default: :obj:`False`)
-        bias (bool, optional): a learnable bias :math:`\mathbf{b}^{k,l}` after every
-            propagation layer, zero-initialised (CRGCN's code: ``GCNConv`` keeps its bias).
-            Needs one layer count per behavior (or ``num_behaviors``). (default: :obj:`False`)
-        embedding_dim (int, optional): :math:`d`, needed by ``link='transform'``.
-        num_behaviors (int, optional): :math:`K`, needed by ``link='transform'`` when
-            ``num_layers`` is a single ``int``.
-
-    Shapes:
-        - **input:** ego embeddings ``[U + I, d]`` (users first) and a
-          :class:`~mbgraph.data.adjacency.BehaviorAdjacency`.
-        - **output:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` with users
-          ``[K, U, d]`` and items ``[K, I, d]`` (:math:`\mathbf{e}^{k,*}`).
+        aggregate_target (bool): replace the target behavior's output by
+            :math:`\sum_k \mathbf{e}^{k,*}`.
+        embedding_dim (int, optional): :math:`d`.
+        num_behaviors (int, optional): :math:`K`.
+        bias (bool): a learnable bias :math:`\mathbf{b}^{k,l}` after every propagation layer,
+            zero-initialised. Needs ``embedding_dim`` and one layer count per behavior (or
+            ``num_behaviors``).
     """
 
-    def __init__(self, num_layers: LayerSpec = 2, mode: str = 'mbcgcn',
-                 norm: str = 'symmetric', link: Optional[str] = None,
-                 combine: Optional[str] = None, aggregate_target: Optional[bool] = None,
-                 normalize: Optional[bool] = None, embedding_dim: Optional[int] = None,
-                 num_behaviors: Optional[int] = None, normalize_output: bool = False,
-                 weight_init: str = 'xavier', regularize_weight: bool = False,
-                 bias: bool = False):
+    #: the name of this cascade under the old ``CascadeEncoder(mode=...)``
+    mode: str = ''
+
+    def __init__(self, num_layers: LayerSpec, norm: str, aggregate_target: bool,
+                 embedding_dim: Optional[int], num_behaviors: Optional[int]):
         super().__init__(num_layers, num_behaviors)
-        self.mode = check_choice('mode', mode, MODES)
         self.norm = check_choice('norm', norm, NORMS)
-        if mode == 'crgcn':
-            for name, value in (('link', link), ('combine', combine)):
-                if value is not None:
-                    raise ValueError(f"{name}={value!r} applies to mode='mbcgcn' only; CRGCN "
-                                     f"sums its input and its last propagation layer")
-            if normalize_output:
-                raise ValueError("normalize_output=True applies to mode='mbcgcn' only; CRGCN "
-                                 "uses normalize")
-            self.link = None
-            self.combine = 'last'
-            normalize = True if normalize is None else normalize
-        else:
-            if normalize:
-                raise ValueError("normalize=True applies to mode='crgcn' only")
-            normalize = False
-            self.link = check_choice('link', link or 'transform', LINKS)
-            self.combine = check_choice('combine', combine or 'mean', COMBINES)
-        self.aggregate_target = (mode == 'mbcgcn') if aggregate_target is None \
-            else bool(aggregate_target)
-        self.normalize = bool(normalize)
-        self.normalize_output = bool(normalize_output)
-        self.weight_init = check_choice('weight_init', weight_init, WEIGHT_INITS)
+        self.aggregate_target = bool(aggregate_target)
         self.embedding_dim = embedding_dim
-        if self.link == 'transform':
-            if embedding_dim is None or embedding_dim <= 0:
-                raise ValueError("link='transform' learns d x d matrices: pass "
-                                 f'embedding_dim (got {embedding_dim!r})')
-            if self.num_behaviors is None:
-                raise ValueError("link='transform' learns one pair of matrices per behavior "
-                                 'transition: pass num_behaviors or one layer count per '
-                                 'behavior')
-            # W^k for the transitions k -> k+1, [K - 1, 2 (user, item), d, d]
-            self.weight = nn.Parameter(torch.empty(self.num_behaviors - 1, 2, embedding_dim,
-                                                   embedding_dim))
-        else:
-            self.register_parameter('weight', None)
-        self.regularize_weight = bool(regularize_weight)
+
+    def _init_bias(self, bias: bool) -> None:
+        """Register :math:`\\mathbf{b}^{k,l}` (``[sum_k L_k, d]``), or ``None``; a subclass
+        calls it after its own parameters (the state-dict order of the old class)."""
         if bias:
-            if self.layers is None or not embedding_dim:
+            if self.layers is None or not self.embedding_dim:
                 raise ValueError('bias=True learns one bias per propagation layer: pass '
                                  'embedding_dim and one layer count per behavior (or '
                                  'num_behaviors)')
-            self.bias = nn.Parameter(torch.zeros(sum(self.layers), embedding_dim))
+            self.bias = nn.Parameter(torch.zeros(sum(self.layers), self.embedding_dim))
         else:
             self.register_parameter('bias', None)
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
-            for w in self.weight.view(-1, *self.weight.shape[-2:]):
-                if self.weight_init == 'identity':
-                    with torch.no_grad():
-                        w.copy_(torch.eye(w.size(0), dtype=w.dtype, device=w.device))
-                elif self.weight_init == 'normal':
-                    nn.init.normal_(w, std=0.01)
-                else:
-                    nn.init.xavier_uniform_(w)
         if getattr(self, 'bias', None) is not None:
             with torch.no_grad():
                 self.bias.zero_()
 
-    def regularized_parameters(self) -> List[Tensor]:
-        """``[W]`` with ``regularize_weight=True`` (MB-CGCN's code), else none."""
-        return [self.weight] if self.regularize_weight and self.weight is not None else []
+    def check_dim(self, ego: Tensor) -> None:
+        """A clear error when ``ego``'s dimension is not the one the parameters were built
+        for."""
+        if self.bias is not None and self.bias.size(1) != ego.size(1):
+            raise ValueError(f'{type(self).__name__} was built with a bias of dimension '
+                             f'{self.bias.size(1)}, got ego embeddings of dimension '
+                             f'{ego.size(1)}')
+
+    def _bias_step(self, start: int):
+        r"""``None`` (LightGCN's :math:`\hat{\mathbf{A}}\mathbf{h}`) without a bias, else the
+        step :math:`\hat{\mathbf{A}}\mathbf{h} + \mathbf{b}^{k,l}` (GCNConv's, every node)
+        of the behavior whose first layer is the ``start``-th over all behaviors."""
+        if self.bias is None:
+            return None
+
+        def step(op, h: Tensor, layer: int) -> Tensor:
+            return op @ h + self.bias[start + layer]
+        return step
+
+    def behavior_output(self, k: int, layers: Sequence[Tensor], num_users: int,
+                        last: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        r"""``(e^{k,*}, e^{k+1,0})`` from behavior ``k``'s layers
+        :math:`[\mathbf{e}^{k,0}, \dots, \mathbf{e}^{k,L_k}]`; the second may be ``None``
+        when ``last`` (the target behavior: nothing follows)."""
+        raise NotImplementedError  # pragma: no cover
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
+        self.check_dim(ego)
         num_users = adjacency.num_users
-        if self.weight is not None and ego.size(1) != self.weight.size(-1):
-            raise ValueError(f'CascadeEncoder was built for embedding_dim='
-                             f'{self.weight.size(-1)}, got ego embeddings of dimension '
-                             f'{ego.size(1)}')
-        if self.bias is not None and self.bias.size(1) != ego.size(1):
-            raise ValueError(f'CascadeEncoder was built with a bias of dimension '
-                             f'{self.bias.size(1)}, got ego embeddings of dimension '
-                             f'{ego.size(1)}')
         outputs = []
         x = ego  # e^{k,0}
         for k, b in enumerate(behaviors):
             op = adjacency.operator(b, norm=self.norm)
-            if self.bias is None:
-                hs = propagate(x, op, layers[k])
-            else:                                   # GCNConv: A h + b, every node
-                start = sum(layers[:k])
-                hs = [x]
-                for layer in range(layers[k]):
-                    hs.append(op @ hs[-1] + self.bias[start + layer])
-            if self.mode == 'crgcn':
-                last = F.normalize(hs[-1], dim=-1) if self.normalize else hs[-1]
-                out = x + last
-                x = out
-            else:
-                out = combine_layers(hs, self.combine)
-                if self.normalize_output:
-                    out = F.normalize(out, dim=-1)
-                if k + 1 < len(behaviors):
-                    if self.link == 'residual':
-                        x = hs[-1] + hs[0]  # PKEF eq 10
-                    else:
-                        x = torch.cat([out[:num_users] @ self.weight[k, 0],
-                                       out[num_users:] @ self.weight[k, 1]])
+            hs = propagate(x, op, layers[k], step=self._bias_step(sum(layers[:k])))
+            out, x = self.behavior_output(k, hs, num_users, last=k + 1 == len(behaviors))
             outputs.append(out)
         if self.aggregate_target:
             outputs[-1] = torch.stack(outputs).sum(0)
         return self.stack(behaviors, outputs, num_users)
 
-    def extra_repr(self) -> str:
+    def _repr_parts(self, middle: Sequence[str], after: Sequence[str] = ()) -> str:
         parts = [f'num_layers={self._layers_repr()}', f'mode={self.mode!r}',
-                 f'norm={self.norm!r}']
-        if self.mode == 'mbcgcn':
-            parts += [f'link={self.link!r}', f'combine={self.combine!r}']
-            if self.normalize_output:
-                parts.append('normalize_output=True')
-            if self.weight is not None and self.weight_init != 'xavier':
-                parts.append(f'weight_init={self.weight_init!r}')
-        else:
-            parts.append(f'normalize={self.normalize}')
-        parts.append(f'aggregate_target={self.aggregate_target}')
-        if self.regularize_weight:
-            parts.append('regularize_weight=True')
+                 f'norm={self.norm!r}', *middle, f'aggregate_target={self.aggregate_target}',
+                 *after]
         if self.bias is not None:
             parts.append('bias=True')
         if self.embedding_dim is not None:
             parts.append(f'embedding_dim={self.embedding_dim}')
         return ', '.join(parts)
+
+
+def _from_mode(num_layers: LayerSpec = 2, mode: str = 'mbcgcn', norm: str = 'symmetric',
+               link: Optional[str] = None, combine: Optional[str] = None,
+               aggregate_target: Optional[bool] = None, normalize: Optional[bool] = None,
+               embedding_dim: Optional[int] = None, num_behaviors: Optional[int] = None,
+               normalize_output: bool = False, weight_init: str = 'xavier',
+               regularize_weight: bool = False, bias: bool = False) -> CascadeEncoder:
+    """The old ``CascadeEncoder(...)`` constructor: its arguments, checks and defaults, now
+    building the cascade ``mode`` names."""
+    check_choice('mode', mode, MODES)
+    warnings.warn(f"CascadeEncoder(mode={mode!r}) is deprecated; use "
+                  f"{'MBCGCNEncoder' if mode == 'mbcgcn' else 'CRGCNEncoder'}(...) from "
+                  f"mbgraph.nn", DeprecationWarning, stacklevel=3)
+    if mode == 'crgcn':
+        for name, value in (('link', link), ('combine', combine)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} applies to mode='mbcgcn' only; CRGCN "
+                                 f"sums its input and its last propagation layer")
+        if normalize_output:
+            raise ValueError("normalize_output=True applies to mode='mbcgcn' only; CRGCN "
+                             "uses normalize")
+        check_choice('weight_init', weight_init, ('xavier', 'identity', 'normal'))
+        from .crgcn import CRGCNEncoder
+        # weight_init and regularize_weight never acted on CRGCN, which has no transform
+        return CRGCNEncoder(num_layers, norm=norm,
+                            normalize=True if normalize is None else normalize,
+                            aggregate_target=bool(aggregate_target), embedding_dim=embedding_dim,
+                            num_behaviors=num_behaviors, bias=bias)
+    if normalize:
+        raise ValueError("normalize=True applies to mode='crgcn' only")
+    from .mbcgcn import MBCGCNEncoder
+    return MBCGCNEncoder(num_layers, norm=norm, link=link or 'transform',
+                         combine=combine or 'mean',
+                         aggregate_target=True if aggregate_target is None else aggregate_target,
+                         embedding_dim=embedding_dim, num_behaviors=num_behaviors,
+                         normalize_output=normalize_output, weight_init=weight_init,
+                         regularize_weight=regularize_weight, bias=bias)

@@ -76,8 +76,8 @@ import torch
 from torch import Tensor
 
 from ...data.adjacency import NORMS
-from .base import BehaviorEmbeddings
-from .cascade import LayerSpec, PerBehaviorEncoder, check_choice, combine_layers, propagate
+from ..functional import COMBINES, combine_layers, propagate
+from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice
 
 CUMULATIVE = ('paper', 'union')
 COUPLED = ('sum', 'target')
@@ -200,19 +200,20 @@ class COGCNEncoder(PerBehaviorEncoder):
     def layers_of(self, x: Tensor, adjacency, k: int, num_layers: int) -> List[Tensor]:
         r""":math:`[\mathbf{E}^{k,0}, \dots, \mathbf{E}^{k,L_k}]` from ``x`` (eq 5)."""
         graph = self.graph_behaviors(adjacency.behaviors, k)
-        if len(graph) == 1:  # both readings: D_k^-1 A_k + I
+        if len(graph) == 1:  # both readings: (D_k^-1 A_k + I) E
             return propagate(x, adjacency.operator(graph[0], norm='left_plus_identity'),
                              num_layers)
-        if self.cumulative == 'paper':
+        if self.cumulative == 'paper':  # sum_k' (D_k'^-1 A_k' + I) E, one operator
             return propagate(x, adjacency.cumulative(graph[-1], norm='left_plus_identity'),
                              num_layers)
         s = adjacency.cumulative(graph[-1], norm='none')  # raw sum S of the graphs
         deg = s @ x.new_ones(x.size(0), 1)
         inv = torch.where(deg > 0, deg.reciprocal(), torch.zeros_like(deg))
-        out = [x]
-        for _ in range(num_layers):
-            out.append(inv * (s @ out[-1]) + out[-1])
-        return out
+
+        def code_step(op, h: Tensor, layer: int) -> Tensor:  # D_S^-1 S E + E
+            return inv * (op @ h) + h
+
+        return propagate(x, s, num_layers, step=code_step)
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
@@ -279,13 +280,13 @@ class PerBehaviorLightGCN(PerBehaviorEncoder):
                  combine: str = 'mean', num_behaviors: Optional[int] = None):
         super().__init__(num_layers, num_behaviors)
         self.norm = check_choice('norm', norm, NORMS)
-        self.combine = check_choice('combine', combine, ('mean', 'sum', 'last'))
+        self.combine = check_choice('combine', combine, COMBINES)
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
-        outputs = [combine_layers(propagate(ego, adjacency.operator(b, norm=self.norm),
-                                            layers[k]), self.combine)
+        outputs = [propagate(ego, adjacency.operator(b, norm=self.norm), layers[k],
+                             combine=self.combine)
                    for k, b in enumerate(behaviors)]
         return self.stack(behaviors, outputs, adjacency.num_users)
 

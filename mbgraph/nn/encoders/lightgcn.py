@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..functional import COMBINES, propagate
+
 
 class LightGCNEncoder(nn.Module):
     """Parameter-free LightGCN propagation over one cached operator.
@@ -31,22 +33,14 @@ class LightGCNEncoder(nn.Module):
         super().__init__()
         if num_layers < 0:
             raise ValueError(f'num_layers must be >= 0, got {num_layers}')
-        if combine not in ('mean', 'sum', 'last'):
+        if combine not in COMBINES:
             raise ValueError(f"combine must be 'mean', 'sum' or 'last', got {combine!r}")
         self.num_layers = num_layers
         self.combine = combine
 
     def forward(self, x: Tensor, op) -> Tensor:
-        out = x
-        total = x
-        for _ in range(self.num_layers):
-            out = op @ out
-            total = total + out
-        if self.combine == 'last':
-            return out
-        if self.combine == 'mean':
-            return total / (self.num_layers + 1)
-        return total
+        # running: this encoder has always summed its layers left to right
+        return propagate(x, op, self.num_layers, combine=self.combine, running=True)
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(num_layers={self.num_layers}, combine={self.combine!r})'

@@ -63,48 +63,23 @@ default here is the paper's eq 12.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ...data.adjacency import NORMS
-from .base import BehaviorEmbeddings
-from .cascade import LayerSpec, PerBehaviorEncoder, check_choice
 
-FUSIONS = ('projection', 'vanilla', 'sum', 'linear', 'none')
+# fuse moved to nn/functional.py; re-exported here for the old import path
+from ..functional import FUSIONS, combine_layers, fuse, propagate
+from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice
+
+__all__ = ['PKFEncoder', 'fuse', 'FUSIONS', 'GATE_INPUTS', 'PARALLEL_INPUTS']
+
 GATE_INPUTS = ('concat', 'cascade')
 #: what eq 12-13 fuse with the cascade: the parallel aggregate A p (paper) or p's next layer
 PARALLEL_INPUTS = ('aggregate', 'next_layer')
-
-
-def fuse(fusion: str, base: Tensor, other: Tensor, weight: Optional[Tensor] = None,
-         bias: Optional[Tensor] = None, projection_scale: float = 1.0,
-         gate_input: str = 'concat', eps: float = 1e-12) -> Optional[Tensor]:
-    r"""One fusion function of the module docstring, :math:`\mathbf{f}(\mathbf{base},
-    \mathbf{other})` over the last axis (``base`` is :math:`\mathbf{e}_{cas}`, ``other``
-    :math:`\mathbf{e}_{par}`; any broadcastable leading shape). ``weight`` is
-    :math:`\mathbf{W}` (``[d, d]`` for ``'linear'``, ``[4, 4d]`` or ``[4, d]`` for
-    ``'vanilla'``), ``bias`` the vanilla gate's ``[4]``. ``None`` for ``'none'``. Also used by
-    :class:`~mbgraph.nn.heads.expert_fusion.ExpertFusionHead` for COPF table 4's aggregation
-    schemes."""
-    if fusion == 'none':
-        return None
-    if fusion == 'sum':
-        return other
-    if fusion == 'linear':
-        return other @ weight.t()
-    if fusion == 'projection':
-        coef = (other * base).sum(-1, keepdim=True) / (
-            base.pow(2).sum(-1, keepdim=True) + eps)
-        return projection_scale * coef * base
-    if fusion != 'vanilla':
-        raise ValueError(f'unknown fusion {fusion!r}; expected one of {list(FUSIONS)}')
-    base, other = torch.broadcast_tensors(base, other)
-    feats = torch.stack([base, other, base - other, base * other], dim=-2)   # [..., 4, d]
-    gate_in = feats.flatten(-2) if gate_input == 'concat' else base
-    w = torch.softmax(gate_in @ weight.t() + bias, dim=-1)                   # [..., 4]
-    return (w.unsqueeze(-1) * feats).sum(-2)
 
 
 class PKFEncoder(PerBehaviorEncoder):
@@ -188,6 +163,20 @@ class PKFEncoder(PerBehaviorEncoder):
                     None if self.bias is None else self.bias[t],
                     self.projection_scale, self.gate_input, self.eps)
 
+    def _step(self, op, state: Tuple[Tensor, Tensor], layer: int,
+              t: int) -> Tuple[Tensor, Tensor]:
+        """One layer of both streams, ``(z, p) -> (z', p')`` (eq 9, 11, 12-13), the
+        behavior's ``layer``-th; ``t`` counts the layers of the behaviors before it."""
+        z, p = state
+        # one sparse product per stream: measured faster than A_k [z | p] with its
+        # concatenation and the two zero-filled slice gradients
+        e_cas, e_par = op @ z, op @ p
+        z_next = e_cas + z                                    # eq 9
+        p_next = e_par + p                                    # eq 11
+        fused = self.fuse(e_cas, p_next if self.parallel_input == 'next_layer' else e_par,
+                          t + layer)                          # eq 12 / 13 / table 4
+        return (z_next if fused is None else z_next + fused), p_next
+
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
@@ -201,21 +190,13 @@ class PKFEncoder(PerBehaviorEncoder):
         t = 0      # layer index over all behaviors, for W_(k,l)
         for k, b in enumerate(behaviors):
             op = adjacency.operator(b, norm=self.norm)
-            zs, ps = [z0], [ego]
-            for _ in range(layers[k]):
-                # one sparse product per stream: measured faster than A_k [z | p] with its
-                # concatenation and the two zero-filled slice gradients
-                e_cas, e_par = op @ zs[-1], op @ ps[-1]
-                z = e_cas + zs[-1]                        # eq 9
-                p = e_par + ps[-1]                        # eq 11
-                fused = self.fuse(e_cas, p if self.parallel_input == 'next_layer' else e_par,
-                                  t)                      # eq 12 / 13 / table 4
-                zs.append(z if fused is None else z + fused)
-                ps.append(p)
-                t += 1
-            cascade.append(torch.stack(zs).sum(0))        # eq 14
-            parallel.append(torch.stack(ps).sum(0))
-            z0 = zs[-1] + zs[0]                           # eq 10
+            # the two streams advance together, one layer state (z, p)
+            zs, ps = (list(s) for s in zip(*propagate((z0, ego), op, layers[k],
+                                                      step=functools.partial(self._step, t=t))))
+            cascade.append(combine_layers(zs, 'sum'))                 # eq 14
+            parallel.append(combine_layers(ps, 'sum'))
+            z0 = zs[-1] + zs[0]                                       # eq 10
+            t += layers[k]
         num_users = adjacency.num_users
         par = self.stack(behaviors, parallel, num_users)
         return self.stack(behaviors, cascade, num_users, {'parallel': par})

@@ -113,6 +113,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders.base import BehaviorEmbeddings
+from ..functional import propagate
 from .base import gate_output_order
 from .contrastive import (
     CL_ANCHORS,
@@ -396,13 +397,16 @@ class DFMEHead(MTLHead):
             h = torch.cat(parts, dim=1)                                  # [N, (K-1) d]
             code = self.fit_step == 'code'
             op = adjacency.operator(behavior, norm='left' if code else 'left_plus_identity')
-            total, r = h, self.behavior_emb[g]
-            for layer in range(self.num_layers):
+            rs = [self.behavior_emb[g]]                                  # r^{g,0}
+
+            def step(op, h: Tensor, layer: int) -> Tensor:
                 if layer > 0:
-                    r = r @ self.layer_weight[layer - 1]                 # r^{l} = r^{l-1} W^l
-                rh = h * r.repeat(len(partners))
-                h = op @ rh + h if code else op @ rh     # A(E o r) + E  |  (D^-1 A + I)(E o r)
-                total = total + h
+                    rs.append(rs[-1] @ self.layer_weight[layer - 1])     # r^{l} = r^{l-1} W^l
+                rh = h * rs[-1].repeat(len(partners))
+                return op @ rh + h if code else op @ rh  # A(E o r) + E  |  (D^-1 A + I)(E o r)
+
+            # running: the fitting experts have always summed their layers left to right
+            total = propagate(h, op, self.num_layers, step=step, combine='sum', running=True)
             bases.append(self.output_scale * total)
             for slot, key in enumerate(keys):
                 where[key] = (len(bases) - 1, slot)

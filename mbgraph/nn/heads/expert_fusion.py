@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..encoders.base import BehaviorEmbeddings
-from ..encoders.pkf import fuse
+from ..functional import fuse
 from .contrastive import CONTRASTIVE_OPTIONS, BehaviorContrastive, contrastive_option
 from .shared_bottom import MTLHead, check_embeddings
 
