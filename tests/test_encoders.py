@@ -586,3 +586,66 @@ def test_split_cascades_take_only_their_own_arguments():
     with pytest.raises(ValueError, match='MBCGCNEncoder was built for embedding_dim=3'):
         adj = BehaviorAdjacency(graph(TINY, 3, 4))
         MBCGCNEncoder(2, embedding_dim=3, num_behaviors=3)(torch.zeros(7, 4), adj)
+
+
+def _plain_heterodata(reverse=False):
+    """A HeteroData as a PyG user builds it: no ``behaviors`` attribute, user -> item edge
+    types in behavior order, optionally PyG's reverse edges."""
+    from torch_geometric.data import HeteroData
+    g = HeteroData()
+    g['user'].num_nodes, g['item'].num_nodes = 3, 4
+    g['user', 'view', 'item'].edge_index = torch.tensor([[0, 0, 1, 2, 2], [0, 1, 1, 2, 3]])
+    if reverse:
+        g['item', 'rev_view', 'user'].edge_index = torch.tensor([[0, 1], [0, 0]])
+    g['user', 'buy', 'item'].edge_index = torch.tensor([[0, 2], [1, 3]])
+    return g
+
+
+@pytest.mark.parametrize('make', [
+    lambda: COGCNEncoder(num_layers=1, cumulative='union'),
+    lambda: PKFEncoder(num_layers=(2, 1), embedding_dim=4),
+    lambda: MBCGCNEncoder(num_layers=(1, 2), embedding_dim=4),
+    lambda: CRGCNEncoder(num_layers=1),
+    lambda: PerBehaviorLightGCN(num_layers=2),
+], ids=['cogcn', 'pkf', 'mbcgcn', 'crgcn', 'lightgcn'])
+def test_encoders_take_pyg_inputs(make):
+    """``encoder(ego, data)`` and ``encoder(x_dict, edge_index_dict)`` compute what
+    ``encoder(ego, BehaviorAdjacency(...))`` computes, on a HeteroData without mbgraph's
+    ``behaviors`` attribute (its user -> item edge types in order; reverse edges skipped)."""
+    torch.manual_seed(0)
+    enc = make()
+    g = _plain_heterodata(reverse=True)
+    ego = torch.randn(7, 4)
+    ref_data = make_multiplex(3, 4, ['view', 'buy'], {
+        'view': g['user', 'view', 'item'].edge_index, 'buy': g['user', 'buy', 'item'].edge_index})
+    ref = enc(ego, BehaviorAdjacency(ref_data))
+    from_data = enc(ego, g)
+    x_dict = {'user': ego[:3], 'item': ego[3:]}
+    from_dicts = enc(x_dict, g.edge_index_dict)
+    by_name = enc(x_dict, {'view': g['user', 'view', 'item'].edge_index,
+                           'buy': g['user', 'buy', 'item'].edge_index})
+    for out in (from_data, from_dicts, by_name):
+        assert out.behaviors == ['view', 'buy']
+        assert torch.allclose(out.users, ref.users) and torch.allclose(out.items, ref.items)
+
+
+def test_encoder_inputs_cache_the_graph_and_name_bad_inputs():
+    enc = COGCNEncoder(num_layers=1)
+    g = _plain_heterodata()
+    ego = torch.randn(7, 4)
+    _, first = enc.inputs(ego, g)
+    _, again = enc.inputs(ego, g)
+    assert again is first                                # built once while the edges stay
+    g['user', 'buy', 'item'].edge_index = torch.tensor([[1], [0]])
+    _, changed = enc.inputs(ego, g)
+    assert changed is not first and changed.behaviors == ['view', 'buy']
+    adj = BehaviorAdjacency(make_multiplex(3, 4, ['buy'], {'buy': torch.tensor([[0], [1]])}))
+    assert enc.inputs(ego, adj)[1] is adj
+    with pytest.raises(ValueError, match='pass x as'):
+        enc(ego, g.edge_index_dict)
+    with pytest.raises(ValueError, match="'user' and 'item'"):
+        enc({'user': ego[:3]}, g)
+    with pytest.raises(ValueError, match='x_dict has 2 users'):
+        enc({'user': ego[:2], 'item': ego[3:]}, g)
+    with pytest.raises(ValueError, match='no user -> item edge type'):
+        enc({'user': ego[:3], 'item': ego[3:]}, {('item', 'rev', 'user'): torch.zeros(2, 0)})

@@ -14,10 +14,14 @@ This module also holds the plumbing shared by the per-behavior encoders
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.data import HeteroData
+
+from ...data.adjacency import BehaviorAdjacency
+from ...data.multiplex import make_multiplex
 
 #: a layer specification: one count for every behavior, or one per behavior
 LayerSpec = Union[int, Sequence[int]]
@@ -101,12 +105,84 @@ def reset_children(module: nn.Module) -> None:
             m.reset_parameters()
 
 
+def _user_item_edges(graph: Mapping) -> Dict[str, Tensor]:
+    """``{behavior: edge_index}`` of an edge_index dict keyed by behavior names or by PyG's
+    ``('user', behavior, 'item')`` edge types (others, e.g. reverse edges, skipped)."""
+    edges: Dict[str, Tensor] = {}
+    for key, ei in graph.items():
+        if isinstance(key, tuple):
+            if len(key) != 3:
+                raise ValueError(f'edge type {key!r}: expected (src, relation, dst)')
+            if key[0] != 'user' or key[2] != 'item':
+                continue                          # e.g. ('item', 'rev_buy', 'user')
+            key = key[1]
+        edges[str(key)] = ei
+    if not edges:
+        raise ValueError('the edge_index dict holds no user -> item edge type')
+    return edges
+
+
 class MultiBehaviorEncoder(nn.Module):
     """Base class: ``forward(ego, adjacency) -> BehaviorEmbeddings``; ``loss_terms`` adds
-    encoder-specific losses (default none)."""
+    encoder-specific losses (default none).
+
+    Every encoder takes its graph as PyG layers do (:meth:`inputs`): ``encoder(ego, adj)``
+    with a :class:`~mbgraph.data.adjacency.BehaviorAdjacency` (its cached operators; what the
+    models pass), ``encoder(ego, data)`` with a :class:`~torch_geometric.data.HeteroData`, or
+    ``encoder(x_dict, edge_index_dict)`` with ``{'user': X_u, 'item': X_i}`` and one
+    ``edge_index`` per ``('user', behavior, 'item')`` edge type.
+    """
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:  # pragma: no cover
         raise NotImplementedError
+
+    def inputs(self, x: Union[Tensor, Mapping[str, Tensor]], graph
+               ) -> Tuple[Tensor, Any]:
+        """``(ego [U + I, d], BehaviorAdjacency)`` from PyG-style inputs.
+
+        ``x``: ``ego`` (users first) or ``{'user': [U, d], 'item': [I, d]}``. ``graph``: a
+        ``BehaviorAdjacency`` (returned as is), a ``HeteroData`` (its ``behaviors`` order,
+        else its ``('user', b, 'item')`` edge types in the order they were added, the last
+        one the target), or an ``edge_index`` dict in behavior order (keys: behavior names or
+        edge types; then ``x`` must be the dict, which gives the node counts). A graph built
+        here is kept (one per encoder) while the same edge tensors come back, so a training
+        loop pays for the normalisation once.
+        """
+        num_users = None
+        if isinstance(x, Mapping):
+            missing = [t for t in ('user', 'item') if t not in x]
+            if missing:
+                raise ValueError(f'{type(self).__name__}: x_dict needs the node types '
+                                 f"'user' and 'item' (missing {missing})")
+            num_users, num_items = int(x['user'].size(0)), int(x['item'].size(0))
+            x = torch.cat([x['user'], x['item']], dim=0)
+        if isinstance(graph, HeteroData):
+            behaviors = getattr(graph, 'behaviors', None)
+            if behaviors is None:
+                behaviors = [rel for src, rel, dst in graph.edge_types
+                             if src == 'user' and dst == 'item']
+            edges = {b: graph['user', b, 'item'].edge_index for b in behaviors}
+            sizes = (int(graph['user'].num_nodes), int(graph['item'].num_nodes))
+            if num_users is not None and sizes != (num_users, num_items):
+                raise ValueError(f'{type(self).__name__}: x_dict has {num_users} users and '
+                                 f'{num_items} items, the graph {sizes[0]} and {sizes[1]}')
+            num_users, num_items = sizes
+        elif isinstance(graph, Mapping):
+            if num_users is None:
+                raise ValueError(f'{type(self).__name__}: with an edge_index dict pass x as '
+                                 "{'user': X_u, 'item': X_i} (it gives the node counts)")
+            edges = _user_item_edges(graph)
+        else:
+            return x, graph               # a BehaviorAdjacency (or anything shaped like it)
+        key = (x.device, x.dtype, num_users, num_items,
+               tuple((b, e.data_ptr(), tuple(e.shape)) for b, e in edges.items()))
+        cached = getattr(self, '_graph_cache', None)
+        if cached is not None and cached[0] == key:
+            return x, cached[1]
+        data = make_multiplex(num_users, num_items, list(edges), edges)
+        adjacency = BehaviorAdjacency(data, device=x.device, dtype=x.dtype)
+        self._graph_cache = (key, adjacency)
+        return x, adjacency
 
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         return {}

@@ -146,6 +146,7 @@ class CascadeEncoder(PerBehaviorEncoder, metaclass=_ByMode):
         raise NotImplementedError  # pragma: no cover
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
+        ego, adjacency = self.inputs(ego, adjacency)
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
         self.check_dim(ego)

@@ -216,6 +216,7 @@ class COGCNEncoder(PerBehaviorEncoder):
         return propagate(x, s, num_layers, step=code_step)
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
+        ego, adjacency = self.inputs(ego, adjacency)
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
         outputs = []
@@ -283,6 +284,7 @@ class PerBehaviorLightGCN(PerBehaviorEncoder):
         self.combine = check_choice('combine', combine, COMBINES)
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
+        ego, adjacency = self.inputs(ego, adjacency)
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
         outputs = [propagate(ego, adjacency.operator(b, norm=self.norm), layers[k],

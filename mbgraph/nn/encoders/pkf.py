@@ -178,6 +178,7 @@ class PKFEncoder(PerBehaviorEncoder):
         return (z_next if fused is None else z_next + fused), p_next
 
     def forward(self, ego: Tensor, adjacency) -> BehaviorEmbeddings:
+        ego, adjacency = self.inputs(ego, adjacency)
         behaviors = self.check_input(ego, adjacency)
         layers = self.layers_for(behaviors)
         d = ego.size(1)
