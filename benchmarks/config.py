@@ -166,10 +166,7 @@ class Run:
         cmd = [sys.executable, '-m', 'mbgraph', 'train', '--model', self.model,
                '--dataset', self.dataset, '--seed', str(self.seed), '--out', str(out),
                '--device', device]
-        if not is_sequence_run(self.model, self.dataset):
-            cmd.append('--resume')      # sequence models restart an interrupted run
-        else:
-            cmd.append('--overwrite')   # ... replacing what the interrupted one left
+        cmd.append('--resume')          # an interrupted run continues from its checkpoint
         hyper = dict(self.hyper)
         root = hyper.pop('data_path', None) or data_root
         if root is not None and self.dataset != 'synthetic':

@@ -187,9 +187,7 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     from .validation import clear_run_files, run_inputs
     graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
                                            ('--lr-decay-steps', args.lr_decay_steps),
-                                           ('--reading', args.reading),
-                                           ('--resume', args.resume or None),
-                                           ('--allow-change', args.allow_change))
+                                           ('--reading', args.reading))
                   if value is not None]
     if args.protocol != 'validation':
         graph_only.append('--protocol')
@@ -221,7 +219,8 @@ def cmd_train_sequence(args, device: torch.device) -> int:
             batch_size=256 if args.batch_size is None else args.batch_size,
             lr=1e-3 if args.lr is None else args.lr,
             num_negatives_eval=args.negatives, progress=not args.no_progress,
-            patience=args.patience, eval_every=args.eval_every, amp=args.amp, **kwargs)
+            patience=args.patience, eval_every=args.eval_every, amp=args.amp,
+            resume=args.resume, allow_changes=_split_list(args.allow_change) or (), **kwargs)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from e
     finally:

@@ -302,8 +302,7 @@ def check_train_args(args, sequence_models: Iterable[str] = (),
                           'in --out, or replace it)')
     out = Path(args.out or f'runs/{args.model}_{args.dataset}')
     return check_out_dir(out, resume=args.resume, overwrite=args.overwrite,
-                         inputs=run_inputs(args.model, args.stage, out),
-                         resumable=args.model.lower() not in set(sequence_models))
+                         inputs=run_inputs(args.model, args.stage, out))
 
 
 # ------------------------------------------------------------------------------------------

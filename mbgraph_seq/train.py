@@ -25,7 +25,7 @@ import inspect
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 
@@ -67,7 +67,8 @@ def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, 
          lr: float, weight_decay: float, patience: int, device, out_dir: Optional[Path],
          seed: int, progress: bool, num_negatives_eval: int, config: Dict[str, Any],
          eval_every: int = 1, amp: bool = False, monitor: str = 'ndcg@10',
-         min_epochs: int = 0) -> Dict[str, Any]:
+         min_epochs: int = 0, resume: bool = False,
+         allow_changes: Sequence[str] = ()) -> Dict[str, Any]:
     val = SampledEvaluator(val_dataset.split_pairs('val'), val_dataset.num_items,
                            val_dataset.history_pairs(), num_negatives=num_negatives_eval,
                            seed=seed, split='val', ks=_monitor_ks(monitor))
@@ -75,7 +76,8 @@ def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, 
                       monitor=monitor, patience=patience, eval_every=eval_every,
                       device=device, out_dir=out_dir, seed=seed, progress=progress,
                       config=config, amp=amp, min_epochs=min_epochs)
-    summary = trainer.fit()
+    summary = trainer.fit(resume=bool(resume) and out_dir is not None,
+                          allow_changes=allow_changes)
     summary['history'] = trainer.history
     return summary
 
@@ -101,6 +103,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                          pretrained: Optional[Union[str, Path]] = None, amp: bool = False,
                          tuning: str = 'prompt', monitor: str = 'ndcg@10',
                          min_epochs: int = 0, prompt_lr: Optional[float] = None,
+                         resume: bool = False, allow_changes: Sequence[str] = (),
                          **model_kwargs) -> Dict[str, Any]:
     """Train ``name`` on ``dataset`` and return metrics shaped like mbgraph's ``metrics.json``.
 
@@ -138,6 +141,10 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
         min_epochs: no early stop before this epoch (PoMRec's authors: 21).
         prompt_lr: DPCPL only: Adam's learning rate of the prompt-tuning stage (default
             ``lr``, which then is the pre-training's alone).
+        resume: continue the run in ``out_dir`` from its ``checkpoint.pt`` (each stage's for
+            DPCPL: ``pretrain/``, ``prompt/``, ``finetune/``; a stage that finished returns
+            at once), as :meth:`mbgraph.training.Trainer.fit` does; ``allow_changes`` the
+            options that may differ from the checkpoint's run.
         **model_kwargs: hyperparameters of the model (for DPCPL also the EBM's: ``dim``,
             ``num_layers``, ``num_blocks``, ``dropout``, ``sequence_mixer`` -- ``'attention'``
             pre-trains and tunes table 5's "w/o DS" backbone --, ...).
@@ -203,7 +210,8 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                        eval_every=eval_every, weight_decay=weight_decay, patience=patience,
                        device=device, out_dir=out_dir, seed=seed, progress=progress,
                        num_negatives_eval=num_negatives_eval, config=config, amp=amp,
-                       monitor=monitor, min_epochs=min_epochs)
+                       monitor=monitor, min_epochs=min_epochs, resume=resume,
+                       allow_changes=allow_changes)
         metrics = {'model': name, **_evaluate(model, dataset, num_negatives_eval, seed, device),
                    'val': summary['best_val'], **_summary_fields(summary), **_count(model),
                    'protocol': protocol}
@@ -217,7 +225,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
                                pretrained=pretrained, config=config, amp=amp, tuning=tuning,
                                monitor=monitor, min_epochs=min_epochs,
                                prompt_lr=lr if prompt_lr is None else prompt_lr,
-                               **model_kwargs)
+                               resume=resume, allow_changes=allow_changes, **model_kwargs)
         metrics['protocol'] = {**protocol, 'pretrain_ratio': pretrain_ratio}
     metrics['peak_rss_mb'] = peak_memory_mb(device)['peak_rss_mb']
     metrics['config'] = config
@@ -234,7 +242,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                  lr, weight_decay, patience, num_negatives, prefixes, num_negatives_eval,
                  progress, pretrain_epochs, pretrain_ratio, pretrained, config, amp=False,
                  tuning='prompt', monitor='ndcg@10', min_epochs=0, prompt_lr=None,
-                 **model_kwargs) -> Dict[str, Any]:
+                 resume=False, allow_changes=(), **model_kwargs) -> Dict[str, Any]:
     prompt_lr = lr if prompt_lr is None else prompt_lr
     pre, fine = dataset.pretrain_finetune_split(pretrain_ratio)
     ebm_kwargs = {k: v for k, v in model_kwargs.items() if k in _EBM_ARGS}
@@ -255,7 +263,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                        out_dir=None if out_dir is None else out_dir / 'pretrain', seed=seed,
                        progress=progress, num_negatives_eval=num_negatives_eval,
                        config={**config, 'stage': 'pretrain'}, amp=amp, monitor=monitor,
-                       min_epochs=min_epochs)
+                       min_epochs=min_epochs, resume=resume, allow_changes=allow_changes)
         pre_metrics = {'val': summary['best_val'], **_summary_fields(summary),
                        'seconds': time.perf_counter() - t0, **_count(backbone)}
         if ebm_path is not None and is_main_process():
@@ -294,7 +302,8 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                                  num_negatives=num_negatives, prefixes=prefixes,
                                  num_negatives_eval=num_negatives_eval, epochs=epochs,
                                  config=config, amp=amp, monitor=monitor,
-                                 min_epochs=min_epochs)
+                                 min_epochs=min_epochs, resume=resume,
+                                 allow_changes=allow_changes)
     # the prompt generator's initialisation from the seed alone: the same whether the backbone
     # was pre-trained in this process (stage 'both') or loaded (stage 'prompt')
     seed_everything(seed)
@@ -312,7 +321,7 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
                    out_dir=None if out_dir is None else out_dir / 'prompt', seed=seed,
                    progress=progress, num_negatives_eval=num_negatives_eval,
                    config={**config, 'stage': 'prompt'}, amp=amp, monitor=monitor,
-                   min_epochs=min_epochs)
+                   min_epochs=min_epochs, resume=resume, allow_changes=allow_changes)
     counts = model.parameter_counts()
     metrics.update(_evaluate(model, fine, num_negatives_eval, seed, device))
     metrics.update({'val': summary['best_val'], **_summary_fields(summary),
@@ -325,7 +334,8 @@ def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, se
 def _full_fine_tuning(backbone: EBM, fine: SequenceDataset, metrics: Dict[str, Any], *,
                       batch_size, lr, weight_decay, patience, device, out_dir, seed, progress,
                       num_negatives, prefixes, num_negatives_eval, epochs, config,
-                      amp, monitor='ndcg@10', min_epochs=0) -> Dict[str, Any]:
+                      amp, monitor='ndcg@10', min_epochs=0, resume=False,
+                      allow_changes=()) -> Dict[str, Any]:
     """DPCPL table 4's "fine-tuning": every parameter of the pre-trained EBM trained on the
     fine-tuning side's target-behavior events (the objective prompt tuning uses)."""
     for p in backbone.parameters():
@@ -338,7 +348,7 @@ def _full_fine_tuning(backbone: EBM, fine: SequenceDataset, metrics: Dict[str, A
                    out_dir=None if out_dir is None else out_dir / 'finetune', seed=seed,
                    progress=progress, num_negatives_eval=num_negatives_eval,
                    config={**config, 'stage': 'finetune'}, amp=amp, monitor=monitor,
-                   min_epochs=min_epochs)
+                   min_epochs=min_epochs, resume=resume, allow_changes=allow_changes)
     total = sum(p.numel() for p in backbone.parameters())
     metrics.update(_evaluate(backbone, fine, num_negatives_eval, seed, device))
     metrics.update({'val': summary['best_val'], **_summary_fields(summary), 'tuning': 'full',

@@ -150,7 +150,8 @@ def test_sequence_rows_refuse_graph_only_settings(tmp_path):
         'paper = { synthetic', 'paper = { taobao')
     with pytest.raises(ConfigError, match="not 'taobao'"):
         load_table(write(tmp_path, bad))
-    assert '--resume' not in expand(load_table(write(tmp_path, text)))[0][1].command(None, 'o')
+    # an interrupted sequence run continues from its checkpoint, as a graph run does
+    assert '--resume' in expand(load_table(write(tmp_path, text)))[0][1].command(None, 'o')
 
 
 def test_run_ids_are_stable_and_follow_the_config(tmp_path):

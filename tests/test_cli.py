@@ -78,7 +78,8 @@ def test_sequence_model_bad_dataset_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize('flags, named', [(['--reg', '0.1'], '--reg'),
                                           (['--lr-decay', '0.9'], '--lr-decay'),
-                                          (['--ks', '5,10'], '--ks'), (['--resume'], '--resume')])
+                                          (['--ks', '5,10'], '--ks'),
+                                          (['--reading', 'code'], '--reading')])
 def test_graph_only_options_are_refused_for_sequence_models(flags, named, tmp_path, capsys):
     assert main(['train', '--model', 'sasrec', '--out', str(tmp_path), '--no-progress',
                  *flags]) == 2

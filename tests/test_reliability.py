@@ -93,7 +93,7 @@ BAD_TRAIN_OPTIONS = [
     (['--model', 'sasrec', '--negatives', '1000000'], '--negatives 1000000: expected fewer '
                                                       'than the'),
     (['--model', 'sasrec', '--negatives', '700'], 'expected fewer than the 600 items'),
-    (['--model', 'sasrec', '--resume'], '--resume applies to graph models only'),
+    (['--model', 'sasrec', '--lr-decay', '0.9'], '--lr-decay applies to graph models only'),
 ] + ([] if HAS_CUDA else [(['--device', 'cuda'], 'CUDA is not available here')])
 # argparse's own type errors: exit 2 as well
 ARGPARSE_ERRORS = [['--epochs', 'ten'], ['--lr', 'fast'], ['--batch-size', '2.5'],
@@ -192,8 +192,9 @@ def test_dpcpl_prompt_stage_may_tune_the_pretrain_stage_of_its_folder(tmp_path):
     parse = build_parser().parse_args
     args = parse(['train', '--model', 'dpcpl', '--stage', 'prompt', '--out', str(out)])
     assert check_train_args(args, ['sasrec', 'dpcpl']) == out
-    # another model into that folder is refused (no --resume for sequence models)
-    with pytest.raises(OptionError, match=r'holds metrics.json, pretrain\): pass --overwrite'):
+    # another model into that folder is refused
+    with pytest.raises(OptionError, match=r'holds metrics.json, pretrain\): pass --resume to '
+                                          r'continue that run or --overwrite'):
         check_train_args(parse(['train', '--model', 'sasrec', '--out', str(out)]),
                          ['sasrec', 'dpcpl'])
     # --overwrite of a prompt stage keeps the backbone it tunes
@@ -403,6 +404,40 @@ def test_cli_resume_is_bitwise_identical(model, extra, tmp_path, capsys):
     ta = json.loads((tmp_path / 'a' / 'metrics.json').read_text())['test']
     tb = json.loads((tmp_path / 'b' / 'metrics.json').read_text())['test']
     assert ta == tb
+
+
+@pytest.mark.parametrize('model', ['sasrec', 'pomrec'])
+def test_cli_resume_of_a_sequence_model_is_bitwise_identical(model, tmp_path, capsys):
+    """A sequence run stopped after epoch 1 and resumed to 2 ends where the uninterrupted
+    2-epoch run ends: weights, history (the seconds aside) and test metrics."""
+    base = ['train', '--model', model, '--dim', '8', '--max-len', '10', '--no-progress',
+            '--seed', '3']
+    assert run_cli([*base, '--epochs', '2', '--out', tmp_path / 'a'], capsys)[0] == 0
+    assert run_cli([*base, '--epochs', '1', '--out', tmp_path / 'b'], capsys)[0] == 0
+    assert run_cli([*base, '--epochs', '2', '--out', tmp_path / 'b', '--resume'], capsys)[0] == 0
+    a = torch.load(tmp_path / 'a' / 'checkpoint.pt', weights_only=True)
+    b = torch.load(tmp_path / 'b' / 'checkpoint.pt', weights_only=True)
+    assert a['epoch'] == b['epoch'] == 2
+    for key in a['model']:
+        assert torch.equal(a['model'][key], b['model'][key]), key
+    assert a['history'] == [{**h, 'epoch_seconds': a['history'][i]['epoch_seconds']}
+                            for i, h in enumerate(b['history'])]
+    ma, mb = (json.loads((tmp_path / x / 'metrics.json').read_text()) for x in 'ab')
+    assert ma['test'] == mb['test'] and ma['test_full'] == mb['test_full']
+
+
+def test_cli_resume_of_a_finished_dpcpl_run_changes_nothing(tmp_path, capsys):
+    """Both DPCPL stages resume from their own checkpoints (pretrain/, prompt/); a finished
+    run resumed returns its own test metrics."""
+    base = ['train', '--model', 'dpcpl', '--dim', '8', '--max-len', '10', '--no-progress',
+            '--epochs', '1', '--out', tmp_path / 'd']
+    assert run_cli(base, capsys)[0] == 0
+    first = json.loads((tmp_path / 'd' / 'metrics.json').read_text())
+    assert (tmp_path / 'd' / 'pretrain' / 'checkpoint.pt').is_file()
+    assert (tmp_path / 'd' / 'prompt' / 'checkpoint.pt').is_file()
+    assert run_cli([*base, '--resume'], capsys)[0] == 0
+    again = json.loads((tmp_path / 'd' / 'metrics.json').read_text())
+    assert again['test'] == first['test'] and again['epochs_run'] == first['epochs_run']
 
 
 def test_resume_rewrites_the_log_from_the_checkpoint(tmp_path):
@@ -715,7 +750,7 @@ def test_dry_run_commands_paste(tmp_path, capsys):
     assert lines
     argv = shlex.split(lines[0])
     assert argv[0].startswith('PYTHONPATH=') and argv[1] == sys.executable
-    assert argv[2:5] == ['-m', 'mbgraph', 'train'] and '--overwrite' in argv
+    assert argv[2:5] == ['-m', 'mbgraph', 'train'] and '--resume' in argv
     # it runs: the same command, pasted into a shell, trains the run
     env_root = argv[0].split('=', 1)[1]
     out = argv[argv.index('--out') + 1]
