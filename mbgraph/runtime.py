@@ -4,9 +4,9 @@ glibc's ``malloc`` serves every block above its mmap threshold (dynamic, at most
 with a fresh ``mmap`` and gives it back with ``munmap`` when freed, and it trims the top of
 the heap back to the operating system. A training step of a graph model allocates the same
 large temporaries every step (``[anchors, N]`` logits, whole-table gradients), so each step
-page-faults them in again: measured on this project's 2-core CPU machine, a loop of COPF's
-``[1400, 64] @ [64, 11953]`` logits and their log-softmax ran 2.4x faster once freed memory
-was kept (4.59 s -> 1.91 s for 20 iterations, one thread).
+page-faults them in again (docs/RESULTS.md, "Speed of the COPF / PKEF code readings", has
+the measurement: a loop of COPF's eq-8 logits ran 2.4x faster once freed memory was
+kept).
 
 :func:`keep_freed_memory` asks glibc (``mallopt``) to serve large blocks from the heap and
 never to trim it, the run-time equivalent of ``MALLOC_MMAP_MAX_=0

@@ -649,3 +649,19 @@ def test_encoder_inputs_cache_the_graph_and_name_bad_inputs():
         enc({'user': ego[:2], 'item': ego[3:]}, g)
     with pytest.raises(ValueError, match='no user -> item edge type'):
         enc({'user': ego[:3], 'item': ego[3:]}, {('item', 'rev', 'user'): torch.zeros(2, 0)})
+
+
+def test_dfme_precompute_takes_the_graph_as_the_encoders_do():
+    """DFMEHead.precompute(emb, graph) on a plain HeteroData fits the same experts as on the
+    BehaviorAdjacency of the same edges."""
+    from mbgraph.nn.heads import DFMEHead
+    torch.manual_seed(0)
+    g = _plain_heterodata()
+    ref_data = make_multiplex(3, 4, ['view', 'buy'], {
+        'view': g['user', 'view', 'item'].edge_index, 'buy': g['user', 'buy', 'item'].edge_index})
+    enc, head = COGCNEncoder(num_layers=1), DFMEHead(4, 2)
+    emb = enc(torch.randn(7, 4), g)
+    a = head.precompute(emb, BehaviorAdjacency(ref_data)).extras['dfme']
+    b = head.precompute(emb, g).extras['dfme']
+    for (k, j) in [(0, 1), (1, 0)]:
+        assert torch.allclose(a.expert(k, j), b.expert(k, j))

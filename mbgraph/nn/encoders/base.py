@@ -122,6 +122,43 @@ def _user_item_edges(graph: Mapping) -> Dict[str, Tensor]:
     return edges
 
 
+def graph_operators(owner: nn.Module, graph, num_users: Optional[int],
+                    num_items: Optional[int], device: torch.device, dtype: torch.dtype):
+    """A :class:`~mbgraph.data.adjacency.BehaviorAdjacency` for ``graph`` (see
+    :meth:`MultiBehaviorEncoder.inputs`): returned as is if it is one (or anything that is not
+    a ``HeteroData`` or an edge_index dict), else built from the ``HeteroData`` or from the
+    per-behavior ``edge_index`` dict (which needs the node counts) and kept on ``owner`` (one
+    graph per module) while the same edge tensors come back."""
+    name = type(owner).__name__
+    if isinstance(graph, HeteroData):
+        behaviors = getattr(graph, 'behaviors', None)
+        if behaviors is None:
+            behaviors = [rel for src, rel, dst in graph.edge_types
+                         if src == 'user' and dst == 'item']
+        edges = {b: graph['user', b, 'item'].edge_index for b in behaviors}
+        sizes = (int(graph['user'].num_nodes), int(graph['item'].num_nodes))
+        if num_users is not None and sizes != (num_users, num_items):
+            raise ValueError(f'{name}: x_dict has {num_users} users and {num_items} items, '
+                             f'the graph {sizes[0]} and {sizes[1]}')
+        num_users, num_items = sizes
+    elif isinstance(graph, Mapping):
+        if num_users is None:
+            raise ValueError(f'{name}: with an edge_index dict pass x as '
+                             "{'user': X_u, 'item': X_i} (it gives the node counts)")
+        edges = _user_item_edges(graph)
+    else:
+        return graph                      # a BehaviorAdjacency (or anything shaped like it)
+    key = (torch.device(device), dtype, num_users, num_items,
+           tuple((b, e.data_ptr(), tuple(e.shape)) for b, e in edges.items()))
+    cached = getattr(owner, '_graph_cache', None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    data = make_multiplex(num_users, num_items, list(edges), edges)
+    adjacency = BehaviorAdjacency(data, device=device, dtype=dtype)
+    owner._graph_cache = (key, adjacency)
+    return adjacency
+
+
 class MultiBehaviorEncoder(nn.Module):
     """Base class: ``forward(ego, adjacency) -> BehaviorEmbeddings``; ``loss_terms`` adds
     encoder-specific losses (default none).
@@ -148,7 +185,7 @@ class MultiBehaviorEncoder(nn.Module):
         here is kept (one per encoder) while the same edge tensors come back, so a training
         loop pays for the normalisation once.
         """
-        num_users = None
+        num_users = num_items = None
         if isinstance(x, Mapping):
             missing = [t for t in ('user', 'item') if t not in x]
             if missing:
@@ -156,33 +193,7 @@ class MultiBehaviorEncoder(nn.Module):
                                  f"'user' and 'item' (missing {missing})")
             num_users, num_items = int(x['user'].size(0)), int(x['item'].size(0))
             x = torch.cat([x['user'], x['item']], dim=0)
-        if isinstance(graph, HeteroData):
-            behaviors = getattr(graph, 'behaviors', None)
-            if behaviors is None:
-                behaviors = [rel for src, rel, dst in graph.edge_types
-                             if src == 'user' and dst == 'item']
-            edges = {b: graph['user', b, 'item'].edge_index for b in behaviors}
-            sizes = (int(graph['user'].num_nodes), int(graph['item'].num_nodes))
-            if num_users is not None and sizes != (num_users, num_items):
-                raise ValueError(f'{type(self).__name__}: x_dict has {num_users} users and '
-                                 f'{num_items} items, the graph {sizes[0]} and {sizes[1]}')
-            num_users, num_items = sizes
-        elif isinstance(graph, Mapping):
-            if num_users is None:
-                raise ValueError(f'{type(self).__name__}: with an edge_index dict pass x as '
-                                 "{'user': X_u, 'item': X_i} (it gives the node counts)")
-            edges = _user_item_edges(graph)
-        else:
-            return x, graph               # a BehaviorAdjacency (or anything shaped like it)
-        key = (x.device, x.dtype, num_users, num_items,
-               tuple((b, e.data_ptr(), tuple(e.shape)) for b, e in edges.items()))
-        cached = getattr(self, '_graph_cache', None)
-        if cached is not None and cached[0] == key:
-            return x, cached[1]
-        data = make_multiplex(num_users, num_items, list(edges), edges)
-        adjacency = BehaviorAdjacency(data, device=x.device, dtype=x.dtype)
-        self._graph_cache = (key, adjacency)
-        return x, adjacency
+        return x, graph_operators(self, graph, num_users, num_items, x.device, x.dtype)
 
     def loss_terms(self, emb: BehaviorEmbeddings, batch: Dict[str, Any]) -> Dict[str, Tensor]:
         return {}

@@ -112,7 +112,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..encoders.base import BehaviorEmbeddings
+from ..encoders.base import BehaviorEmbeddings, graph_operators
 from ..functional import propagate
 from .base import gate_output_order
 from .contrastive import (
@@ -365,8 +365,12 @@ class DFMEHead(MTLHead):
 
     # ------------------------------------------------------------------ eq 10-12
     def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
-        """Add the fitted embeddings of every (task, behavior) pair as ``extras['dfme']``."""
+        """Add the fitted embeddings of every (task, behavior) pair as ``extras['dfme']``.
+        ``adjacency``: a ``BehaviorAdjacency``, a ``HeteroData`` or an edge_index dict, as
+        the encoders take it (:func:`~mbgraph.nn.encoders.base.graph_operators`)."""
         check_embeddings(emb, self.num_behaviors, self.embedding_dim, 'DFMEHead')
+        adjacency = graph_operators(self, adjacency, emb.users.size(1), emb.items.size(1),
+                                    emb.users.device, emb.users.dtype)
         if self.forward_fit:
             fitted = self.fitting_embeddings(emb, adjacency)
         else:  # w/o for. / w/o fit.: task k aggregates the behavior-specific embeddings
