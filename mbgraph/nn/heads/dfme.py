@@ -115,6 +115,7 @@ from torch import Tensor, nn
 from ..encoders.base import BehaviorEmbeddings, graph_operators
 from ..functional import propagate
 from .base import gate_output_order
+from .blocks import MTLHead, StackedMLP, check_embeddings
 from .contrastive import (
     CL_ANCHORS,
     CL_NORMS,
@@ -124,7 +125,6 @@ from .contrastive import (
 )
 from .expert_fusion import AGGREGATIONS as FUSION_AGGREGATIONS
 from .expert_fusion import TOWERS, ExpertFusionHead
-from .shared_bottom import MTLHead, StackedMLP, check_embeddings
 
 # CL_ANCHORS and CL_NORMS lived here before issue 11: re-exported for old imports
 __all__ = ['DFMEHead', 'FittedExperts', 'VARIANTS', 'AGGREGATIONS', 'CL_ANCHORS', 'CL_NORMS']

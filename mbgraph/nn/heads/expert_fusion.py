@@ -45,8 +45,8 @@ from torch import Tensor, nn
 
 from ..encoders.base import BehaviorEmbeddings
 from ..functional import fuse
+from .blocks import MTLHead, check_embeddings
 from .contrastive import CONTRASTIVE_OPTIONS, BehaviorContrastive, contrastive_option
-from .shared_bottom import MTLHead, check_embeddings
 
 #: ``aggregation``: the five alternatives of COPF table 4
 AGGREGATIONS = ('none', 'sum', 'linear', 'vanilla', 'projection')

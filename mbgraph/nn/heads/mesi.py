@@ -19,8 +19,7 @@ from typing import Sequence, Union
 from torch import Tensor
 
 from ..encoders.base import BehaviorEmbeddings
-from .mmoe import mix_experts
-from .shared_bottom import MTLHead, StackedMLP, gather_stacked, pair_dim, pair_features
+from .blocks import MTLHead, StackedMLP, gather_stacked, mix_experts, pair_dim, pair_features
 
 
 class MESIHead(MTLHead):

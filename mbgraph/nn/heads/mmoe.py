@@ -17,20 +17,15 @@ from typing import Sequence, Union
 from torch import Tensor
 
 from ..encoders.base import BehaviorEmbeddings
-from .shared_bottom import (
+from .blocks import (  # noqa: F401  (mix_experts: its old import path)
     BehaviorMixture,
     MTLHead,
     StackedMLP,
     gather_stacked,
+    mix_experts,
     pair_dim,
     pair_features,
 )
-
-
-def mix_experts(gate: Tensor, experts: Tensor) -> Tensor:
-    r""":math:`\sum_e g_e \mathbf{f}_e`: gate ``[*, E]`` (weights), experts ``[E, *, c]`` ->
-    ``[*, c]``."""
-    return (gate.movedim(-1, 0).unsqueeze(-1) * experts).sum(0)
 
 
 class MMoEHead(MTLHead):

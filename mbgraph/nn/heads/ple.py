@@ -24,12 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from ..encoders.base import BehaviorEmbeddings
-from .mmoe import mix_experts
-from .shared_bottom import (
+from .blocks import (
     BehaviorMixture,
     MTLHead,
     StackedMLP,
     gather_stacked,
+    mix_experts,
     pair_dim,
     pair_features,
 )

@@ -72,8 +72,7 @@ from torch import Tensor, nn
 from ...losses import bpr_loss
 from ..encoders.base import BehaviorEmbeddings
 from .base import gate_output_order, gather_pairs
-from .mmoe import mix_experts
-from .shared_bottom import MTLHead, StackedMLP, gather_stacked
+from .blocks import MTLHead, StackedMLP, gather_stacked, mix_experts
 
 PROJECTIONS = ('pair', 'factorized')
 GATE_INPUTS = ('concat', 'expert')
