@@ -645,7 +645,7 @@ def test_encoder_inputs_cache_the_graph_and_name_bad_inputs():
         enc(ego, g.edge_index_dict)
     with pytest.raises(ValueError, match="'user' and 'item'"):
         enc({'user': ego[:3]}, g)
-    with pytest.raises(ValueError, match='x_dict has 2 users'):
+    with pytest.raises(ValueError, match='the inputs have 2 users and 4 items, the graph 3'):
         enc({'user': ego[:2], 'item': ego[3:]}, g)
     with pytest.raises(ValueError, match='no user -> item edge type'):
         enc({'user': ego[:3], 'item': ego[3:]}, {('item', 'rev', 'user'): torch.zeros(2, 0)})

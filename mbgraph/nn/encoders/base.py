@@ -138,8 +138,8 @@ def graph_operators(owner: nn.Module, graph, num_users: Optional[int],
         edges = {b: graph['user', b, 'item'].edge_index for b in behaviors}
         sizes = (int(graph['user'].num_nodes), int(graph['item'].num_nodes))
         if num_users is not None and sizes != (num_users, num_items):
-            raise ValueError(f'{name}: x_dict has {num_users} users and {num_items} items, '
-                             f'the graph {sizes[0]} and {sizes[1]}')
+            raise ValueError(f'{name}: the inputs have {num_users} users and {num_items} '
+                             f'items, the graph {sizes[0]} and {sizes[1]}')
         num_users, num_items = sizes
     elif isinstance(graph, Mapping):
         if num_users is None:
