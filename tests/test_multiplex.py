@@ -138,8 +138,13 @@ def test_holdout_validation_unseen_leaves_every_behavior():
         assert getattr(d[edge_type('view')], 'held_edge_index', None) is None
 
 
-def test_is_test_unseen():
-    from mbgraph.data.multiplex import is_test_unseen
+def test_unseen_test_split_is_a_zero_shortcut_share():
+    """What the SSLRec loader asks before an ``unseen`` holdout."""
+    from mbgraph.data.shortcuts import shortcut_shares
+
+    def is_test_unseen(data):
+        return shortcut_shares(data, 'test')['any'] == 0
+
     edges = {'view': torch.tensor([[0, 1], [0, 1]]), 'buy': torch.tensor([[0, 1], [2, 2]])}
     unseen = make_multiplex(2, 4, ['view', 'buy'], dict(edges),
                             test=torch.tensor([[0, 1], [3, 3]]))

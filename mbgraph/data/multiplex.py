@@ -285,7 +285,8 @@ def holdout_validation(data: HeteroData, seed: int = 0, unseen: bool = False) ->
     the loaders log that they did so. With ``unseen`` the held-out (user, item) pairs also
     leave every auxiliary behavior's training edges, so that, like a test split whose items
     the user never touched in training (SSLRec's RetailRocket), validation does not reward
-    ranking the user's own viewed / carted items first (:func:`is_test_unseen`).
+    ranking the user's own viewed / carted items first
+    (:func:`mbgraph.data.shortcuts.shortcut_shares` of the test split is 0 then).
     """
     target = data[edge_type(target_behavior(data))]
     if getattr(target, 'val_edge_index', None) is not None:
@@ -318,21 +319,6 @@ def holdout_validation(data: HeteroData, seed: int = 0, unseen: bool = False) ->
             store.held_edge_index = store.edge_index[:, out]     # merge_validation returns it
             store.edge_index = store.edge_index[:, ~out]
     return int(held.numel())
-
-
-def is_test_unseen(data: HeteroData) -> bool:
-    """Whether no test pair of the target behavior is a training pair of any behavior (the
-    user never interacted with a test item in training); ``False`` without a test split."""
-    test = split_edge_index(data, 'test')
-    if test is None or test.numel() == 0:
-        return False
-    num_items = int(data[ITEM].num_nodes)
-    test_keys = test[0].long() * num_items + test[1].long()
-    for b in behaviors_of(data):
-        ei = data[edge_type(b)].edge_index
-        if torch.isin(test_keys, ei[0].long() * num_items + ei[1].long()).any():
-            return False
-    return True
 
 
 def merge_validation(data: HeteroData) -> int:

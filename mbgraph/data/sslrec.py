@@ -32,7 +32,8 @@ from torch_geometric.data import HeteroData
 
 from .datasets import KNOWN_ORDERS, PathLike, safe_unpickle
 from .datasets._base import resolve_order
-from .multiplex import deduplicate, holdout_validation, is_test_unseen, make_multiplex, validate
+from .multiplex import deduplicate, holdout_validation, make_multiplex, validate
+from .shortcuts import shortcut_shares
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def load_sslrec(directory: PathLike, behaviors: Sequence[str] | None = None,
     # a validation split built like the test: where no test item was touched by its user in
     # training, the held-out pairs leave the auxiliary behaviors too (else validation
     # rewards the user's own viewed / carted items, which the test never asks for)
-    unseen = is_test_unseen(data)
+    unseen = shortcut_shares(data, 'test')['any'] == 0
     held = holdout_validation(data, seed, unseen=unseen)
     log.info('%s: SSLRec reads %s as validation too; held out one seeded (seed=%d) random '
              'training %r interaction per user with at least two as validation instead: %d '
