@@ -187,7 +187,8 @@ def cmd_train_sequence(args, device: torch.device) -> int:
     from .validation import clear_run_files, run_inputs
     graph_only = [flag for flag, value in (('--reg', args.reg), ('--lr-decay', args.lr_decay),
                                            ('--lr-decay-steps', args.lr_decay_steps),
-                                           ('--reading', args.reading))
+                                           ('--reading', args.reading),
+                                           ('--init-from', args.init_from))
                   if value is not None]
     if args.protocol != 'validation':
         graph_only.append('--protocol')
@@ -294,7 +295,7 @@ def _train_graph(args, device: torch.device) -> int:
             progress=not args.no_progress, amp=args.amp, stop_at=_stop_at(args.stop_at, ks),
             resume=args.resume, allow_changes=_split_list(args.allow_change) or (),
             overwrite=args.overwrite, dataset=args.dataset, data_root=args.data_root,
-            hyperparameters=model_kwargs(args))
+            hyperparameters=model_kwargs(args), init_from=args.init_from)
     except RunSetupError as e:
         raise UsageError(str(e)) from e
     if metrics is None:     # not the main process under torchrun
@@ -328,17 +329,17 @@ def _reading_models() -> List[str]:
     return sorted(READINGS)
 
 
-def cmd_evaluate(args) -> int:
-    from .evaluation import FullRankingEvaluator
-    from .training import resolve_device
-    from .validation import check_device, data_fingerprint, load_verified
-    path = Path(args.checkpoint)
-    check_device(args.device, '--device')
-    if args.out is not None and Path(args.out).is_dir():
-        raise UsageError(f'--out {args.out}: expected a file to write, it is a folder')
+def _checkpoint_run(path: Path, data_root: Optional[str], split: str = 'test',
+                    data=None, flag: str = '--checkpoint'):
+    """The model of a ``mbgraph train`` checkpoint with its weights, on its data.
+
+    Returns ``(model, data, config)``; ``data`` (loaded from the checkpoint's configuration
+    unless given) is checked against the checkpoint's data fingerprint. ``split='val'`` is
+    refused for a run trained under the paper protocol (it has no validation split)."""
+    from .validation import data_fingerprint, load_verified
     if not path.is_file():
         raise UsageError(f'checkpoint {path} does not exist' if not path.exists() else
-                         f'--checkpoint {path}: expected a checkpoint file, it is '
+                         f'{flag} {path}: expected a checkpoint file, it is '
                          f'{"a folder" if path.is_dir() else "not a regular file"}')
     state = load_verified(path)
     config = state.get('config') or {}
@@ -346,20 +347,21 @@ def cmd_evaluate(args) -> int:
         raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
     if str(config['model']).lower() in _sequence_models():
         raise UsageError(f'{path} is a checkpoint of sequence model {config["model"]!r}: '
-                         'evaluate re-evaluates graph models; the metrics.json beside it holds '
-                         'its test metrics')
-    data = load_data(config['dataset'], args.data_root or config.get('data_root'),
-                     config.get('behaviors'), config.get('seed', 0))
+                         'evaluate and blend take graph models; the metrics.json beside it '
+                         'holds its test metrics')
+    if config.get('protocol') == 'paper' and split == 'val':
+        raise UsageError(f'{path} was trained under --protocol paper: it has no '
+                         'validation split (use --split test)')
+    if data is None:
+        data = load_data(config['dataset'], data_root or config.get('data_root'),
+                         config.get('behaviors'), config.get('seed', 0))
+        if config.get('protocol') == 'paper':    # trained on every training interaction
+            from .data.multiplex import merge_validation
+            merge_validation(data)
     saved = config.get('data_fingerprint')
-    if config.get('protocol') == 'paper':    # trained on every training interaction
-        from .data.multiplex import merge_validation
-        if args.split == 'val':
-            raise UsageError(f'{path} was trained under --protocol paper: it has no '
-                             'validation split (use --split test)')
-        merge_validation(data)
     if saved is not None and saved != data_fingerprint(data):
         raise UsageError(f'{path} was trained on other data than {config["dataset"]!r} under '
-                         f'{args.data_root or config.get("data_root")} holds now (data '
+                         f'{data_root or config.get("data_root")} holds now (data '
                          f'fingerprint {saved}, now {data_fingerprint(data)})')
     model = make_model(config['model'], data, config.get('model_kwargs', {}))
     try:
@@ -367,6 +369,18 @@ def cmd_evaluate(args) -> int:
     except RuntimeError as e:
         raise UsageError(f'{path}: the weights do not fit model {config["model"]!r}: '
                          f'{str(e).splitlines()[0]}') from None
+    return model, data, config
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import FullRankingEvaluator
+    from .training import resolve_device
+    from .validation import check_device
+    path = Path(args.checkpoint)
+    check_device(args.device, '--device')
+    if args.out is not None and Path(args.out).is_dir():
+        raise UsageError(f'--out {args.out}: expected a file to write, it is a folder')
+    model, data, config = _checkpoint_run(path, args.data_root, args.split)
     device = resolve_device(args.device)
     model.to(device)
     ks = config.get('ks', [10])
@@ -379,6 +393,137 @@ def cmd_evaluate(args) -> int:
         from .training import write_metrics
         write_metrics(args.out, {args.split: result, 'checkpoint': str(path),
                                  'eval_seconds': ev.last_seconds, 'config': config})
+    return 0
+
+
+def cmd_blend(args) -> int:
+    """``mbgraph blend``: fit a :class:`~mbgraph.models.blend.ScoreBlend` of trained
+    checkpoints and training-free baselines on validation, evaluate it on the test."""
+    from .data.multiplex import merge_validation
+    from .evaluation import FullRankingEvaluator
+    from .io import read_json, sha256_file
+    from .models.blend import DEFAULT_GRID, ScoreBlend, fit_blend_weights
+    from .training import environment, peak_memory_mb, resolve_device, write_metrics
+    from .validation import check_device, data_fingerprint
+    check_device(args.device, '--device')
+    if len(args.member) < 2:
+        raise UsageError('--member: a blend needs at least two members (repeat --member)')
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f'--out {out}: expected a folder, it is a file')
+    if (out / 'metrics.json').exists() and not args.overwrite:
+        raise UsageError(f'--out {out} already holds a metrics.json (pass --overwrite)')
+    if args.weights is not None and args.weights_from is not None:
+        raise UsageError('--weights and --weights-from: give one of them')
+    t_start = time.perf_counter()
+    checkpoints = [m for m in args.member if Path(m).suffix == '.pt' or Path(m).exists()]
+    data, config0, members, described = None, None, [], []
+    if checkpoints:
+        if any(v is not None for v in (args.dataset, args.behaviors, args.protocol)):
+            raise UsageError('--dataset, --behaviors and --protocol describe the data of a '
+                             'blend of training-free members only; with a checkpoint member '
+                             'the data is the checkpoint\'s')
+        from .validation import load_verified
+        configs = [(m, load_verified(Path(m)).get('config') or {}) if Path(m).is_file()
+                   else (m, {}) for m in checkpoints]
+        prints = {c.get('data_fingerprint') for _, c in configs}
+        protocols = {c.get('protocol') for _, c in configs}
+        if len(prints) > 1 or len(protocols) > 1:
+            raise UsageError('the checkpoint members trained on different data or protocols ('
+                             + '; '.join(f'{m}: {c.get("dataset")}, {c.get("protocol")}'
+                                         for m, c in configs) + '): blend runs of one split')
+        config0 = configs[0][1]
+        split = 'test' if config0.get('protocol') == 'paper' else 'val'
+        _, data, _ = _checkpoint_run(Path(checkpoints[0]), args.data_root, split,
+                                     flag='--member')
+        protocol = config0.get('protocol', 'validation')
+        seed = config0.get('seed', 0)
+        dataset = config0.get('dataset')
+    else:
+        dataset = args.dataset or 'synthetic'
+        protocol = args.protocol or 'validation'
+        seed = args.seed
+        behaviors = args.behaviors.split(',') if args.behaviors else None
+        data = load_data(dataset, args.data_root, behaviors, seed)
+        if protocol == 'paper':
+            merge_validation(data)
+    from .models import build_model
+    for m in args.member:
+        if m in checkpoints:
+            model, _, cfg = _checkpoint_run(Path(m), args.data_root,
+                                            'test' if protocol == 'paper' else 'val',
+                                            data=data, flag='--member')
+            members.append(model)
+            described.append({'member': m, 'model': cfg['model'], 'sha256': sha256_file(m),
+                              'reading': getattr(model, 'reading', None)})
+        else:
+            try:
+                model = build_model(m, data)
+            except (TypeError, ValueError, KeyError) as e:
+                raise UsageError(f'--member {m}: not a checkpoint file and not a model name '
+                                 f'({e})') from None
+            if getattr(model, 'trainable', True):
+                raise UsageError(f'--member {m}: a model to train; blend its trained '
+                                 'checkpoint instead (mbgraph train --model '
+                                 f'{m} --out RUN, then --member RUN/best.pt)')
+            members.append(model)
+            described.append({'member': m, 'model': m})
+    names = [d['model'] for d in described]
+    ks = [int(k) for k in args.ks.split(',')]
+    blend = ScoreBlend(members, [1.0] * len(members), names)
+    device = resolve_device(args.device)
+    blend.to(device)
+    fit = None
+    if args.weights is not None:
+        weights = [float(w) for w in args.weights.split(',')]
+        if len(weights) != len(members):
+            raise UsageError(f'--weights: {len(weights)} numbers for {len(members)} members')
+        blend.weights = weights
+        chosen = 'given (--weights)'
+    elif args.weights_from is not None:
+        earlier = read_json(args.weights_from)
+        weights = earlier.get('weights')
+        if not isinstance(weights, list) or len(weights) != len(members):
+            raise UsageError(f'--weights-from {args.weights_from}: expected the metrics.json '
+                             f'of a blend of {len(members)} members, it has weights {weights}')
+        blend.weights = [float(w) for w in weights]
+        chosen = f'from {args.weights_from} (fitted on its validation split)'
+    else:
+        if protocol == 'paper':
+            raise UsageError('the members were trained under --protocol paper: there is no '
+                             'validation split to fit the weights on. Fit them on runs of the '
+                             'validation protocol and pass --weights-from that blend\'s '
+                             'metrics.json, or give --weights')
+        grid = [float(g) for g in args.grid.split(',')] if args.grid else list(DEFAULT_GRID)
+        val_eval = FullRankingEvaluator(data, 'val', ks=ks)
+        fit = fit_blend_weights(blend, val_eval, grid)
+        chosen = f'fitted on the validation split by grid search ({fit["monitor"]})'
+        if fit['at_grid_edge']:
+            print(f'note: a weight took the grid\'s largest value ({max(grid):g}); a wider '
+                  '--grid may fit validation better', file=sys.stderr)
+    test_eval = FullRankingEvaluator(data, 'test', ks=ks)
+    test = test_eval.evaluate(blend, device)
+    metrics = {
+        'model': 'blend:' + '+'.join(names), 'dataset': dataset, 'test': test,
+        'val': fit['best'] if fit else None, 'weights': blend.weights,
+        'weights_chosen': chosen, 'members': described, 'protocol': protocol,
+        'protocol_description': PROTOCOLS.get(protocol), 'reading': None,
+        'note': 'a blend with a history-ranking member uses the benchmark\'s history shortcut '
+                'on purpose: it answers a different question from the pure models',
+        'fit': {k: v for k, v in fit.items() if k != 'best'} if fit else None,
+        'epoch_seconds': None, 'train_triples_per_epoch': 0,
+        'eval_seconds': test_eval.last_seconds, 'test_users': int(test_eval.users.numel()),
+        'seconds': time.perf_counter() - t_start, **peak_memory_mb(device),
+        'config': {'members': list(args.member), 'ks': ks, 'seed': seed,
+                   'data_fingerprint': data_fingerprint(data), 'grid': args.grid,
+                   'weights': args.weights, 'weights_from': args.weights_from},
+        'environment': environment(), 'date': time.strftime('%Y-%m-%d')}
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(out / 'metrics.json', metrics)
+    row = {'model': metrics['model'], 'dataset': dataset,
+           'weights': ','.join(f'{w:g}' for w in blend.weights), **test}
+    print(format_table([row], list(row)))
+    print(f'wrote {out / "metrics.json"}')
     return 0
 
 
@@ -474,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--threads', type=int, default=None,
                    help='CPU threads for torch (default: torch\'s choice); on a busy machine 1 '
                    'thread can be several times faster than oversubscribed cores')
+    t.add_argument('--init-from', metavar='CHECKPOINT', help='start the user and item tables '
+                   'from another run on the same data (its checkpoint.pt or best.pt), e.g. a '
+                   'LightGCN pre-trained on view: --set behavior=pv')
     t.add_argument('--resume', action='store_true',
                    help='continue from OUT/checkpoint.pt (refused if it is another run\'s)')
     t.add_argument('--overwrite', action='store_true',
@@ -506,6 +654,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--device', default='cpu')
     e.add_argument('--out', help='write the metrics to this JSON file')
     e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser('blend', help='blend trained checkpoints and training-free baselines, '
+                       'weights fitted on validation (mbgraph.models.blend)')
+    b.add_argument('--member', action='append', required=True, metavar='CHECKPOINT|NAME',
+                   help='a checkpoint of mbgraph train (RUN/best.pt) or a training-free model '
+                   '(mostpop, history, cascadingrank); repeat; the first one\'s weight is 1')
+    b.add_argument('--out', required=True, help='folder for metrics.json')
+    b.add_argument('--weights', help='comma-separated weights, one per member (skip the fit)')
+    b.add_argument('--weights-from', metavar='METRICS_JSON', help='the weights of an earlier '
+                   'blend (e.g. fitted on validation runs, applied to paper-protocol runs)')
+    b.add_argument('--grid', help='weights searched for every member after the first '
+                   '(default 0,0.05,0.1,0.2,0.3,0.5,0.75,1,1.5,2,3,5)')
+    b.add_argument('--ks', default='10', help='cut-offs, the first one monitored (default 10)')
+    b.add_argument('--data-root', help='directory holding the datasets (default: the '
+                   'checkpoints\')')
+    b.add_argument('--dataset', help='training-free members only: the dataset (default '
+                   'synthetic)')
+    b.add_argument('--behaviors', help='training-free members only: behavior order')
+    b.add_argument('--protocol', choices=sorted(PROTOCOLS), help='training-free members '
+                   'only (default validation)')
+    b.add_argument('--seed', type=int, default=0, help='training-free members only: the '
+                   'split seed')
+    b.add_argument('--device', default='cpu')
+    b.add_argument('--overwrite', action='store_true', help='replace --out\'s metrics.json')
+    b.set_defaults(func=cmd_blend)
 
     d = sub.add_parser('datasets', help='print per-behavior statistics (papers\' table 1)')
     d.add_argument('--data-root', help='directory holding the datasets')

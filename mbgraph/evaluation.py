@@ -19,7 +19,7 @@ split name (``'val'``, ``'test'`` or ``None``) before scoring.
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -159,17 +159,54 @@ class FullRankingEvaluator(_Evaluator):
         self._mask_item = mi[keep]
 
     def _rank(self, model, start, users, rows, items):
-        scores = model.score(users)
+        return self._rank_scores(model.score(users), start, users, rows, items)
+
+    def _rank_scores(self, scores: Tensor, start, users, rows, items, fresh: bool = False):
+        """Top-K of ``scores`` (``[B, num_items]``) with the masked items at -inf; ``fresh``:
+        the tensor is the caller's to overwrite (else it is cloned first: a model may return
+        a view of a cached table)."""
         if scores.shape != (users.numel(), self.num_items):
             raise ValueError(f'model.score returned shape {tuple(scores.shape)}, expected '
                              f'({users.numel()}, {self.num_items})')
         sel = (self._mask_user_row >= start) & (self._mask_user_row < start + users.numel())
-        scores = scores.clone()
+        if not fresh:
+            scores = scores.clone()
         scores[(self._mask_user_row[sel] - start).to(scores.device),
                self._mask_item[sel].to(scores.device)] = float('-inf')
         k = min(max(self.ks), self.num_items)
         pred = scores.topk(k, dim=1).indices
         return pred, torch.stack([rows, items])
+
+    @torch.no_grad()
+    def evaluate_variants(self, variants: Callable[[Tensor], Sequence[Tensor]],
+                          num_variants: int, device=None) -> List[Dict[str, float]]:
+        """Metrics of several rankings that share per-batch work, in one pass over the users.
+
+        ``variants(users)`` returns (or yields: one at a time keeps memory flat)
+        ``num_variants`` fresh ``[B, num_items]`` score tensors (overwritten here: masked
+        items are set to -inf); e.g. blends of the same members'
+        scores at several weights (:func:`mbgraph.models.blend.fit_blend_weights`), whose
+        members are scored once per batch instead of once per variant. Returns one metrics
+        dict per variant, in order. One process (no ``torch.distributed`` split)."""
+        device = device or torch.device('cpu')
+        collections = [metric_collection(self.ks, self.metric_names).to(device)
+                       for _ in range(num_variants)]
+        t0 = time.perf_counter()
+        for start, users, rows, items in self._batches():
+            users, rows, items = users.to(device), rows.to(device), items.to(device)
+            count = 0
+            for s in variants(users):       # one at a time: a generator keeps memory flat
+                if count == num_variants:
+                    raise ValueError(f'variants returned more than {num_variants} score '
+                                     'tensors')
+                collections[count].update(*self._rank_scores(s, start, users, rows, items,
+                                                             fresh=True))
+                count += 1
+            if count != num_variants:
+                raise ValueError(f'variants returned {count} score tensors, expected '
+                                 f'{num_variants}')
+        self.last_seconds = time.perf_counter() - t0
+        return [{name: float(v) for name, v in c.compute().items()} for c in collections]
 
 
 class SampledEvaluator(_Evaluator):

@@ -96,6 +96,59 @@ def _has_split(data: HeteroData, split: str) -> bool:
     return ei is not None and ei.numel() > 0
 
 
+#: the embedding tables every graph model keeps (``GraphRecommender``); what --init-from copies
+TABLES = ('user_emb.weight', 'item_emb.weight')
+
+
+def init_tables_from(model: torch.nn.Module, path: Union[str, Path],
+                     data: HeteroData) -> Dict[str, Any]:
+    """Copy the user and item embedding tables of the checkpoint at ``path`` into ``model``.
+
+    The checkpoint must come from ``mbgraph train`` on the same data (its recorded data
+    fingerprint equals ``data``'s, so row ``u`` is the same user in both) and hold tables of
+    ``model``'s shape; anything else raises :class:`RunSetupError` naming the problem. Only
+    the tables are copied (the other run's encoder, head and optimizer state are not).
+
+    Returns ``{'path', 'sha256', 'model'}``, what the run's configuration records."""
+    from .io import sha256_file
+    from .validation import CorruptCheckpointError, load_verified
+    path = Path(path)
+    if not path.is_file():
+        raise RunSetupError(f'--init-from {path}: ' + ('no such file' if not path.exists() else
+                            'expected a checkpoint file (OUT/checkpoint.pt or OUT/best.pt)'))
+    try:
+        state = load_verified(path)
+    except CorruptCheckpointError as e:
+        raise RunSetupError(f'--init-from: {e}') from None
+    config = state.get('config') or {}
+    weights = state.get('model') or {}
+    if 'data_fingerprint' not in config:
+        raise RunSetupError(f'--init-from {path}: the checkpoint records no data fingerprint, '
+                            'so it cannot be checked to hold the same users and items')
+    if config['data_fingerprint'] != data_fingerprint(data):
+        raise RunSetupError(
+            f'--init-from {path}: that run trained on other data ({config.get("dataset")!r}, '
+            f'behaviors {config.get("behaviors")}, protocol {config.get("protocol")!r}); its '
+            'rows would be other users and items. Pre-train on the same dataset, behaviors, '
+            'seed and protocol')
+    own = model.state_dict()
+    for name in TABLES:
+        if name not in weights:
+            raise RunSetupError(f'--init-from {path}: the checkpoint has no {name} (model '
+                                f'{config.get("model")!r}); nothing to start from')
+        if name not in own:
+            raise RunSetupError(f'--init-from: this model ({type(model).__name__}) has no '
+                                f'{name} to start')
+        if weights[name].shape != own[name].shape:
+            raise RunSetupError(f'--init-from {path}: {name} is {tuple(weights[name].shape)}, '
+                                f'this model\'s is {tuple(own[name].shape)} (another '
+                                'embedding_dim?)')
+    with torch.no_grad():
+        for name in TABLES:
+            own[name].copy_(weights[name])
+    return {'path': str(path), 'sha256': sha256_file(path), 'model': config.get('model')}
+
+
 def train_graph_model(name: str, data: HeteroData, *, epochs: Optional[int] = None,
                       lr: Optional[float] = None, lr_decay: Optional[float] = None,
                       lr_decay_steps: Optional[int] = None, batch_size: Optional[int] = None,
@@ -108,6 +161,7 @@ def train_graph_model(name: str, data: HeteroData, *, epochs: Optional[int] = No
                       allow_changes: Sequence[str] = (), overwrite: bool = False,
                       dataset: Optional[str] = None, data_root: Optional[str] = None,
                       hyperparameters: Optional[Mapping[str, Any]] = None,
+                      init_from: Optional[Union[str, Path]] = None,
                       **model_kwargs) -> Optional[Dict[str, Any]]:
     """Train graph model ``name`` on ``data`` and return its ``metrics.json`` content.
 
@@ -143,6 +197,10 @@ def train_graph_model(name: str, data: HeteroData, *, epochs: Optional[int] = No
         overwrite: remove an earlier run's files from ``out_dir`` first.
         dataset, data_root: recorded in the configuration (``mbgraph evaluate`` reloads the
             data from them); default ``data.name`` and None.
+        init_from: a checkpoint of another graph-model run on the same data (its
+            ``checkpoint.pt`` or ``best.pt``) whose user and item tables start this model
+            (:func:`init_tables_from`): pre-training, as MB-CGCN's README starts from
+            embeddings trained on view. Recorded in the configuration with the file's checksum.
         hyperparameters, **model_kwargs: hyperparameters of the model (``embedding_dim``,
             ``num_layers``, ``reg``, ``encoder.*``, ``head.*``, ...); ``hyperparameters`` is
             the same as a mapping, for names that are also this function's (the command
@@ -180,6 +238,7 @@ def train_graph_model(name: str, data: HeteroData, *, epochs: Optional[int] = No
         model = build_model(name, data, **kwargs)
     except (TypeError, ValueError) as e:
         raise RunSetupError(f'model {name!r} with options {kwargs}: {e}') from e
+    init = init_tables_from(model, init_from, data) if init_from is not None else None
     plan = schedule(model, lr=lr, epochs=epochs, lr_decay=lr_decay,
                     lr_decay_steps=lr_decay_steps, batch_size=batch_size, protocol=protocol)
     out = Path(out_dir) if out_dir is not None else None
@@ -197,6 +256,8 @@ def train_graph_model(name: str, data: HeteroData, *, epochs: Optional[int] = No
               'lr_decay_steps': plan['lr_decay_steps'], 'patience': patience, 'ks': ks,
               'protocol': protocol, 'device': str(device),
               'data_fingerprint': data_fingerprint(data)}
+    if init is not None:
+        config['init_from'] = init
     paper = protocol == 'paper'
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
     val = FullRankingEvaluator(data, 'val', ks=ks) if not paper and _has_split(data, 'val') \

@@ -247,7 +247,7 @@ def _expected_default(action: argparse.Action) -> str:
     return str(action.default)
 
 
-@pytest.mark.parametrize('command', ['train', 'evaluate', 'datasets'])
+@pytest.mark.parametrize('command', ['train', 'evaluate', 'blend', 'datasets'])
 def test_cli_reference_matches_argparse(command):
     _, commands = _subparsers()
     actions = {opt: a for a in commands[command]._actions for opt in a.option_strings

@@ -2,7 +2,7 @@ r"""LightGCN (He et al., SIGIR 2020) on the target behavior, and LightGCN_M on a
 merged into one graph (the baseline of COPF table 6)."""
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from torch import Tensor
 from torch_geometric.data import HeteroData
@@ -27,15 +27,24 @@ class LightGCN(GraphRecommender):
         reg: :math:`\lambda`.
         merged: propagate over the union of all behaviors (LightGCN_M) instead of the target
             behavior alone; the loss stays on the target behavior.
+        behavior: train on this behavior's graph and pairs instead of the target's (default:
+            the target), e.g. ``'pv'`` to pre-train tables on views for another model
+            (``mbgraph train --init-from``, as MB-CGCN's README pre-trains on view); the
+            evaluation stays on the target's held-out pairs.
     """
 
     def __init__(self, data: HeteroData, embedding_dim: int = 64, num_layers: int = 3,
-                 reg: float = 1e-4, merged: bool = False, **kwargs):
+                 reg: float = 1e-4, merged: bool = False, behavior: Optional[str] = None,
+                 **kwargs):
         super().__init__(data, embedding_dim, **kwargs)
         self.reg = reg
         self.merged = merged
-        self.graph_behaviors = list(self.behaviors) if merged else [self.target]
-        self.train_behaviors = [self.target]
+        if behavior is not None and behavior not in self.behaviors:
+            raise ValueError(f'behavior={behavior!r} is not a behavior of the data '
+                             f'({", ".join(self.behaviors)})')
+        self.behavior = behavior or self.target
+        self.graph_behaviors = list(self.behaviors) if merged else [self.behavior]
+        self.train_behaviors = [self.behavior]
         self.encoder = LightGCNEncoder(num_layers, combine='mean')
 
     def propagate(self) -> Tuple[Tensor, Tensor]:
@@ -43,7 +52,7 @@ class LightGCN(GraphRecommender):
         return self.split(self.encoder(self.ego_embeddings(), op))
 
     def loss(self, batch: Dict[str, Tensor]):
-        users, pos, neg = batch[self.target]
+        users, pos, neg = batch[self.behavior]
         user_final, item_final = self.propagate()
         u = user_final[users]
         bpr = bpr_loss((u * item_final[pos]).sum(-1), (u * item_final[neg]).sum(-1))
