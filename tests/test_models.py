@@ -71,3 +71,10 @@ def test_hyperparameters_are_routed(data):
         build_model('cogcn+nohead', data)
     assert is_known_model('pkf+mmoe') and not is_known_model('pkf+nohead')
     assert set(MODELS) >= {'lightgcn', 'lightgcn_m', 'mbcgcn', 'crgcn', 'pkef', 'copf'}
+
+
+def test_lambdas_must_be_a_mapping():
+    # `--set lambdas={'buy': 1/3}` is not a literal and arrives as a string: say so
+    data = synthetic(num_users=20, num_items=15, seed=0)
+    with pytest.raises(ValueError, match='lambdas must map behaviors'):
+        build_model('mbcgcn', data, lambdas="{'buy': 1/3}")

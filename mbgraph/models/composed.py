@@ -96,6 +96,10 @@ class MultiBehaviorModel(GraphRecommender):
         if not bpr_scale > 0:
             raise ValueError(f'bpr_scale must be > 0, got {bpr_scale}')
         self.bpr_scale = float(bpr_scale)
+        if lambdas is not None and not isinstance(lambdas, Mapping):
+            raise ValueError(f'lambdas must map behaviors to loss weights, e.g. '
+                             f'{{{self.behaviors[-1]!r}: 1.0}}, got {lambdas!r} (with --set, '
+                             'write the numbers out: 0.3333, not 1/3)')
         lambdas = dict(lambdas) if lambdas is not None else {b: 1.0 for b in self.behaviors}
         unknown = sorted(set(lambdas) - set(self.behaviors))
         if unknown:
