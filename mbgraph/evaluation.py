@@ -12,8 +12,10 @@ Both turn scores into top-K index lists and hand them to
 :class:`torch_geometric.metrics.LinkPredMetricCollection` (HR@K, NDCG@K, Recall@K): no
 hand-written metric math. A model only needs ``score(users, items=None)`` returning
 ``[B, num_items]`` scores (``items=None``) or ``[B, C]`` scores for candidate items ``[B, C]``.
-A model that scores from context that differs per split (a sequence model reads the history
-before the held-out item) may define ``prepare_eval(split)``; the evaluator calls it with its
+A model whose ``score(users)`` is a new tensor every call may say so with
+``fresh_scores = True`` (``GraphRecommender``'s inner product does): its rows are masked in
+place instead of cloned first. A model that scores from context that differs per split (a
+sequence model reads the history before the held-out item) may define ``prepare_eval(split)``; the evaluator calls it with its
 split name (``'val'``, ``'test'`` or ``None``) before scoring.
 """
 from __future__ import annotations
@@ -159,7 +161,10 @@ class FullRankingEvaluator(_Evaluator):
         self._mask_item = mi[keep]
 
     def _rank(self, model, start, users, rows, items):
-        return self._rank_scores(model.score(users), start, users, rows, items)
+        # a model whose score(users) is always a new tensor (GraphRecommender.fresh_scores)
+        # is not cloned before its masked items are overwritten
+        return self._rank_scores(model.score(users), start, users, rows, items,
+                                 fresh=getattr(model, 'fresh_scores', False) is True)
 
     def _rank_scores(self, scores: Tensor, start, users, rows, items, fresh: bool = False):
         """Top-K of ``scores`` (``[B, num_items]``) with the masked items at -inf; ``fresh``:

@@ -103,3 +103,37 @@ def test_sampled_single_negative():
     table = torch.zeros(1, 5)
     table[0, 1] = 1.0
     assert ev.evaluate(FixedScores(table))['hr@1'] == 1.0
+
+
+def test_fresh_scores_are_masked_in_place_with_the_same_metrics():
+    from mbgraph.data.datasets import synthetic
+    from mbgraph.models import build_model
+    data = synthetic(num_users=60, num_items=40, seed=1)
+    lightgcn = build_model('lightgcn', data, embedding_dim=8)
+    assert lightgcn.fresh_scores is True
+    # mbgraph's heads compute new tensors; a head from elsewhere is not assumed to, nor a
+    # model without the attribute
+    composed = build_model('mbcgcn', data, embedding_dim=8)
+    assert composed.fresh_scores is True
+    assert build_model('copf', data, embedding_dim=8).fresh_scores is True
+
+    class ForeignHead(type(composed.head)):
+        def score_all(self, emb, users, behavior):
+            return super().score_all(emb, users, behavior)
+
+    composed.head.__class__ = ForeignHead
+    assert composed.fresh_scores is False
+    assert not hasattr(build_model('mostpop', data), 'fresh_scores')
+
+    class Cloned(torch.nn.Module):        # the same scores through the cloning path
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def score(self, users, items=None):
+            return self.model.score(users, items)
+
+    ev = FullRankingEvaluator(data, 'test', ks=[5, 10], batch_size=16)
+    lightgcn.eval()
+    first = ev.evaluate(lightgcn)
+    assert first == ev.evaluate(Cloned(lightgcn)) == ev.evaluate(lightgcn)

@@ -97,6 +97,14 @@ class GraphRecommender(nn.Module):
         self._eval_cache = None
         return super().train(mode)
 
+    @property
+    def fresh_scores(self) -> bool:
+        """``score(users)`` returns a new tensor every call, so the evaluator may set the
+        masked items to -inf in place instead of cloning the ``[B, num_items]`` rows first
+        (~13% of a LightGCN evaluation pass). True for this class's :meth:`score` (an inner
+        product); a subclass that overrides :meth:`score` is not assumed fresh."""
+        return type(self).score is GraphRecommender.score
+
     def score(self, users: Tensor, items: Optional[Tensor] = None) -> Tensor:
         user_final, item_final = self.target_embeddings()
         u = user_final[users]

@@ -225,6 +225,14 @@ class MultiBehaviorModel(GraphRecommender):
             params = [p for p in self.parameters() if p.requires_grad]
         return sum(p.pow(2).sum() for p in params)
 
+    @property
+    def fresh_scores(self) -> bool:
+        """Whether :meth:`score` returns a new tensor every call: when its head's
+        ``score_all`` does (:attr:`MultiTaskHead.fresh_scores`) and this class's :meth:`score`
+        is not overridden."""
+        return (type(self).score is MultiBehaviorModel.score
+                and getattr(self.head, 'fresh_scores', False) is True)
+
     def score(self, users: Tensor, items: Optional[Tensor] = None) -> Tensor:
         emb = self.embeddings()
         if items is None:

@@ -29,6 +29,13 @@ class MultiTaskHead(nn.Module):
     #: items scored at once per user in :meth:`score_all`
     chunk_size: int = 4096
 
+    @property
+    def fresh_scores(self) -> bool:
+        """:meth:`score_all` returns a new tensor every call (a product or a
+        concatenation), so the evaluator may mask it in place. True for mbgraph's own heads;
+        a head defined elsewhere is not assumed fresh (it may return a cached tensor)."""
+        return type(self).score_all.__module__.startswith('mbgraph.')
+
     def precompute(self, emb: BehaviorEmbeddings, adjacency) -> BehaviorEmbeddings:
         return emb
 
