@@ -15,8 +15,9 @@ hand-written metric math. A model only needs ``score(users, items=None)`` return
 A model whose ``score(users)`` is a new tensor every call may say so with
 ``fresh_scores = True`` (``GraphRecommender``'s inner product does): its rows are masked in
 place instead of cloned first. A model that scores from context that differs per split (a
-sequence model reads the history before the held-out item) may define ``prepare_eval(split)``; the evaluator calls it with its
-split name (``'val'``, ``'test'`` or ``None``) before scoring.
+sequence model reads the history before the held-out item) may define
+``prepare_eval(split)``; the evaluator calls it with its split name (``'val'``, ``'test'`` or
+``None``) before scoring.
 """
 from __future__ import annotations
 
