@@ -139,8 +139,10 @@ class COGCNEncoder(PerBehaviorEncoder):
         num_behaviors (int, optional): :math:`K`, only to check the graph at forward time.
 
     Shapes:
-        - **input:** ego embeddings ``[U + I, d]`` (users first) and a
-          :class:`~mbgraph.data.adjacency.BehaviorAdjacency`.
+        - **input:** ego embeddings ``[U + I, d]`` (users first) or an ``x_dict``, and
+          the graph: a :class:`~mbgraph.data.adjacency.BehaviorAdjacency`, a PyG
+          ``HeteroData`` or an ``edge_index_dict``
+          (:meth:`~mbgraph.nn.encoders.base.MultiBehaviorEncoder.inputs`).
         - **output:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
           ``[K, I, d]`` (:math:`\mathbf{e}^{k,*}`).
     """
@@ -271,8 +273,10 @@ class PerBehaviorLightGCN(PerBehaviorEncoder):
         num_behaviors (int, optional): :math:`K`, only to check the graph at forward time.
 
     Shapes:
-        - **input:** ego embeddings ``[U + I, d]`` and a
-          :class:`~mbgraph.data.adjacency.BehaviorAdjacency`.
+        - **input:** ego embeddings ``[U + I, d]`` (users first) or an ``x_dict``, and
+          the graph: a :class:`~mbgraph.data.adjacency.BehaviorAdjacency`, a PyG
+          ``HeteroData`` or an ``edge_index_dict``
+          (:meth:`~mbgraph.nn.encoders.base.MultiBehaviorEncoder.inputs`).
         - **output:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
           ``[K, I, d]``.
     """

@@ -82,8 +82,10 @@ class MBCGCNEncoder(CascadeEncoder):
             (:class:`~mbgraph.nn.encoders.cascade.CascadeEncoder`). (default: :obj:`False`)
 
     Shapes:
-        - **input:** ego embeddings ``[U + I, d]`` (users first) and a
-          :class:`~mbgraph.data.adjacency.BehaviorAdjacency`.
+        - **input:** ego embeddings ``[U + I, d]`` (users first) or an ``x_dict``, and
+          the graph: a :class:`~mbgraph.data.adjacency.BehaviorAdjacency`, a PyG
+          ``HeteroData`` or an ``edge_index_dict``
+          (:meth:`~mbgraph.nn.encoders.base.MultiBehaviorEncoder.inputs`).
         - **output:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` with users
           ``[K, U, d]`` and items ``[K, I, d]`` (:math:`\mathbf{e}^{k,*}`).
     """

@@ -110,8 +110,10 @@ class PKFEncoder(PerBehaviorEncoder):
             \mathbf{p}^{k,l}`, the authors' code). (default: :obj:`'aggregate'`)
 
     Shapes:
-        - **input:** ego embeddings ``[U + I, d]`` (users first) and a
-          :class:`~mbgraph.data.adjacency.BehaviorAdjacency`.
+        - **input:** ego embeddings ``[U + I, d]`` (users first) or an ``x_dict``, and
+          the graph: a :class:`~mbgraph.data.adjacency.BehaviorAdjacency`, a PyG
+          ``HeteroData`` or an ``edge_index_dict``
+          (:meth:`~mbgraph.nn.encoders.base.MultiBehaviorEncoder.inputs`).
         - **output:** :class:`~mbgraph.nn.encoders.base.BehaviorEmbeddings` ``[K, U, d]`` /
           ``[K, I, d]`` (:math:`\mathbf{z}^{k,*}`), with ``extras['parallel']`` the
           ``BehaviorEmbeddings`` of :math:`\mathbf{p}^{k,*}`.
