@@ -403,9 +403,15 @@ def cmd_blend(args) -> int:
     from .evaluation import FullRankingEvaluator
     from .io import read_json, sha256_file
     from .models.blend import DEFAULT_GRID, ScoreBlend, fit_blend_weights
+    from .runtime import keep_freed_memory
     from .training import environment, peak_memory_mb, resolve_device, write_metrics
     from .validation import check_device, data_fingerprint
     check_device(args.device, '--device')
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f'--threads {args.threads}: expected a positive integer')
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()
     if len(args.member) < 2:
         raise UsageError('--member: a blend needs at least two members (repeat --member)')
     out = Path(args.out)
@@ -677,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--seed', type=int, default=0, help='training-free members only: the '
                    'split seed')
     b.add_argument('--device', default='cpu')
+    b.add_argument('--threads', type=int, default=None, help='CPU threads for torch '
+                   '(default: torch\'s choice)')
     b.add_argument('--overwrite', action='store_true', help='replace --out\'s metrics.json')
     b.set_defaults(func=cmd_blend)
 
