@@ -396,6 +396,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _numbers(text: str, flag: str, kind=float) -> List[Any]:
+    """Comma-separated numbers of an option, or a UsageError naming it."""
+    try:
+        values = [kind(v) for v in str(text).split(',') if v.strip()]
+    except ValueError:
+        raise UsageError(f'{flag} {text}: expected comma-separated '
+                         f'{"integers" if kind is int else "numbers"}') from None
+    if not values or not all(v == v and abs(v) != float('inf') for v in values):
+        raise UsageError(f'{flag} {text}: expected finite comma-separated numbers')
+    if kind is int and any(v < 1 for v in values):
+        raise UsageError(f'{flag} {text}: cut-offs must be positive')
+    return values
+
+
 def cmd_blend(args) -> int:
     """``mbgraph blend``: fit a :class:`~mbgraph.models.blend.ScoreBlend` of trained
     checkpoints and training-free baselines on validation, evaluate it on the test."""
@@ -422,7 +436,13 @@ def cmd_blend(args) -> int:
     if args.weights is not None and args.weights_from is not None:
         raise UsageError('--weights and --weights-from: give one of them')
     t_start = time.perf_counter()
+    # a run folder stands for its best.pt; a name that is no file is a model name
+    args.member = [str(Path(m) / 'best.pt') if Path(m).is_dir() and (Path(m) / 'best.pt')
+                   .is_file() else m for m in args.member]
     checkpoints = [m for m in args.member if Path(m).suffix == '.pt' or Path(m).exists()]
+    ks = _numbers(args.ks, '--ks', int)
+    weights_given = _numbers(args.weights, '--weights') if args.weights is not None else None
+    grid = _numbers(args.grid, '--grid') if args.grid else list(DEFAULT_GRID)
     data, config0, members, described = None, None, [], []
     if checkpoints:
         if any(v is not None for v in (args.dataset, args.behaviors, args.protocol)):
@@ -475,13 +495,12 @@ def cmd_blend(args) -> int:
             members.append(model)
             described.append({'member': m, 'model': m})
     names = [d['model'] for d in described]
-    ks = [int(k) for k in args.ks.split(',')]
     blend = ScoreBlend(members, [1.0] * len(members), names)
     device = resolve_device(args.device)
     blend.to(device)
     fit = None
     if args.weights is not None:
-        weights = [float(w) for w in args.weights.split(',')]
+        weights = weights_given
         if len(weights) != len(members):
             raise UsageError(f'--weights: {len(weights)} numbers for {len(members)} members')
         blend.weights = weights
@@ -500,7 +519,6 @@ def cmd_blend(args) -> int:
                              'validation split to fit the weights on. Fit them on runs of the '
                              'validation protocol and pass --weights-from that blend\'s '
                              'metrics.json, or give --weights')
-        grid = [float(g) for g in args.grid.split(',')] if args.grid else list(DEFAULT_GRID)
         val_eval = FullRankingEvaluator(data, 'val', ks=ks)
         fit = fit_blend_weights(blend, val_eval, grid)
         chosen = f'fitted on the validation split by grid search ({fit["monitor"]})'
@@ -664,8 +682,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser('blend', help='blend trained checkpoints and training-free baselines, '
                        'weights fitted on validation (mbgraph.models.blend)')
     b.add_argument('--member', action='append', required=True, metavar='CHECKPOINT|NAME',
-                   help='a checkpoint of mbgraph train (RUN/best.pt) or a training-free model '
-                   '(mostpop, history, cascadingrank); repeat; the first one\'s weight is 1')
+                   help='a checkpoint of mbgraph train (RUN/best.pt, or the RUN folder) or a '
+                   'training-free model (mostpop, history, cascadingrank); repeat; the first '
+                   'one\'s weight is 1')
     b.add_argument('--out', required=True, help='folder for metrics.json')
     b.add_argument('--weights', help='comma-separated weights, one per member (skip the fit)')
     b.add_argument('--weights-from', metavar='METRICS_JSON', help='the weights of an earlier '

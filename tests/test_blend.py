@@ -179,15 +179,19 @@ def test_cli_blend(tmp_path, capsys):
     assert best['ndcg@10'] == pytest.approx(m['val']['ndcg@10'])
     for key in ('eval_seconds', 'peak_rss_mb', 'test_users', 'members', 'note'):
         assert key in m
-    # the fitted weights applied again give the same test metrics
+    # the fitted weights applied again give the same test metrics (a run folder is its best.pt)
     again = tmp_path / 'again'
-    assert main(['blend', '--member', str(run / 'best.pt'), '--member', 'cascadingrank',
+    assert main(['blend', '--member', str(run), '--member', 'cascadingrank',
                  '--weights-from', str(out / 'metrics.json'), '--out', str(again)]) == 0
     assert json.loads((again / 'metrics.json').read_text())['test'] == pytest.approx(m['test'])
     capsys.readouterr()
     # refused: one member, an untrained model as a member, an existing output, a
     # paper-protocol run without weights
     assert main(['blend', '--member', 'cascadingrank', '--out', str(tmp_path / 'x')]) == 2
+    for flag, value in (('--grid', '0,x'), ('--weights', '1,nan'), ('--ks', '0')):
+        assert main(['blend', '--member', str(run), '--member', 'history', flag, value,
+                     '--out', str(tmp_path / 'x')]) == 2
+        assert flag in capsys.readouterr().err
     assert main(['blend', '--member', str(run / 'best.pt'), '--member', 'lightgcn',
                  '--out', str(tmp_path / 'x')]) == 2
     assert 'a model to train' in capsys.readouterr().err
