@@ -73,6 +73,9 @@ def test_blend_rejects_bad_input():
     with pytest.raises(ValueError, match='same users and items'):
         ScoreBlend([Table([[1.0, 2.0]]), Table([[1.0, 2.0, 3.0]])], [1, 1]).score(
             torch.tensor([0]))
+    with pytest.raises(ValueError, match="member 'b' returned non-finite"):
+        ScoreBlend([Table([[1.0, 2.0]]), Table([[1.0, float('-inf')]])], [1, 1],
+                   names=['a', 'b']).score(torch.tensor([0]))
     with pytest.raises(RuntimeError, match='not trained'):
         ScoreBlend([Table([[1.0]])], [1.0]).loss(None)
     assert weight_grid(3, [0.5, 0, 0.5]) == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.5],

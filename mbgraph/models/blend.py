@@ -84,9 +84,14 @@ class ScoreBlend(nn.Module):
     def member_scores(self, users: Tensor) -> Tensor:
         """``[K, B, num_items]``: every member's standardised scores of every item."""
         out = []
-        for m in self.members:
+        for name, m in zip(self.names, self.members):
             m.eval()
-            out.append(standardise(m.score(users).float()))
+            scores = m.score(users).float()
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError(f'member {name!r} returned non-finite scores (inf or NaN): '
+                                 'they cannot be standardised; blend models whose scores are '
+                                 'finite')
+            out.append(standardise(scores))
         shapes = {tuple(s.shape) for s in out}
         if len(shapes) != 1:
             raise ValueError(f'the members score different shapes {sorted(shapes)}: they '
