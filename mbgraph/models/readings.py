@@ -130,7 +130,9 @@ MBCGCN_CODE_LAYERS = {'first': 1, 'middle': 5, 'target': 3}
 
 READINGS['mbcgcn'] = {
     # MBCGCN.py, utility/parser.py, utility/load_data.py (docs/reference_mbcgcn_crgcn.md);
-    # the README's pre-training on view (GCN.py, --pretrain 1) is not part of this reading
+    # the README's pre-training on view (GCN.py, --pretrain 1) is not part of this reading;
+    # a view-pretrained start is `mbgraph train --init-from` of a `lightgcn --set behavior=pv`
+    # run (docs/RESULTS.md "Why MB-CGCN stays far below its table-2 cell")
     'code': {
         'model': {'reg': 1e-4, 'reg_scope': 'batch', 'bpr_scale': 1.0, 'init': 'normal'},
         'encoder': {'num_layers': 'mbcgcn', 'link': 'transform', 'combine': 'mean',
