@@ -20,7 +20,7 @@ _EXPORTS = {
     **{name: '.models' for name in (
         'COPF', 'CRGCN', 'MBCGCN', 'MODELS', 'PKEF', 'CascadingRank', 'ComposedModel',
         'GraphRecommender', 'History', 'HistoryHybrid', 'LightGCN', 'LightGCN_M', 'MostPop',
-        'MultiBehaviorModel', 'build_model', 'is_known_model')},
+        'MultiBehaviorModel', 'ScoreBlend', 'build_model', 'is_known_model')},
     'train_graph_model': '.pipeline',
     'Trainer': '.training',
 }
@@ -46,7 +46,7 @@ __all__ = [
     '__version__',
     'build_model', 'is_known_model', 'MODELS', 'GraphRecommender', 'MultiBehaviorModel',
     'ComposedModel', 'LightGCN', 'LightGCN_M', 'MBCGCN', 'CRGCN', 'PKEF', 'COPF', 'MostPop',
-    'History', 'CascadingRank', 'HistoryHybrid',
+    'History', 'CascadingRank', 'HistoryHybrid', 'ScoreBlend',
     'Trainer', 'FullRankingEvaluator', 'SampledEvaluator',
     'train_graph_model', 'load_dataset',
 ]

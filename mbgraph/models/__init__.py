@@ -13,6 +13,7 @@ from torch_geometric.data import HeteroData
 
 from .base import GraphRecommender
 from .baselines import CascadingRank, History, MostPop, TrainingFree
+from .blend import ScoreBlend, fit_blend_weights
 from .composed import MultiBehaviorModel
 from .hybrid import PREFIX as HYBRID_PREFIX
 from .hybrid import HistoryHybrid, build_hybrid
@@ -76,4 +77,5 @@ def build_model(name: str, data: HeteroData, **kwargs):
 
 __all__ = ['GraphRecommender', 'MultiBehaviorModel', 'ComposedModel', 'LightGCN', 'LightGCN_M',
            'MBCGCN', 'CRGCN', 'PKEF', 'COPF', 'MostPop', 'History', 'CascadingRank',
-           'TrainingFree', 'HistoryHybrid', 'MODELS', 'build_model', 'is_known_model']
+           'TrainingFree', 'HistoryHybrid', 'ScoreBlend', 'fit_blend_weights', 'MODELS',
+           'build_model', 'is_known_model']
