@@ -511,6 +511,11 @@ def cmd_blend(args) -> int:
         if not isinstance(weights, list) or len(weights) != len(members):
             raise UsageError(f'--weights-from {args.weights_from}: expected the metrics.json '
                              f'of a blend of {len(members)} members, it has weights {weights}')
+        earlier_models = [m.get('model') for m in earlier.get('members') or []]
+        if earlier_models and earlier_models != names:
+            raise UsageError(f'--weights-from {args.weights_from}: that blend\'s members are '
+                             f'{earlier_models}, these are {names}: give the members in the '
+                             'same order')
         blend.weights = [float(w) for w in weights]
         chosen = f'from {args.weights_from} (fitted on its validation split)'
     else:

@@ -187,6 +187,10 @@ def test_cli_blend(tmp_path, capsys):
     assert main(['blend', '--member', str(run), '--member', 'cascadingrank',
                  '--weights-from', str(out / 'metrics.json'), '--out', str(again)]) == 0
     assert json.loads((again / 'metrics.json').read_text())['test'] == pytest.approx(m['test'])
+    # weights of another blend's members (here: the same two in the other order) are refused
+    assert main(['blend', '--member', 'cascadingrank', '--member', str(run), '--weights-from',
+                 str(out / 'metrics.json'), '--out', str(tmp_path / 'swapped')]) == 2
+    assert 'same order' in capsys.readouterr().err
     capsys.readouterr()
     # refused: one member, an untrained model as a member, an existing output, a
     # paper-protocol run without weights
