@@ -544,7 +544,8 @@ def cmd_blend(args) -> int:
         'eval_seconds': test_eval.last_seconds, 'test_users': int(test_eval.users.numel()),
         'seconds': time.perf_counter() - t_start, **peak_memory_mb(device),
         'config': {'members': list(args.member), 'ks': ks, 'seed': seed,
-                   'data_fingerprint': data_fingerprint(data), 'grid': args.grid,
+                   'data_fingerprint': data_fingerprint(data),
+                   'grid': grid if fit else None,
                    'weights': args.weights, 'weights_from': args.weights_from},
         'environment': environment(), 'date': time.strftime('%Y-%m-%d')}
     out.mkdir(parents=True, exist_ok=True)
