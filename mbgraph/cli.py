@@ -329,19 +329,27 @@ def _reading_models() -> List[str]:
     return sorted(READINGS)
 
 
-def _checkpoint_run(path: Path, data_root: Optional[str], split: str = 'test',
-                    data=None, flag: str = '--checkpoint'):
-    """The model of a ``mbgraph train`` checkpoint with its weights, on its data.
-
-    Returns ``(model, data, config)``; ``data`` (loaded from the checkpoint's configuration
-    unless given) is checked against the checkpoint's data fingerprint. ``split='val'`` is
-    refused for a run trained under the paper protocol (it has no validation split)."""
-    from .validation import data_fingerprint, load_verified
+def _read_checkpoint(path: Path, flag: str = '--checkpoint') -> Dict[str, Any]:
+    """The verified content of checkpoint file ``path``, or a UsageError naming ``flag``."""
+    from .validation import load_verified
     if not path.is_file():
         raise UsageError(f'checkpoint {path} does not exist' if not path.exists() else
                          f'{flag} {path}: expected a checkpoint file, it is '
                          f'{"a folder" if path.is_dir() else "not a regular file"}')
-    state = load_verified(path)
+    return load_verified(path)
+
+
+def _checkpoint_run(path: Path, data_root: Optional[str], split: str = 'test',
+                    data=None, flag: str = '--checkpoint', state=None):
+    """The model of a ``mbgraph train`` checkpoint with its weights, on its data.
+
+    Returns ``(model, data, config)``; ``data`` (loaded from the checkpoint's configuration
+    unless given) is checked against the checkpoint's data fingerprint. ``split='val'`` is
+    refused for a run trained under the paper protocol (it has no validation split).
+    ``state``: the checkpoint's content if the caller read it already."""
+    from .validation import data_fingerprint
+    if state is None:
+        state = _read_checkpoint(path, flag)
     config = state.get('config') or {}
     if 'model' not in config or 'dataset' not in config:
         raise UsageError(f'{path} carries no run configuration; was it written by mbgraph train?')
@@ -396,17 +404,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _numbers(text: str, flag: str, kind=float) -> List[Any]:
-    """Comma-separated numbers of an option, or a UsageError naming it."""
+def _numbers(text: str, flag: str) -> List[float]:
+    """Comma-separated finite numbers of an option, or a UsageError naming it."""
     try:
-        values = [kind(v) for v in str(text).split(',') if v.strip()]
+        values = [float(v) for v in str(text).split(',') if v.strip()]
     except ValueError:
-        raise UsageError(f'{flag} {text}: expected comma-separated '
-                         f'{"integers" if kind is int else "numbers"}') from None
+        raise UsageError(f'{flag} {text}: expected comma-separated numbers') from None
     if not values or not all(v == v and abs(v) != float('inf') for v in values):
         raise UsageError(f'{flag} {text}: expected finite comma-separated numbers')
-    if kind is int and any(v < 1 for v in values):
-        raise UsageError(f'{flag} {text}: cut-offs must be positive')
     return values
 
 
@@ -419,11 +424,18 @@ def cmd_blend(args) -> int:
     from .models.blend import DEFAULT_GRID, ScoreBlend, fit_blend_weights
     from .runtime import keep_freed_memory
     from .training import environment, peak_memory_mb, resolve_device, write_metrics
-    from .validation import check_device, data_fingerprint
+    from .validation import (
+        check_device,
+        check_option,
+        check_options,
+        cli_flag,
+        data_fingerprint,
+        parse_ks,
+    )
+    check_options({k: getattr(args, k) for k in ('threads', 'seed', 'ks')}, cli_flag)
+    check_option('behaviors', args.behaviors, '--behaviors')
     check_device(args.device, '--device')
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f'--threads {args.threads}: expected a positive integer')
         torch.set_num_threads(args.threads)
     keep_freed_memory()
     if len(args.member) < 2:
@@ -440,7 +452,7 @@ def cmd_blend(args) -> int:
     args.member = [str(Path(m) / 'best.pt') if Path(m).is_dir() and (Path(m) / 'best.pt')
                    .is_file() else m for m in args.member]
     checkpoints = [m for m in args.member if Path(m).suffix == '.pt' or Path(m).exists()]
-    ks = _numbers(args.ks, '--ks', int)
+    ks = parse_ks(args.ks)
     weights_given = _numbers(args.weights, '--weights') if args.weights is not None else None
     grid = _numbers(args.grid, '--grid') if args.grid else list(DEFAULT_GRID)
     data, config0, members, described = None, None, [], []
@@ -449,9 +461,8 @@ def cmd_blend(args) -> int:
             raise UsageError('--dataset, --behaviors and --protocol describe the data of a '
                              'blend of training-free members only; with a checkpoint member '
                              'the data is the checkpoint\'s')
-        from .validation import load_verified
-        configs = [(m, load_verified(Path(m)).get('config') or {}) if Path(m).is_file()
-                   else (m, {}) for m in checkpoints]
+        states = {m: _read_checkpoint(Path(m), '--member') for m in checkpoints}
+        configs = [(m, states[m].get('config') or {}) for m in checkpoints]
         prints = {c.get('data_fingerprint') for _, c in configs}
         protocols = {c.get('protocol') for _, c in configs}
         if len(prints) > 1 or len(protocols) > 1:
@@ -460,8 +471,11 @@ def cmd_blend(args) -> int:
                                          for m, c in configs) + '): blend runs of one split')
         config0 = configs[0][1]
         split = 'test' if config0.get('protocol') == 'paper' else 'val'
-        _, data, _ = _checkpoint_run(Path(checkpoints[0]), args.data_root, split,
-                                     flag='--member')
+        loaded = {}     # member -> (model, config); the first one loads the data
+        for m in checkpoints:
+            model, data, cfg = _checkpoint_run(Path(m), args.data_root, split, data=data,
+                                               flag='--member', state=states[m])
+            loaded[m] = (model, cfg)
         protocol = config0.get('protocol', 'validation')
         seed = config0.get('seed', 0)
         dataset = config0.get('dataset')
@@ -476,9 +490,7 @@ def cmd_blend(args) -> int:
     from .models import build_model
     for m in args.member:
         if m in checkpoints:
-            model, _, cfg = _checkpoint_run(Path(m), args.data_root,
-                                            'test' if protocol == 'paper' else 'val',
-                                            data=data, flag='--member')
+            model, cfg = loaded[m]
             members.append(model)
             described.append({'member': m, 'model': cfg['model'], 'sha256': sha256_file(m),
                               'reading': getattr(model, 'reading', None)})
