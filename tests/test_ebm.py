@@ -281,3 +281,180 @@ def test_unknown_sequence_mixer_is_refused():
     # the default is the paper's filter
     assert all(hasattr(layer, 'filter') and not hasattr(layer, 'attention')
                for layer in EBM(ds, dim=8, num_blocks=2).layers)
+
+
+# ------------------------------------------- the causal filter (an option, not in the paper)
+
+def kernel_by_hand(kern, length):
+    """CausalKernel by loops: phi(t) = sin / cos(omega_j t), omega_j = pi 512^(-j / (J-1)),
+    k[t, c] = (W2 relu(W1 phi(t) + b1) + b2)_c exp(-softplus(rho_c) t)."""
+    J = kern.num_features // 2
+    out = torch.zeros(length, kern.fc2.out_features, dtype=torch.float64)
+    W1, b1 = kern.fc1.weight.double(), kern.fc1.bias.double()
+    W2, b2 = kern.fc2.weight.double(), kern.fc2.bias.double()
+    rate = F.softplus(kern.decay.double())
+    for t in range(length):
+        omega = [math.pi * 512.0 ** (-j / (J - 1)) for j in range(J)]
+        phi = torch.tensor([math.sin(w * t) for w in omega] + [math.cos(w * t) for w in omega],
+                           dtype=torch.float64)
+        raw = W2 @ torch.relu(W1 @ phi + b1) + b2
+        out[t] = raw * torch.exp(-rate * t)
+    return out
+
+
+def causal_layer_by_hand(layer, x, mask):
+    """CausalFilterLayer by loops: y_t = sum_{s<=t} k_{t-s} * x_s per channel, eq 3's chunks
+    with real weights per position, residual + LN, GELU FFN + LN, padding zeroed."""
+    B, L, d = x.shape
+    x = (x * mask.unsqueeze(-1)).double()
+    k = kernel_by_hand(layer.kernel, L)
+    mlp = layer.fusion
+    c = mlp.block
+    out = torch.zeros(B, L, d, dtype=torch.float64)
+    for b in range(B):
+        for t in range(L):
+            y = sum(k[t - s] * x[b, s] for s in range(t + 1))
+            z = torch.zeros(d, dtype=torch.float64)
+            for n in range(mlp.num_blocks):
+                blk = slice(n * c, (n + 1) * c)
+                h = torch.relu(y[blk] @ mlp.w1[n].double() + mlp.b1[n, 0].double())
+                z[blk] = h @ mlp.w2[n].double() + mlp.b2[n, 0].double()
+            h = F.layer_norm(x[b, t] + z, (d,), layer.norm1.weight.double(),
+                             layer.norm1.bias.double())
+            ffn = layer.ffn.fc2.weight.double() @ F.gelu(
+                layer.ffn.fc1.weight.double() @ h + layer.ffn.fc1.bias.double()) \
+                + layer.ffn.fc2.bias.double()
+            out[b, t] = F.layer_norm(h + ffn, (d,), layer.norm2.weight.double(),
+                                     layer.norm2.bias.double()) * mask[b, t]
+    return out.float()
+
+
+def test_causal_kernel_by_hand():
+    from mbgraph_seq.nn.filter import CausalKernel
+    torch.manual_seed(11)
+    kern = CausalKernel(6, num_features=8)
+    with torch.no_grad():
+        torch.testing.assert_close(kern(9).double(), kernel_by_hand(kern, 9), atol=1e-5,
+                                   rtol=1e-5)
+        # the kernel of a longer sequence starts with the shorter one's: nothing depends on L
+        torch.testing.assert_close(kern(20)[:9], kern(9))
+    with pytest.raises(ValueError, match='even'):
+        CausalKernel(6, num_features=7)
+
+
+def test_causal_filter_layer_by_hand():
+    from mbgraph_seq.nn.filter import CausalFilterLayer
+    torch.manual_seed(12)
+    layer = CausalFilterLayer(8, num_blocks=2, dropout=0.0, num_features=6).eval()
+    x = torch.randn(2, 7, 8)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, :3] = False                                           # left padding
+    with torch.no_grad():
+        expected = causal_layer_by_hand(layer, x, mask)
+        torch.testing.assert_close(layer(x, mask), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(layer(x, mask, last_only=True), layer(x, mask)[:, -1])
+
+
+def test_causal_filter_is_causal_and_its_size_is_independent_of_length():
+    from mbgraph_seq.nn.filter import CausalFilterLayer
+    torch.manual_seed(13)
+    layer = CausalFilterLayer(8, num_blocks=4, dropout=0.0).eval()
+    x = torch.randn(3, 10, 8)
+    with torch.no_grad():
+        base = layer(x)
+        for t in (0, 4, 9):
+            later = x.clone()
+            later[:, t:] = torch.randn(3, 10 - t, 8)
+            out = layer(later)
+            torch.testing.assert_close(out[:, :t], base[:, :t])   # earlier positions unmoved
+            assert not torch.allclose(out[:, t], base[:, t])
+    n = sum(p.numel() for p in layer.parameters())
+    for length in (3, 57, 300):
+        assert layer(torch.randn(1, length, 8)).shape == (1, length, 8)
+    assert sum(p.numel() for p in layer.parameters()) == n
+    short = EBM(synthetic(max_len=10), dim=8, num_blocks=4, sequence_mixer='causal_filter')
+    long = EBM(synthetic(max_len=200), dim=8, num_blocks=4, sequence_mixer='causal_filter')
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+    assert count(long.layers) == count(short.layers)
+
+
+@pytest.mark.parametrize('slots', [0, 3])
+def test_causal_ebm_reads_no_later_event(slots):
+    """EBM(sequence_mixer='causal_filter').encode(all_positions=True): every layer, the
+    behavior views and mixer included, leaves the output at a position unmoved by what comes
+    after it (with DPCPL's prompt slots too); its last position is the user vector."""
+    ds = synthetic()
+    torch.manual_seed(14)
+    model = EBM(ds, dim=8, num_layers=2, num_blocks=2, dropout=0.0, prompt_slots=slots,
+                sequence_mixer='causal_filter').eval()
+    assert model.causal and model.train_layout is None
+    assert all(hasattr(layer, 'causal_filter') for layer in model.layers)
+    batch = hand_batch([[3, 9, 4, 17, 25, 6], [0, 0, 11, 2, 30, 8]],
+                       [[1, 2, 3, 1, 1, 3], [0, 0, 1, 3, 1, 3]])
+    with torch.no_grad():
+        h = model.encode(batch, all_positions=True)
+        assert h.shape == (2, 6, 8)
+        torch.testing.assert_close(h[:, -1], model.encode(batch))
+        changed = hand_batch([[3, 9, 4, 1, 2, 5], [0, 0, 11, 7, 7, 7]],
+                             [[1, 2, 3, 3, 3, 2], [0, 0, 1, 2, 2, 2]])
+        h2 = model.encode(changed, all_positions=True)
+        torch.testing.assert_close(h2[:, :3], h[:, :3])
+        assert not torch.allclose(h2[:, 3], h[:, 3])
+    with pytest.raises(ValueError, match='causal'):
+        EBM(ds, dim=8, num_blocks=2).encode(batch, all_positions=True)
+
+
+def test_causal_ebm_eq4_at_every_position_by_hand_and_trains():
+    ds = synthetic()
+    torch.manual_seed(15)
+    model = EBM(ds, dim=16, num_layers=2, num_blocks=4, dropout=0.0,
+                sequence_mixer='causal_filter').eval()
+    src = ds.train_source(batch_size=8, num_negatives=3, prefixes=model.train_layout)
+    batch = next(iter(src.batches(0)))
+    assert int((batch.pos > 0).sum()) > len(batch)                # several targets per row
+    with torch.no_grad():
+        loss, parts = model.loss(batch)
+        h = model.encode(batch, all_positions=True)
+    E, Bt = model.item_weight().detach(), model.behavior_weight_table().detach()
+    item_terms, beh_terms = [], []
+    for r in range(len(batch)):
+        for t in range(batch.max_len):
+            p, bp = batch.pos[r, t], batch.pos_behaviors[r, t]
+            if p == 0:
+                continue
+            for n in batch.neg[r, t]:
+                item_terms.append(-torch.log(torch.sigmoid(h[r, t] @ E[p] - h[r, t] @ E[n])))
+            for b in range(1, 4):
+                if b != bp:
+                    beh_terms.append(-torch.log(torch.sigmoid(h[r, t] @ Bt[bp]
+                                                              - h[r, t] @ Bt[b])))
+    item_term, beh_term = torch.stack(item_terms).mean(), torch.stack(beh_terms).mean()
+    assert math.isclose(parts['item'], float(item_term), rel_tol=1e-5)
+    assert math.isclose(parts['behavior'], float(beh_term), rel_tol=1e-5)
+    torch.testing.assert_close(loss, item_term + beh_term)
+    # trains end to end on whole sequences
+    model = EBM(ds, dim=16, num_layers=1, num_blocks=2, dropout=0.0,
+                sequence_mixer='causal_filter')
+    src = ds.train_source(batch_size=64, num_negatives=2, seed=0, prefixes=model.train_layout)
+    trainer = Trainer(model, src, None, epochs=3, lr=1e-2, progress=False, seed=0)
+    trainer.fit()
+    assert trainer.history[-1]['loss'] < trainer.history[0]['loss'] * 0.95, trainer.history
+    model.prepare_eval('test')
+    assert model.score(ds.split_pairs('test')[0][:3]).shape == (3, ds.num_items)
+
+
+def test_dpcpl_tunes_prompts_on_a_causal_backbone():
+    ds = synthetic()
+    torch.manual_seed(16)
+    model = DPCPL(ds, dim=8, num_layers=2, num_blocks=2, dropout=0.0, prompt_dim=4,
+                  num_factors=2, num_tokens=2, sequence_mixer='causal_filter')
+    assert model.backbone.causal and not model.causal     # the prompts read the whole history
+    src = ds.train_source(batch_size=16, num_negatives=2, prefixes=model.train_layout,
+                          target_only=model.target_only)
+    loss, _ = model.loss(next(iter(src.batches(0))))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    model.prepare_eval('test')
+    assert model.score(ds.split_pairs('test')[0][:2]).shape == (2, ds.num_items)

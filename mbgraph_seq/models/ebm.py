@@ -18,7 +18,9 @@ Sequential Recommendation", sec. 4.1-4.2).
 
 The filter (and the self-attention that replaces it in "w/o DS") is not causal, so EBM trains
 on sequences cut before the predicted event (``train_layout = 'all'``: every cut of every
-training sequence once per epoch).
+training sequence once per epoch). With ``sequence_mixer='causal_filter'`` (not in the paper:
+:class:`~mbgraph_seq.nn.filter.CausalFilterLayer`) it is causal and trains, as SASRec does, on
+whole sequences with a next-item target at every position (``train_layout = None``).
 
 For prompt tuning (:class:`~mbgraph_seq.models.dpcpl.DPCPL`), :meth:`EBM.encode` accepts
 layer-wise prompts: ``C`` prompt slots are placed before the sequence and, at every layer
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import SequenceBatch, SequenceDataset
-from ..nn.filter import BehaviorMinerLayer, check_sequence_mixer
+from ..nn.filter import CAUSAL_MIXERS, BehaviorMinerLayer, check_sequence_mixer
 from ..nn.transformer import SequenceEmbedding
 from .base import SequenceRecommender
 
@@ -69,6 +71,14 @@ class EBM(SequenceRecommender):
             is read on sequences cut before the target, ``train_layout = 'all'``): a position
             attends to every real position of its view, the prompt slots included (they are
             in every view), never to padding. ``activation`` is then unused.
+            ``'causal_filter'`` (not in the paper): every filter is replaced by
+            :class:`~mbgraph_seq.nn.filter.CausalFilterLayer` (a causal convolution with a
+            kernel generated from the lag, then eq 3's chunked MLP position by position;
+            its docstring says what that changes); the layer's parameter count stays
+            independent of the length. The model is then causal (:attr:`causal` True,
+            :attr:`train_layout` None): one pass over a training sequence gives a target at
+            every position (eq 4 averaged over all of them), against one target per cut for
+            the paper's filter.
     """
 
     causal = False
@@ -87,6 +97,10 @@ class EBM(SequenceRecommender):
         self.dim, self.num_layers = int(dim), int(num_layers)
         self.prompt_slots = int(prompt_slots)
         self.sequence_mixer = sequence_mixer
+        # the class attributes say the paper's filter; the causal stand-in trains on whole
+        # sequences
+        self.causal = sequence_mixer in CAUSAL_MIXERS
+        self.train_layout = None if self.causal else 'all'
         self.behavior_weight = float(behavior_weight)
         self.embedding = SequenceEmbedding(dataset.num_items, dim, dataset.max_len,
                                            dataset.num_behaviors)
@@ -110,9 +124,12 @@ class EBM(SequenceRecommender):
         """``[K + 1, d]`` behavior embeddings (row 0 = padding)."""
         return self.embedding.behaviors.weight
 
-    def encode(self, batch: SequenceBatch, prompts: Optional[Sequence[Tensor]] = None
-               ) -> Tensor:
-        """``[B, d]`` user representation :math:`u`.
+    def encode(self, batch: SequenceBatch, prompts: Optional[Sequence[Tensor]] = None,
+               all_positions: bool = False) -> Tensor:
+        """``[B, d]`` user representation :math:`u` (after the last event), or with
+        ``all_positions`` the ``[B, M, d]`` outputs of every position of the sequence (the
+        prompt slots left out; only for a causal EBM, whose output at a position has read
+        nothing after it).
 
         Args:
             batch: left-padded inputs.
@@ -123,6 +140,10 @@ class EBM(SequenceRecommender):
                 the first keeps what the previous layer computed in the slots (prompts at
                 the input only: DPCPL's "w/o PG" variant).
         """
+        if all_positions and not self.causal:
+            raise ValueError(f"all_positions needs a causal EBM (sequence_mixer="
+                             f"'causal_filter'); with {self.sequence_mixer!r} every position "
+                             'reads the later ones')
         x = self.dropout(self.event_embedding(batch))
         mask, behaviors = batch.mask, batch.behaviors
         keep = None
@@ -147,7 +168,10 @@ class EBM(SequenceRecommender):
             if prompts is not None and prompts[layer_index] is not None:
                 x = torch.cat([prompts[layer_index], x[:, prompts[layer_index].size(1):]], 1)
             # the last layer only computes the position that is read out
-            x = layer(x, behaviors, mask, keep, last_only=layer_index == self.num_layers - 1)
+            last = layer_index == self.num_layers - 1 and not all_positions
+            x = layer(x, behaviors, mask, keep, last_only=last)
+        if all_positions and prompts is not None:
+            x = x[:, prompts[0].size(1):]
         return x
 
     def event_embedding(self, batch: SequenceBatch) -> Tensor:
@@ -187,8 +211,19 @@ class EBM(SequenceRecommender):
         return item_term, beh_term
 
     def loss(self, batch: SequenceBatch) -> Tuple[Tensor, Dict[str, float]]:
-        pos, pos_b, neg = self.last_targets(batch)
-        u = self.encode(batch)
+        if self.causal:
+            # every position with a next event is a target (a prefix batch has only the last)
+            target = batch.pos > 0
+            if not bool(target.any()):
+                raise ValueError('the batch has no next-item targets (every pos is 0)')
+            if batch.neg.size(-1) == 0:
+                raise ValueError('the batch has no negative items (neg has width 0)')
+            h = self.encode(batch, all_positions=True)
+            u, pos, pos_b, neg = (h[target], batch.pos[target], batch.pos_behaviors[target],
+                                  batch.neg[target])
+        else:
+            pos, pos_b, neg = self.last_targets(batch)
+            u = self.encode(batch)
         item_term, beh_term = self.pretrain_loss(u, pos, pos_b, neg)
         loss = item_term + self.behavior_weight * beh_term
         return loss, {'item': float(item_term.detach()), 'behavior': float(beh_term.detach())}

@@ -1,10 +1,14 @@
-"""Layers of the sequence models: the EBM filter (FFT) layers and their self-attention
-replacement, the SASRec causal self-attention block and sequence embeddings, DPCPL's prompt
-generator."""
+"""Layers of the sequence models: the EBM filter (FFT) layers, their self-attention
+replacement and their causal stand-in, the SASRec causal self-attention block and sequence
+embeddings, DPCPL's prompt generator."""
 from .filter import (
+    CAUSAL_MIXERS,
     SEQUENCE_MIXERS,
     BehaviorMinerLayer,
+    CausalFilterLayer,
+    CausalKernel,
     ChunkedComplexMLP,
+    ChunkedMLP,
     EfficientFilterLayer,
     FeedForward,
     SelfAttentionLayer,
@@ -19,7 +23,8 @@ from .transformer import (
     causal_attention_mask,
 )
 
-__all__ = ['SEQUENCE_MIXERS', 'BehaviorMinerLayer', 'ChunkedComplexMLP', 'EfficientFilterLayer',
+__all__ = ['SEQUENCE_MIXERS', 'CAUSAL_MIXERS', 'BehaviorMinerLayer', 'CausalFilterLayer',
+           'CausalKernel', 'ChunkedComplexMLP', 'ChunkedMLP', 'EfficientFilterLayer',
            'FeedForward', 'SelfAttentionLayer', 'PromptGenerator', 'PromptOutput',
            'coding_rate', 'compactness_loss', 'CausalTransformer', 'MultiHeadSelfAttention',
            'SASRecBlock', 'SequenceEmbedding', 'bidirectional_attention_mask',

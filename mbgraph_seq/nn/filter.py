@@ -12,16 +12,23 @@ r"""The Efficient Behavior Miner's layers (DPCPL, Wang et al., sec. 4.2).
   its own residual + LayerNorm.
 * :class:`SelfAttentionLayer` -- the Efficient Filter Layer with its filter replaced by
   bidirectional multi-head self-attention (DPCPL table 5's "w/o DS" ablation).
+* :class:`CausalFilterLayer` -- not in the paper: a *causal* stand-in for the Efficient Filter
+  Layer (a long causal convolution by FFT whose kernel is generated from the lag, then the
+  chunked block-diagonal MLP position by position), so that every position of a sequence can
+  be a next-item target in one pass; its parameter count is independent of the length, as
+  Table 1 asks of the filter. ``sequence_mixer='causal_filter'``.
 * :class:`BehaviorMinerLayer` -- one EBM layer: the overall sequence and each behavior's
   sub-sequence pass the filter layer (or, with ``sequence_mixer='attention'``, the
   self-attention layer), a fully connected behavior mixer combines them.
 
 Neither the filter nor the self-attention layer is *causal*: the output at a position depends
 on every position of the sequence, so next-item training must cut sequences before the
-predicted event (see :class:`mbgraph_seq.data.SequenceTrainSource`, ``prefixes``).
+predicted event (see :class:`mbgraph_seq.data.SequenceTrainSource`, ``prefixes``). The causal
+filter layer's output at a position depends on that position and earlier ones only.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -31,8 +38,11 @@ from torch import Tensor, nn
 from .transformer import MultiHeadSelfAttention, bidirectional_attention_mask
 
 #: the sequence mixers of an EBM layer: the Efficient Filter Layer (the paper's denoising
-#: block) or self-attention in its place (table 5's "w/o DS")
-SEQUENCE_MIXERS = ('filter', 'attention')
+#: block), self-attention in its place (table 5's "w/o DS"), or the causal filter (not in the
+#: paper: :class:`CausalFilterLayer`)
+SEQUENCE_MIXERS = ('filter', 'attention', 'causal_filter')
+#: the mixers whose output at a position never depends on later positions
+CAUSAL_MIXERS = ('causal_filter',)
 
 _ACTIVATIONS = {'relu': F.relu, 'gelu': F.gelu, 'tanh': torch.tanh}
 
@@ -41,7 +51,8 @@ def check_sequence_mixer(name: str) -> str:
     """``name`` if it is one of :data:`SEQUENCE_MIXERS`, else a ValueError that lists them."""
     if name not in SEQUENCE_MIXERS:
         raise ValueError(f'unknown sequence_mixer {name!r}; known: {", ".join(SEQUENCE_MIXERS)} '
-                         "('attention' = DPCPL table 5's w/o DS)")
+                         "('attention' = DPCPL table 5's w/o DS, 'causal_filter' = a causal "
+                         'stand-in for the filter, not in the paper)')
     return name
 
 
@@ -189,6 +200,183 @@ class EfficientFilterLayer(nn.Module):
         return out
 
 
+def lag_features(length: int, num_features: int, device=None) -> Tensor:
+    r"""``[length, num_features]`` fixed features of the lags :math:`t = 0 .. length - 1`:
+    :math:`\sin(\omega_j t), \cos(\omega_j t)` for ``num_features / 2`` angular frequencies
+    :math:`\omega_j = \pi \cdot 512^{-j / (J - 1)}`, :math:`j = 0 .. J - 1` (from the Nyquist
+    frequency, a period of 2 positions, to a period of 1,024). They do not depend on
+    ``length`` (the features of lag ``t`` are the same for every sequence length), so neither
+    does anything computed from them."""
+    if num_features < 2 or num_features % 2:
+        raise ValueError(f'num_features must be a positive even number, got {num_features}')
+    half = num_features // 2
+    exponent = torch.arange(half, dtype=torch.float32, device=device) / max(half - 1, 1)
+    omega = math.pi * 512.0 ** -exponent                                  # [J]
+    angle = torch.arange(length, dtype=torch.float32, device=device)[:, None] * omega
+    return torch.cat([angle.sin(), angle.cos()], 1)
+
+
+class CausalKernel(nn.Module):
+    r"""A causal convolution kernel of any length generated from the lag (not in the paper).
+
+    .. math::
+        k_{t,c} = \big(W_2\,\sigma(W_1 \phi(t) + b_1) + b_2\big)_c\;
+                  e^{-\mathrm{softplus}(\rho_c)\,t}, \qquad t = 0, 1, \dots
+
+    with :math:`\phi` the :func:`lag_features` and one learned decay rate per channel
+    (initialised log-spaced from 1 to 1/256 per position across the channels, so that some
+    channels look back a few positions and others the whole sequence). Parameters:
+    :math:`Fh + h + hd + 2d`, none depending on the length.
+
+    Args:
+        dim: channels ``d``.
+        num_features: lag features ``F`` (even).
+        hidden: hidden width ``h`` (default ``d``).
+        activation: :math:`\sigma`.
+    """
+
+    def __init__(self, dim: int, num_features: int = 16, hidden: Optional[int] = None,
+                 activation: str = 'relu'):
+        super().__init__()
+        lag_features(1, num_features)                                     # checks the count
+        self.num_features = int(num_features)
+        hidden = hidden or dim
+        self.fc1, self.fc2 = nn.Linear(num_features, hidden), nn.Linear(hidden, dim)
+        self.act = _activation(activation)
+        rate = torch.logspace(0, -math.log10(256), dim)                  # per position
+        self.decay = nn.Parameter(torch.log(torch.expm1(rate)))          # softplus^-1
+
+    def forward(self, length: int) -> Tensor:
+        """``[length, d]``: row ``t`` is the weight of the input ``t`` positions back."""
+        phi = lag_features(length, self.num_features, self.fc1.weight.device)
+        raw = self.fc2(self.act(self.fc1(phi)))
+        lags = torch.arange(length, dtype=raw.dtype, device=raw.device)[:, None]
+        return raw * torch.exp(-F.softplus(self.decay) * lags)
+
+
+def causal_convolution(x: Tensor, kernel: Tensor) -> Tensor:
+    r""":math:`y_{b,t,c} = \sum_{s=0}^{t} k_{t-s,c}\, x_{b,s,c}` for ``x`` ``[B, L, d]`` and
+    ``kernel`` ``[L, d]``, by FFT over ``2L`` points (zero padding turns the circular
+    convolution into the linear one, so no position reads a later one): :math:`O(L \log L)`
+    per channel."""
+    length = x.size(1)
+    n = 2 * length
+    spectrum = torch.fft.rfft(x, n=n, dim=1) * torch.fft.rfft(kernel, n=n, dim=0)
+    return torch.fft.irfft(spectrum, n=n, dim=1)[:, :length]
+
+
+class ChunkedMLP(nn.Module):
+    r"""Eq 3's chunked diagonal mechanism with real weights, applied position by position:
+    the ``d`` channels are cut into ``k`` blocks of ``d/k`` and block ``n`` becomes
+    :math:`W^n_2\,\sigma(W^n_1 x^n + b^n_1) + b^n_2` (:math:`W^n \in \mathbb R^{d/k \times
+    d/k}`, shared by all positions). Parameters :math:`2d^2/k + 2d`.
+
+    Args:
+        dim: channels ``d``.
+        num_blocks: blocks ``k`` (divides ``d``).
+        activation: :math:`\sigma`.
+    """
+
+    def __init__(self, dim: int, num_blocks: int = 4, activation: str = 'relu'):
+        super().__init__()
+        if num_blocks < 1 or dim % num_blocks != 0:
+            raise ValueError(f'num_blocks={num_blocks} must be a positive divisor of dim={dim}')
+        self.dim, self.num_blocks = int(dim), int(num_blocks)
+        self.block = dim // num_blocks
+        self.act = _activation(activation)
+        k, c = self.num_blocks, self.block
+        # [block n, in, out]; the scale keeps a block's input scale
+        self.w1 = nn.Parameter(c ** -0.5 * torch.randn(k, c, c))
+        self.b1 = nn.Parameter(torch.zeros(k, 1, c))
+        self.w2 = nn.Parameter(c ** -0.5 * torch.randn(k, c, c))
+        self.b2 = nn.Parameter(torch.zeros(k, 1, c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.size(-1) != self.dim:
+            raise ValueError(f'expected {self.dim} channels in the last dimension, got '
+                             f'{x.size(-1)}')
+        k, c = self.num_blocks, self.block
+        lead = x.shape[:-1]
+        h = x.reshape(-1, k, c).transpose(0, 1)                            # [k, T, c]
+        h = torch.baddbmm(self.b2, self.act(torch.baddbmm(self.b1, h, self.w1)), self.w2)
+        return h.transpose(0, 1).reshape(*lead, self.dim)
+
+
+class CausalFilterLayer(nn.Module):
+    r"""A causal stand-in for the Efficient Filter Layer (an option, **not in the paper**).
+
+    .. math::
+        \tilde S = \mathrm{MLP}_{\text{chunked}}\big(k * S\big),\quad
+        H = \mathrm{LN}(S + \mathrm{Drop}(\tilde S)),\quad
+        \mathrm{out} = \mathrm{LN}(H + \mathrm{Drop}(\mathrm{FFN}(H)))
+
+    where :math:`(k * S)_t = \sum_{s \le t} k_{t-s} \odot S_s` is a per-channel causal
+    convolution over the whole sequence (:func:`causal_convolution`, by FFT) with the kernel
+    :class:`CausalKernel` generates from the lag, and :math:`\mathrm{MLP}_{\text{chunked}}`
+    is eq 3's block-diagonal two-layer MLP with real weights applied at every position
+    (:class:`ChunkedMLP`). The residual, LayerNorms and FFN are the filter layer's.
+
+    What it changes against eq 2-3, and why. Eq 3's complex MLP acts on the frequency tokens
+    with weights shared by all of them; without its non-linearity it would be one channel map
+    at every frequency, i.e. the same map at every *position* (no mixing along the sequence
+    at all), so the filter mixes positions only through :math:`\sigma` on the spectrum, and
+    the output at a position then depends on every position, later ones included: the model
+    must be trained on sequences cut before each target (one target per sample). Here the
+    mixing along the sequence is a convolution, as the paper motivates the filter
+    ("multiplication in the frequency domain can replace convolution in the time domain",
+    sec. 4.2), made causal by zero padding and a kernel that is zero at negative lags; the
+    kernel is generated from the lag instead of stored per frequency (FMLP-Rec's learnable
+    filter, whose size grows with the length, the problem Table 1 is about), so the parameter
+    count stays independent of the length; the channel fusion keeps eq 3's chunks. Every
+    position of a training sequence is then a next-item target (``train_layout=None``, as
+    SASRec), at :math:`O(L \log L\, d + L d^2 / k)` per sequence.
+
+    Args:
+        dim: channels ``d``.
+        num_blocks: chunks ``k``.
+        dropout: dropout after the filter and in/after the FFN.
+        ffn_hidden: FFN hidden width (default ``d``).
+        activation: the chunked MLP's and the kernel generator's :math:`\sigma`.
+        num_features: lag features of the kernel generator.
+    """
+
+    def __init__(self, dim: int, num_blocks: int = 4, dropout: float = 0.1,
+                 ffn_hidden: Optional[int] = None, activation: str = 'relu',
+                 num_features: int = 16):
+        super().__init__()
+        self.kernel = CausalKernel(dim, num_features, activation=activation)
+        self.fusion = ChunkedMLP(dim, num_blocks, activation)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_hidden, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def filter(self, x: Tensor) -> Tensor:
+        r""":math:`\tilde S = \mathrm{MLP}_{\text{chunked}}(k * S)` (``[B, L, d]``)."""
+        # float32 under torch.autocast (--amp), as the paper's filter: no bfloat16 FFT on CPU
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            return self.fusion(causal_convolution(x, self.kernel(x.size(1))))
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None, last_only: bool = False
+                ) -> Tensor:
+        """``x`` ``[B, L, d]`` -> ``[B, L, d]`` (position ``t`` reads positions ``<= t``);
+        with ``last_only`` the last position ``[B, d]``, equal to ``forward(x)[:, -1]``."""
+        if mask is not None:
+            x = x * mask.unsqueeze(-1).to(x.dtype)
+        if last_only:
+            filtered = self.filter(x)[:, -1]
+            x = x[:, -1]
+            mask = None if mask is None else mask[:, -1]
+        else:
+            filtered = self.filter(x)
+        h = self.norm1(x + self.dropout(filtered))
+        out = self.norm2(h + self.dropout(self.ffn(h)))
+        if mask is not None:
+            out = out * mask.unsqueeze(-1).to(out.dtype)
+        return out
+
+
 class SelfAttentionLayer(nn.Module):
     r""":class:`EfficientFilterLayer` with the filter :math:`\mathcal F^{-1}(\mathrm{MLP}(
     \mathcal F(S)))` (eq 2-3) replaced by bidirectional multi-head self-attention, everything
@@ -262,8 +450,11 @@ class BehaviorMinerLayer(nn.Module):
             ``sequence_mixer='attention'``, ``num_blocks`` is the number of attention heads
             (the paper likens the ``k`` chunks to ``k``-head attention) and ``activation``
             is unused.
-        sequence_mixer: ``'filter'`` (:class:`EfficientFilterLayer`, attribute ``filter``) or
-            ``'attention'`` (:class:`SelfAttentionLayer`, attribute ``attention``).
+        sequence_mixer: ``'filter'`` (:class:`EfficientFilterLayer`, attribute ``filter``),
+            ``'attention'`` (:class:`SelfAttentionLayer`, attribute ``attention``) or
+            ``'causal_filter'`` (:class:`CausalFilterLayer`, attribute ``causal_filter``; not
+            in the paper). With the causal filter the layer is causal: the behavior views are
+            masks in place and the mixer works position by position.
     """
 
     def __init__(self, dim: int, num_behaviors: int, num_blocks: int = 4, dropout: float = 0.1,
@@ -277,11 +468,20 @@ class BehaviorMinerLayer(nn.Module):
         # every behavior's sub-sequence; the mixer is a single Linear((K+1)d -> d)
         if sequence_mixer == 'filter':
             self.filter = EfficientFilterLayer(dim, num_blocks, dropout, ffn_hidden, activation)
+        elif sequence_mixer == 'causal_filter':
+            self.causal_filter = CausalFilterLayer(dim, num_blocks, dropout, ffn_hidden,
+                                                   activation)
         else:
             self.attention = SelfAttentionLayer(dim, num_blocks, dropout, ffn_hidden)
         self.mixer = nn.Linear((self.num_behaviors + 1) * dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
+
+    @property
+    def sequence_layer(self) -> nn.Module:
+        """The layer that mixes the positions of each view (``filter``, ``causal_filter`` or
+        ``attention``, by ``sequence_mixer``)."""
+        return getattr(self, self.sequence_mixer)
 
     def forward(self, x: Tensor, behaviors: Tensor, mask: Tensor,
                 keep: Optional[Tensor] = None, last_only: bool = False) -> Tensor:
@@ -294,7 +494,7 @@ class BehaviorMinerLayer(nn.Module):
             masks = [m | keep for m in masks]
         stacked = torch.stack(masks, 0)                                      # [K+1, B, L]
         views = x.unsqueeze(0) * stacked.unsqueeze(-1).to(x.dtype)           # [K+1, B, L, d]
-        sequence_layer = self.filter if self.sequence_mixer == 'filter' else self.attention
+        sequence_layer = self.sequence_layer
         filtered = sequence_layer(views.reshape(-1, L, d), stacked.reshape(-1, L), last_only)
         real = masks[0][:, -1] if last_only else masks[0]
         filtered = filtered.view(self.num_behaviors + 1, B, *filtered.shape[1:])
@@ -307,5 +507,7 @@ class BehaviorMinerLayer(nn.Module):
         return out * real.unsqueeze(-1).to(out.dtype)
 
 
-__all__ = ['SEQUENCE_MIXERS', 'check_sequence_mixer', 'ChunkedComplexMLP', 'FeedForward',
-           'EfficientFilterLayer', 'SelfAttentionLayer', 'BehaviorMinerLayer']
+__all__ = ['SEQUENCE_MIXERS', 'CAUSAL_MIXERS', 'check_sequence_mixer', 'ChunkedComplexMLP',
+           'FeedForward', 'EfficientFilterLayer', 'lag_features', 'CausalKernel',
+           'causal_convolution', 'ChunkedMLP', 'CausalFilterLayer', 'SelfAttentionLayer',
+           'BehaviorMinerLayer']
