@@ -25,6 +25,14 @@ table (files starting with ``_`` are ignored). Example (PKEF table 4, abridged):
     set = { "encoder.fusion" = "vanilla" }   # `--set KEY=VALUE` overrides
     paper = { taobao = [0.1254, 0.0707] }    # the paper's (HR@10, NDCG@10) per dataset
 
+A row ``model = "blend:A+B"`` is a :class:`~mbgraph.models.blend.ScoreBlend` of the members
+``A``, ``B``, ... (trained models of the same table's settings, or training-free baselines),
+run by ``mbgraph blend``: the runner trains each trained member first (the same run as that
+model's own row, so it is shared), fits the blend weights on the validation split (under
+``protocol = "paper"``, on each trained member's twin run under the validation protocol) and
+applies them to the members of the table's protocol (see :meth:`Run.blend_parts`). Its only
+``set`` key is ``grid`` (the weights searched, comma-separated).
+
 :func:`load_suite` reads and checks every file (unknown keys, unknown models and unknown
 ``--set`` options are errors that name the file and the key) and :func:`expand` turns a table
 into :class:`Run` objects. A run's id is ``MODEL-DATASET-sSEED-HASH`` where ``HASH`` hashes the
@@ -74,6 +82,27 @@ GRAPH_DATASETS = ('synthetic', 'taobao', 'beibei', 'tmall', 'retailrocket', 'ml-
 SEQUENCE_DATASETS = ('synthetic', 'ml-latest-small', 'retailrocket', 'csv')
 #: [hyper] keys that `mbgraph train` refuses for sequence models
 GRAPH_ONLY_HYPER = {'reg', 'lr_decay', 'ks'}
+
+
+#: the model string of a blend row: ``blend:A+B+...``
+BLEND_PREFIX = 'blend:'
+#: the ``set`` keys of a blend row (`mbgraph blend` options)
+BLEND_OPTIONS = {'grid'}
+
+
+def blend_members(model: str) -> List[str]:
+    """The members of ``'blend:A+B+...'`` (lower case, in order), ``[]`` for another model."""
+    key = model.lower()
+    if not key.startswith(BLEND_PREFIX):
+        return []
+    return key[len(BLEND_PREFIX):].split('+')
+
+
+def is_training_free(model: str) -> bool:
+    """Whether the graph model ``model`` has no parameters to train (a baseline)."""
+    from mbgraph.models import MODELS, TrainingFree
+    cls = MODELS.get(model.lower())
+    return isinstance(cls, type) and issubclass(cls, TrainingFree)
 
 
 class ConfigError(ValueError):
@@ -157,6 +186,61 @@ class Run:
                      'set': pre_set, 'hyper': hyper}
         return Run(model='dpcpl', dataset=self.dataset, seed=self.seed, set=pre_set,
                    hyper=hyper, digest=run_digest(effective))
+
+    def member_run(self, model: str, protocol: Optional[str] = None) -> 'Run':
+        """The run of the table's settings that trains ``model`` (this run's dataset, seed
+        and hyperparameters, no overrides: the run of that model's own row), under
+        ``protocol`` when given."""
+        hyper = dict(self.hyper)
+        if protocol is not None and hyper.get('protocol', 'validation') != protocol:
+            hyper['protocol'] = protocol
+        effective = {'model': model, 'dataset': self.dataset, 'seed': self.seed, 'set': {},
+                     'hyper': hyper}
+        return Run(model=model, dataset=self.dataset, seed=self.seed, set={}, hyper=hyper,
+                   digest=run_digest(effective))
+
+    def blend_parts(self) -> List[Tuple[str, Optional['Run'], Optional['Run']]]:
+        """For a ``blend:`` run, per member in order: ``(name, run, twin)``. ``run`` trains
+        the member under this run's protocol, ``twin`` under the validation protocol (the
+        weights are fitted on its validation split; the same run when the protocol is
+        ``validation``); both None for a training-free member. ``[]`` for another model."""
+        parts = []
+        for name in blend_members(self.model):
+            if is_training_free(name):
+                parts.append((name, None, None))
+            else:
+                parts.append((name, self.member_run(name),
+                              self.member_run(name, protocol='validation')))
+        return parts
+
+    def blend_command(self, members: Sequence[str], out: Path, data_root: Optional[str],
+                      device: str = 'cpu', threads: Optional[int] = None,
+                      weights_from: Optional[Path] = None) -> List[str]:
+        """The ``python -m mbgraph blend ...`` argument list of this ``blend:`` run's
+        ``members`` (run folders or training-free names) into ``out``."""
+        cmd = [sys.executable, '-m', 'mbgraph', 'blend']
+        for m in members:
+            cmd += ['--member', str(m)]
+        cmd += ['--out', str(out), '--overwrite', '--device', device]
+        root = self.hyper.get('data_path') or data_root
+        if root is not None and self.dataset != 'synthetic':
+            cmd += ['--data-root', str(root)]
+        if 'ks' in self.hyper:
+            cmd += ['--ks', str(self.hyper['ks'])]
+        if all(run is None for _, run, _ in self.blend_parts()):   # training-free members
+            cmd += ['--dataset', self.dataset, '--seed', str(self.seed),
+                    '--protocol', str(self.hyper.get('protocol', 'validation'))]
+            if 'behaviors' in self.hyper:
+                cmd += ['--behaviors', str(self.hyper['behaviors'])]
+        if 'grid' in self.set:
+            grid = self.set['grid']
+            cmd += ['--grid', ','.join(str(g) for g in grid) if isinstance(grid, (list, tuple))
+                    else str(grid)]
+        if weights_from is not None:
+            cmd += ['--weights-from', str(weights_from)]
+        if threads is not None:
+            cmd += ['--threads', str(threads)]
+        return cmd
 
     def command(self, data_root: Optional[str], out: Path, device: str = 'cpu',
                 threads: Optional[int] = None, progress: bool = True,
@@ -264,6 +348,18 @@ def check_model(model: str, overrides: Mapping[str, Any], where: str) -> None:
     the model, its encoder or its head does not have."""
     from mbgraph.models import is_known_model
     key = model.lower()
+    if key.startswith(BLEND_PREFIX):
+        members = blend_members(key)
+        if len(members) < 2 or not all(members):
+            raise ConfigError(f"{where}: a blend names at least two members, 'blend:A+B', "
+                              f'got {model!r}')
+        for m in members:
+            if m.startswith((BLEND_PREFIX, 'hybrid:')) or is_sequence_model(m) \
+                    or not is_known_model(m):
+                raise ConfigError(f'{where}: blend member {m!r} of {model!r} is not a graph '
+                                  'model or training-free baseline of mbgraph')
+        _check_keys(overrides, BLEND_OPTIONS, f'{where}: blend {model!r} set')
+        return
     if is_sequence_model(key):
         from mbgraph_seq import train as seq_train
         cls = sequence_models()[key]

@@ -48,16 +48,18 @@ KINDS = {
     'training-free': 'no parameters: popularity, the user\'s own viewed / carted items '
                      '(`history`: the shortcut alone), CascadingRank\'s ranking propagation',
     'hybrid': 'a trained model\'s standardised score plus learned per-behavior biases for '
-              'the user\'s own training items (`hybrid:BASE`): the history shortcut '
-              'exploited on purpose. It answers "how well can the test buys be ranked when '
-              'the history is used", not "how well does the model learn preferences"',
+              'the user\'s own training items (`hybrid:BASE`), or a blend of a trained '
+              'model\'s and a training-free ranking\'s standardised scores with weights '
+              'fitted on validation (`blend:A+B`): the history shortcut exploited on '
+              'purpose. It answers "how well can the test buys be ranked when the history '
+              'is used", not "how well does the model learn preferences"',
 }
 
 
 def row_kind(model: str) -> str:
     """``'hybrid'``, ``'training-free'`` or ``'trained'``."""
     key = model.lower()
-    if key.startswith('hybrid:'):
+    if key.startswith(('hybrid:', 'blend:')):
         return 'hybrid'
     from mbgraph.models import MODELS, TrainingFree
     cls = MODELS.get(key)

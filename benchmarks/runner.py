@@ -301,9 +301,86 @@ def execute(planned: Planned, results: Path, *, data_root: Optional[str], device
         lock.release()
 
 
+def _member_dir(member: Run, results: Path, *, data_root, device, threads, progress, suite,
+                echo) -> Tuple[Optional[Path], Optional[str]]:
+    """A blend member's finished run folder, training it first when it has no result yet:
+    (folder, None), or (None, why it failed)."""
+    if not result_path(results, member).is_file():
+        echo(f'  blend member {member.id}: training it first')
+        out = execute(Planned(member, []), results, data_root=data_root, device=device,
+                      threads=threads, progress=progress, suite=suite, echo=echo)
+        if 'locked' in out:
+            return None, f'member {member.id} is being run by another runner ({out["locked"]})'
+        if out.get('returncode', 0) != 0:
+            return None, f'member {member.id} failed (exit {out.get("returncode")})'
+    return results / 'runs' / member.id, None
+
+
+def _execute_blend(planned: Planned, results: Path, run_dir: Path, *, data_root, device,
+                   threads, progress, suite, echo) -> Dict[str, Any]:
+    """A ``blend:`` row (:meth:`Run.blend_parts`): make sure every trained member and its
+    validation twin are trained, fit the weights on validation with ``mbgraph blend``, and,
+    when the table's protocol is not the validation protocol, apply them to the members of
+    the table's protocol (``--weights-from``)."""
+    run = planned.run
+    failed = results / f'{run.id}.failed.json'
+    parts = run.blend_parts()
+    base = {'run_id': run.id, 'suite': suite, 'config': run.effective(),
+            'tables': [{'table': t, 'row': r} for t, r in planned.tables], 'device': device,
+            'threads': threads, 'date': time.strftime('%Y-%m-%d %H:%M:%S'),
+            'members': [{'member': name, 'run': None if r is None else r.id,
+                         'twin': None if t is None else t.id} for name, r, t in parts]}
+    folders: Dict[str, Path] = {}
+    for name, member, twin in parts:
+        for dep in (twin, member):
+            if dep is None or dep.id in folders:
+                continue
+            folder, why = _member_dir(dep, results, data_root=data_root, device=device,
+                                      threads=threads, progress=progress, suite=suite,
+                                      echo=echo)
+            if folder is None:
+                _write_json(failed, {**base, 'returncode': 1, 'error': why})
+                echo(f'FAILED {run.id}: {why}')
+                return {**base, 'returncode': 1}
+            folders[dep.id] = folder
+    fit_members = [name if t is None else folders[t.id] for name, _, t in parts]
+    members = [name if r is None else folders[r.id] for name, r, _ in parts]
+    steps = []
+    if fit_members == members:
+        steps.append(run.blend_command(members, run_dir, data_root, device, threads))
+    else:
+        fit_dir = run_dir / 'fit'
+        steps.append(run.blend_command(fit_members, fit_dir, data_root, device, threads))
+        steps.append(run.blend_command(members, run_dir, data_root, device, threads,
+                                       weights_from=fit_dir / 'metrics.json'))
+    seconds = 0.0
+    for cmd in steps:
+        out_dir = Path(cmd[cmd.index('--out') + 1])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rc, took = _subprocess(cmd, out_dir, 1, threads, progress, desc='  blend')
+        seconds += took
+        if rc != 0 or not (out_dir / 'metrics.json').is_file():
+            fields, last = _failure(out_dir, rc)
+            _write_json(failed, {**base, 'command': cmd, **fields})
+            echo(f'FAILED {run.id} (exit {rc}): {last}  (full output: '
+                 f'{out_dir / "stderr.log"})')
+            return {**base, 'command': cmd, 'returncode': rc}
+    metrics = json.loads((run_dir / 'metrics.json').read_text())
+    if len(steps) == 2:        # the validation numbers the weights were chosen by
+        metrics['val'] = json.loads((run_dir / 'fit' / 'metrics.json').read_text()).get('val')
+    result = {**base, 'command': steps[-1], 'commands': steps, 'wall_seconds': seconds,
+              'resumed': False, 'metrics': metrics, 'curve': []}
+    _write_json(result_path(results, run), result)
+    failed.unlink(missing_ok=True)
+    return result
+
+
 def _execute(planned: Planned, results: Path, run_dir: Path, *, data_root, device, threads,
              progress, suite, echo) -> Dict[str, Any]:
     run = planned.run
+    if run.blend_parts():
+        return _execute_blend(planned, results, run_dir, data_root=data_root, device=device,
+                              threads=threads, progress=progress, suite=suite, echo=echo)
     failed = results / f'{run.id}.failed.json'
     extra: Dict[str, Any] = {}
     ebm = None
@@ -373,6 +450,10 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
         for p in todo:
             rows = ', '.join(f'{t}/{r}' for t, r in p.tables)
             echo(f'  {p.run.id}  [{rows}]')
+            parts = p.run.blend_parts()
+            if parts:
+                _show_blend(p.run, parts, results, data_root, device, threads, shown, echo)
+                continue
             pre, ebm = p.run.pretraining(), None
             if pre is not None:
                 pre_dir, ebm = pretrain_paths(results, pre)
@@ -409,6 +490,30 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
     bar.close()
     return {'planned': len(runs), 'todo': len(todo), 'skipped': skipped, 'done': done,
             'failed': failed, 'locked': locked, 'missing_data': sorted(missing)}
+
+
+def _show_blend(run: Run, parts, results: Path, data_root, device, threads, shown: set,
+                echo) -> None:
+    """Dry run of a ``blend:`` row: the member runs it trains first, then its blend commands."""
+    for _, member, twin in parts:
+        for dep in (twin, member):
+            if dep is None or dep.id in shown or result_path(results, dep).is_file():
+                continue
+            shown.add(dep.id)
+            echo(f'    first the member {dep.id}:')
+            echo('    ' + _pasteable(dep.command(data_root, results / 'runs' / dep.id,
+                                                 device=device, threads=threads)))
+    run_dir = results / 'runs' / run.id
+    fit_members = [name if t is None else results / 'runs' / t.id for name, _, t in parts]
+    members = [name if r is None else results / 'runs' / r.id for name, r, _ in parts]
+    if fit_members == members:
+        echo('    ' + _pasteable(run.blend_command(members, run_dir, data_root, device,
+                                                   threads)))
+        return
+    echo('    ' + _pasteable(run.blend_command(fit_members, run_dir / 'fit', data_root, device,
+                                               threads)))
+    echo('    ' + _pasteable(run.blend_command(members, run_dir, data_root, device, threads,
+                                               weights_from=run_dir / 'fit' / 'metrics.json')))
 
 
 def _pasteable(cmd: List[str]) -> str:

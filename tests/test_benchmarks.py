@@ -1,6 +1,7 @@
 """The benchmark suite: config files, run ids, the subprocess runner, tables, plots, speed."""
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -449,7 +450,7 @@ def test_the_leaderboard_has_every_graph_model_and_baseline_on_three_settings():
                            'leaderboard_retailrocket'}
     for table in tables.values():
         models = {r.model for r in table.rows}
-        hybrids = {m for m in models if m.startswith('hybrid:')}
+        hybrids = {m for m in models if m.startswith(('hybrid:', 'blend:'))}
         assert models - hybrids == set(MODELS) and hybrids
         assert table.seeds == 3 and 'test.hr@20' in table.columns
         # the training-free rows are deterministic: one run each
@@ -488,3 +489,76 @@ def test_cpu_steps_prints_one_row_per_model(capsys):
     assert all(r['step_wall_seconds'] > 0 and r['eval_wall_seconds'] > 0 for r in rows)
     assert all(r['matmul_precision'] == 'highest' for r in rows)
     assert all(0 <= r['eval_hr@10'] <= 1 for r in rows)
+
+
+BLEND_ROWS = """
+[table]
+id = "b"
+datasets = ["synthetic"]
+seeds = 1
+
+[hyper]
+protocol = "paper"
+epochs = 2
+eval_every = 1
+dim = 8
+ks = "10"
+
+[[row]]
+name = "LightGCN"
+model = "lightgcn"
+
+[[row]]
+name = "Blend"
+model = "blend:mostpop+lightgcn"
+set = { grid = "0,0.5,1" }
+"""
+
+
+@pytest.mark.parametrize('model, extra, needle', [
+    ('blend:lightgcn', '', 'at least two members'),
+    ('blend:lightgcn+', '', 'at least two members'),
+    ('blend:mostpop+nope', '', "member 'nope'"),
+    ('blend:mostpop+sasrec', '', "member 'sasrec'"),
+    ('blend:mostpop+hybrid:lightgcn', '', "member 'hybrid:lightgcn'"),
+    ('blend:mostpop+lightgcn', 'set = { lr = 0.1 }', "unknown key 'lr'"),
+])
+def test_blend_rows_are_checked(tmp_path, model, extra, needle):
+    text = BLEND_ROWS.replace('model = "blend:mostpop+lightgcn"\nset = { grid = "0,0.5,1" }',
+                              f'model = "{model}"\n{extra}')
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_table(write(tmp_path, text))
+
+
+def test_blend_row_trains_its_members_fits_on_validation_and_applies_to_the_paper_runs(
+        tmp_path):
+    table = load_table(write(tmp_path, BLEND_ROWS))
+    (_, pure), (_, blend) = expand(table)
+    (pop, pop_run, pop_twin), (gcn, gcn_run, gcn_twin) = blend.blend_parts()
+    assert (pop, pop_run, pop_twin) == ('mostpop', None, None)
+    assert gcn == 'lightgcn' and gcn_run.id == pure.id          # shared with its own row
+    assert gcn_twin.hyper['protocol'] == 'validation' and gcn_twin.id != pure.id
+    assert {k: v for k, v in gcn_twin.hyper.items() if k != 'protocol'} == \
+        {k: v for k, v in pure.hyper.items() if k != 'protocol'}
+    assert pure.blend_parts() == []
+    results = tmp_path / 'results'
+    counts = run_suite([table], results, 'b', data_root=None, threads=1, progress=False)
+    assert counts['done'] == 2 and counts['failed'] == 0, counts
+    found = load_results(results)
+    # the pure row, the validation twin (trained for the blend), the blend
+    assert set(found) == {pure.id, gcn_twin.id, blend.id}
+    result = found[blend.id]
+    fit = json.loads((results / 'runs' / blend.id / 'fit' / 'metrics.json').read_text())
+    assert fit['protocol'] == 'validation' and fit['config']['grid'] == [0.0, 0.5, 1.0]
+    metrics = result['metrics']
+    assert metrics['protocol'] == 'paper' and metrics['weights'] == fit['weights']
+    assert 'fitted on its validation split' in metrics['weights_chosen']
+    assert metrics['val'] == fit['val'] and set(metrics['test']) == {'hr@10', 'ndcg@10'}
+    members = [m['member'] for m in metrics['members']]
+    assert members[0] == 'mostpop' and members[1].endswith(f'{pure.id}/best.pt')
+    assert [m['twin'] for m in result['members']] == [None, gcn_twin.id]
+    assert len(result['commands']) == 2 and '--weights-from' in result['commands'][1]
+    from benchmarks.leaderboard import row_kind
+    assert row_kind(blend.model) == 'hybrid'
+    again = run_suite([table], results, 'b', data_root=None, threads=1, progress=False)
+    assert again['skipped'] == 2 and again['done'] == 0
