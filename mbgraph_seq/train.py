@@ -79,7 +79,22 @@ def _fit(model, dataset: SequenceDataset, source, val_dataset: SequenceDataset, 
     summary = trainer.fit(resume=bool(resume) and out_dir is not None,
                           allow_changes=allow_changes)
     summary['history'] = trainer.history
+    summary.update(_throughput(source, summary))
     return summary
+
+
+def _throughput(source, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Next-item targets and BPR triples (target x negative) an epoch trains, and seconds per
+    million triples (median epoch), as graph runs record them; zero for a training-free
+    model."""
+    if source is None:
+        return {'train_targets_per_epoch': 0, 'train_triples_per_epoch': {'all': 0},
+                'seconds_per_million_triples': None}
+    targets = int(source.targets_per_epoch)
+    triples = targets * int(source.num_negatives)
+    secs = summary.get('epoch_seconds')
+    return {'train_targets_per_epoch': targets, 'train_triples_per_epoch': {'all': triples},
+            'seconds_per_million_triples': secs / triples * 1e6 if secs and triples else None}
 
 
 MONITORS = ('hr@5', 'ndcg@5', 'hr@10', 'ndcg@10', 'hr@20', 'ndcg@20')
@@ -152,6 +167,7 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
     Returns:
         ``{'model', 'test': {sampled 'hr@10', 'ndcg@10', ...}, 'test_full': {...}, 'val',
         'best_epoch', 'epochs_run', 'epoch_seconds', 'eval_seconds', 'peak_rss_mb',
+        'train_targets_per_epoch', 'train_triples_per_epoch', 'seconds_per_million_triples',
         'tuned_parameters', 'total_parameters', 'protocol', ...}``; DPCPL adds ``'pretrain'``
         (its stage's summary) and ``'tuned_share'``.
     """
@@ -235,7 +251,10 @@ def train_sequence_model(name: str, dataset: SequenceDataset, *, epochs: int = 5
 
 
 def _summary_fields(summary: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: summary[k] for k in ('best_epoch', 'epochs_run', 'epoch_seconds', 'eval_seconds')}
+    out = {k: summary[k] for k in ('best_epoch', 'epochs_run', 'epoch_seconds', 'eval_seconds')}
+    out.update({k: summary.get(k) for k in ('train_targets_per_epoch', 'train_triples_per_epoch',
+                                            'seconds_per_million_triples')})
+    return out
 
 
 def _train_dpcpl(dataset: SequenceDataset, *, epochs, stage, device, out_dir, seed, batch_size,

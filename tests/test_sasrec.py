@@ -110,5 +110,18 @@ def test_sasrec_trains_and_learns_the_cycle(tmp_path):
                             'total_parameters', 'protocol'}
     assert metrics['tuned_parameters'] == metrics['total_parameters']
     assert (tmp_path / 'metrics.json').exists()
+    # the work of an epoch: every position with a next training event is a target, each
+    # with one negative (the default), as counted by hand from the training sequences
+    targets = sum(max(min(int(n), ds.max_len + 1) - 1, 0) if n >= 2 else 0
+                  for n in ds._train_end() - ds.start)
+    assert metrics['train_targets_per_epoch'] == targets
+    assert metrics['train_triples_per_epoch'] == {'all': targets}
+    assert metrics['seconds_per_million_triples'] == pytest.approx(
+        metrics['epoch_seconds'] / targets * 1e6)
+    cut = train_sequence_model('ebm', ds, epochs=1, batch_size=64, dim=8, num_blocks=2,
+                               num_negatives_eval=20, progress=False, num_negatives=3)
+    assert cut['train_targets_per_epoch'] == sum(max(int(n) - 1, 0)
+                                                 for n in ds._train_end() - ds.start)
+    assert cut['train_triples_per_epoch'] == {'all': 3 * cut['train_targets_per_epoch']}
     with pytest.raises(ValueError, match='DPCPL only'):
         train_sequence_model('sasrec', ds, stage='pretrain', epochs=1)

@@ -116,6 +116,14 @@ class SequenceTrainSource:
     def num_sequences(self) -> int:
         return int(self.users_np.size)
 
+    @property
+    def targets_per_epoch(self) -> int:
+        """Next-item targets an epoch trains, each with ``num_negatives`` negatives: every
+        position with a next event of every sequence (full layout), or one per sample (cut)."""
+        if self.prefixes is None:
+            return int((self.pos > 0).sum())
+        return int(self.num_samples)
+
     def generator(self, epoch: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
 
