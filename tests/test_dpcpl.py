@@ -35,6 +35,24 @@ def test_coding_rate_matches_eq10_11():
         coding_rate(Z, 0.0)
 
 
+def test_coding_rate_of_unit_rows_is_bounded_and_scale_free():
+    torch.manual_seed(3)
+    Z = torch.randn(2, 5, 4)
+    unit = Z / Z.norm(dim=-1, keepdim=True)
+    got = coding_rate(Z, 0.5, count=3, normalize=True)
+    for k in range(2):
+        assert math.isclose(float(got[k]), rate_by_hand(unit[k], 0.5, 3), rel_tol=1e-5)
+    # raw rows: the rate grows with their norms without bound; unit rows: no change
+    assert float(coding_rate(1e3 * Z, 0.5, 3).min()) > float(coding_rate(Z, 0.5, 3).max()) + 5
+    torch.testing.assert_close(coding_rate(1e3 * Z, 0.5, 3, normalize=True), got)
+    # orthonormal rows reach the bound r/2 log(1 + m rows / (r n eps2)), r = min(rows, m)
+    eye = torch.eye(4)
+    assert math.isclose(float(coding_rate(eye, 0.5, 3, normalize=True)),
+                        2 * math.log(1 + 4 / (3 * 0.5)), rel_tol=1e-6)
+    assert all(float(coding_rate(torch.randn(4, 4), 0.5, 3, normalize=True))
+               <= 2 * math.log(1 + 4 / (3 * 0.5)) + 1e-5 for _ in range(20))
+
+
 def test_compactness_loss_matches_eq12():
     torch.manual_seed(1)
     N, L, dq, B = 2, 3, 4, 5
@@ -155,8 +173,13 @@ def test_loss_is_eq13_with_the_compactness_sign():
             pos, neg = batch.pos[:, -1], batch.neg[:, -1]
             pred = torch.nn.functional.softplus(
                 torch.einsum('bd,bnd->bn', u, E[neg]) - (u * E[pos]).sum(-1, keepdim=True)).mean()
-            comp = np.mean([rate_by_hand(out.factors[r], 1.0, 3) + rate_by_hand(
-                out.layer_prompts[r], 1.0, 2) for r in range(len(batch))])
+            # the diversity reading (-1) takes the rates of unit-norm rows
+            assert model.compactness_normalize == (sign == -1)
+            F, P = out.factors, out.layer_prompts
+            if sign == -1:
+                F, P = F / F.norm(dim=-1, keepdim=True), P / P.norm(dim=-1, keepdim=True)
+            comp = np.mean([rate_by_hand(F[r], 1.0, 3) + rate_by_hand(P[r], 1.0, 2)
+                            for r in range(len(batch))])
         assert math.isclose(parts['pred'], float(pred), rel_tol=1e-5)
         assert math.isclose(parts['compactness'], comp, rel_tol=1e-4)
         assert math.isclose(float(total), float(pred) + sign * 0.1 * comp, rel_tol=1e-4)

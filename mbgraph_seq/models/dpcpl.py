@@ -65,6 +65,14 @@ class DPCPL(SequenceRecommender):
             set), so diversity means a larger :math:`R`. Eq 13 as printed,
             :math:`\\mathcal L_{pred} + \\lambda\\mathcal L_{compactness}`, minimises it and
             pulls the factors together (toward zero): ``+1`` keeps that literal form.
+        compactness_normalize: take eq 10-11's rates of the factors and layer prompts
+            scaled to unit norm (ReduNet's rate is of features on the unit sphere). None
+            (default): True with ``compactness_sign=-1``, False with ``+1``. Reading taken:
+            raising the rate of unnormalised rows is unbounded (the rate grows with their
+            norms); measured on ml-latest-small (a causal-filter backbone, prompt lr 1e-2),
+            tuning without it diverged at epoch 5 with a non-finite log det, so diversity
+            is asked of the directions. Lowering it (``+1``, eq 13 as printed) is bounded
+            below and keeps the raw rows.
         prompt_init: the scale of the prompt tokens at the start of tuning. ``'backbone'``
             (default): the projections :math:`W_{l,c}` (eq 9) are rescaled, by
             :meth:`calibrate_prompts` on the first tuning batch, so that the mean norm of the
@@ -87,7 +95,8 @@ class DPCPL(SequenceRecommender):
                  compactness_weight: float = 1e-2, lambda_e: float = 1.0, lambda_p: float = 1.0,
                  eps2_e: float = 1.0, eps2_p: float = 1.0, compactness_sign: int = -1,
                  progressive: bool = True, personalized: bool = True,
-                 prompt_init: str = 'backbone', **backbone_kwargs):
+                 prompt_init: str = 'backbone', compactness_normalize: Optional[bool] = None,
+                 **backbone_kwargs):
         super().__init__(dataset)
         if backbone is None:
             backbone_kwargs.setdefault('prompt_slots', 8 if num_tokens is None else num_tokens)
@@ -129,6 +138,9 @@ class DPCPL(SequenceRecommender):
         self.lambda_e, self.lambda_p = float(lambda_e), float(lambda_p)
         self.eps2_e, self.eps2_p = float(eps2_e), float(eps2_p)
         self.compactness_sign = int(compactness_sign)
+        self.compactness_normalize = (self.compactness_sign == -1
+                                      if compactness_normalize is None
+                                      else bool(compactness_normalize))
         self.progressive = bool(progressive)
 
     def train(self, mode: bool = True) -> 'DPCPL':
@@ -209,7 +221,8 @@ class DPCPL(SequenceRecommender):
         if out is None:     # soft prompts: no factors, no compactness term
             return pred, {'pred': float(pred.detach()), 'compactness': 0.0}
         comp = compactness_loss(out.factors, out.layer_prompts, self.prompts.N, self.prompts.L,
-                                self.eps2_e, self.eps2_p, self.lambda_e, self.lambda_p)
+                                self.eps2_e, self.eps2_p, self.lambda_e, self.lambda_p,
+                                normalize=self.compactness_normalize)
         total = pred + self.compactness_sign * self.compactness_weight * comp
         return total, {'pred': float(pred.detach()), 'compactness': float(comp.detach())}
 

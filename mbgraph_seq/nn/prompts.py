@@ -33,7 +33,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 
-def coding_rate(z: Tensor, eps2: float, count: Optional[int] = None) -> Tensor:
+def coding_rate(z: Tensor, eps2: float, count: Optional[int] = None,
+                normalize: bool = False) -> Tensor:
     r"""Rate-distortion :math:`R(Z, \epsilon) = \frac12\log\det(I + \frac{m}{n\epsilon^2}
     Z Z^\top)` (DPCPL eq 10-11, after ReduNet) of the rows of ``z`` (``[..., rows, m]``).
 
@@ -42,6 +43,11 @@ def coding_rate(z: Tensor, eps2: float, count: Optional[int] = None) -> Tensor:
         eps2: :math:`\epsilon^2`.
         count: the ``n`` of the scaling (eq 10: ``N``, eq 11: ``L``); default the number of
             rows.
+        normalize: rows scaled to unit norm first, as ReduNet's rate is taken of features on
+            the unit sphere. Then :math:`R` measures how the directions spread and is
+            bounded (at most :math:`\frac{r}{2}\log(1 + \frac{m\,\mathrm{rows}}{r\,n
+            \epsilon^2})` for ``r = min(rows, m)``, reached by orthogonal rows); without it
+            :math:`R` grows without bound with the rows' norms.
     """
     if eps2 <= 0:
         raise ValueError(f'eps2 must be > 0, got {eps2}')
@@ -51,6 +57,8 @@ def coding_rate(z: Tensor, eps2: float, count: Optional[int] = None) -> Tensor:
     # bfloat16 Gram matrix would make it inaccurate
     with torch.autocast(z.device.type, enabled=False):
         z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        if normalize:
+            z = torch.nn.functional.normalize(z, dim=-1)
         gram = z @ z.transpose(-1, -2)
         eye = torch.eye(rows, dtype=z.dtype, device=z.device)
         return 0.5 * torch.logdet(eye + (m / (n * eps2)) * gram)
@@ -58,7 +66,7 @@ def coding_rate(z: Tensor, eps2: float, count: Optional[int] = None) -> Tensor:
 
 def compactness_loss(factors: Tensor, prompts: Tensor, num_factors: int, num_layers: int,
                      eps2_e: float = 1.0, eps2_p: float = 1.0, lambda_e: float = 1.0,
-                     lambda_p: float = 1.0) -> Tensor:
+                     lambda_p: float = 1.0, normalize: bool = False) -> Tensor:
     r"""DPCPL eq 12 per user,
     :math:`\lambda_e R(\mathcal E_u, \epsilon_e) + \lambda_p R(\mathcal P_u, \epsilon_p)`,
     averaged over the batch.
@@ -67,10 +75,11 @@ def compactness_loss(factors: Tensor, prompts: Tensor, num_factors: int, num_lay
         factors: ``[B, N (L + 1), d_q]`` every user's prompt factors :math:`\mathcal E_u`.
         prompts: ``[B, L, d_q]`` every user's layer prompts :math:`\mathcal P_u`.
         num_factors, num_layers: ``N`` and ``L`` (the scalings of eq 10 and 11).
+        normalize: the rates of unit-norm rows (:func:`coding_rate`).
     """
     # reading taken: eq 12's sum over users is a batch mean, so lambda does not scale with B
-    r_e = coding_rate(factors, eps2_e, num_factors)
-    r_p = coding_rate(prompts, eps2_p, num_layers)
+    r_e = coding_rate(factors, eps2_e, num_factors, normalize)
+    r_p = coding_rate(prompts, eps2_p, num_layers, normalize)
     return (lambda_e * r_e + lambda_p * r_p).mean()
 
 
