@@ -458,3 +458,17 @@ def test_dpcpl_tunes_prompts_on_a_causal_backbone():
     assert all(p.grad is None for p in model.backbone.parameters())
     model.prepare_eval('test')
     assert model.score(ds.split_pairs('test')[0][:2]).shape == (2, ds.num_items)
+
+
+def test_linear_eq3_mixes_positions_only_by_a_fixed_hilbert_kernel():
+    """The fact behind CausalFilterLayer's docstring: a channel map shared by all frequency
+    tokens is position-wise for its real part and a fixed two-sided kernel for its imaginary
+    part (multiplying the spectrum by i), so eq 3 learns position mixing only through sigma."""
+    x = torch.zeros(1, 8, 1)
+    x[0, 3, 0] = 1.0
+    def spectral(w):
+        return torch.fft.irfft(w * torch.fft.rfft(x, dim=1, norm='ortho'), n=8, dim=1,
+                               norm='ortho').flatten()
+    torch.testing.assert_close(spectral(2.0), 2.0 * x.flatten())        # real: position-wise
+    hilbert = spectral(1j)
+    assert hilbert[3].abs() < 1e-6 and hilbert[2] > 0.5 and hilbert[4] < -0.5  # both sides

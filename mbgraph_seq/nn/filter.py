@@ -317,11 +317,13 @@ class CausalFilterLayer(nn.Module):
     (:class:`ChunkedMLP`). The residual, LayerNorms and FFN are the filter layer's.
 
     What it changes against eq 2-3, and why. Eq 3's complex MLP acts on the frequency tokens
-    with weights shared by all of them; without its non-linearity it would be one channel map
-    at every frequency, i.e. the same map at every *position* (no mixing along the sequence
-    at all), so the filter mixes positions only through :math:`\sigma` on the spectrum, and
-    the output at a position then depends on every position, later ones included: the model
-    must be trained on sequences cut before each target (one target per sample). Here the
+    with weights shared by all of them; without its non-linearity it would be one complex
+    channel map :math:`W_r + iW_i` at every frequency, i.e. :math:`S W_r` position by position
+    plus a fixed, unlearned two-sided kernel (the discrete Hilbert transform) applied to
+    :math:`S W_i`. So the filter learns how to mix positions only through :math:`\sigma` on
+    the spectrum, and the output at a position depends on every position, later ones
+    included: the model must be trained on sequences cut before each target (one target per
+    sample). Here the
     mixing along the sequence is a convolution, as the paper motivates the filter
     ("multiplication in the frequency domain can replace convolution in the time domain",
     sec. 4.2), made causal by zero padding and a kernel that is zero at negative lags; the
