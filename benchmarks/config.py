@@ -213,6 +213,22 @@ class Run:
                               self.member_run(name, protocol='validation')))
         return parts
 
+    def blend_commands(self, folder, out: Path, data_root: Optional[str], device: str = 'cpu',
+                       threads: Optional[int] = None) -> List[List[str]]:
+        """The ``mbgraph blend`` commands of this ``blend:`` run into ``out``, ``folder(run)``
+        being a trained member's run folder: one command (fit on validation and test) when
+        the members are the validation protocol's, else two (fit on the twins into
+        ``out/fit``, then apply those weights to the members, ``--weights-from``)."""
+        parts = self.blend_parts()
+        fit_members = [name if t is None else folder(t) for name, _, t in parts]
+        members = [name if r is None else folder(r) for name, r, _ in parts]
+        if fit_members == members:
+            return [self.blend_command(members, out, data_root, device, threads)]
+        fit = Path(out) / 'fit'
+        return [self.blend_command(fit_members, fit, data_root, device, threads),
+                self.blend_command(members, out, data_root, device, threads,
+                                   weights_from=fit / 'metrics.json')]
+
     def blend_command(self, members: Sequence[str], out: Path, data_root: Optional[str],
                       device: str = 'cpu', threads: Optional[int] = None,
                       weights_from: Optional[Path] = None) -> List[str]:

@@ -343,16 +343,7 @@ def _execute_blend(planned: Planned, results: Path, run_dir: Path, *, data_root,
                 echo(f'FAILED {run.id}: {why}')
                 return {**base, 'returncode': 1}
             folders[dep.id] = folder
-    fit_members = [name if t is None else folders[t.id] for name, _, t in parts]
-    members = [name if r is None else folders[r.id] for name, r, _ in parts]
-    steps = []
-    if fit_members == members:
-        steps.append(run.blend_command(members, run_dir, data_root, device, threads))
-    else:
-        fit_dir = run_dir / 'fit'
-        steps.append(run.blend_command(fit_members, fit_dir, data_root, device, threads))
-        steps.append(run.blend_command(members, run_dir, data_root, device, threads,
-                                       weights_from=fit_dir / 'metrics.json'))
+    steps = run.blend_commands(lambda r: folders[r.id], run_dir, data_root, device, threads)
     seconds = 0.0
     for cmd in steps:
         out_dir = Path(cmd[cmd.index('--out') + 1])
@@ -503,17 +494,9 @@ def _show_blend(run: Run, parts, results: Path, data_root, device, threads, show
             echo(f'    first the member {dep.id}:')
             echo('    ' + _pasteable(dep.command(data_root, results / 'runs' / dep.id,
                                                  device=device, threads=threads)))
-    run_dir = results / 'runs' / run.id
-    fit_members = [name if t is None else results / 'runs' / t.id for name, _, t in parts]
-    members = [name if r is None else results / 'runs' / r.id for name, r, _ in parts]
-    if fit_members == members:
-        echo('    ' + _pasteable(run.blend_command(members, run_dir, data_root, device,
-                                                   threads)))
-        return
-    echo('    ' + _pasteable(run.blend_command(fit_members, run_dir / 'fit', data_root, device,
-                                               threads)))
-    echo('    ' + _pasteable(run.blend_command(members, run_dir, data_root, device, threads,
-                                               weights_from=run_dir / 'fit' / 'metrics.json')))
+    for cmd in run.blend_commands(lambda r: results / 'runs' / r.id, results / 'runs' / run.id,
+                                  data_root, device, threads):
+        echo('    ' + _pasteable(cmd))
 
 
 def _pasteable(cmd: List[str]) -> str:
