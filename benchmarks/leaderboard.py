@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from mbgraph import io as run_io
 
-from .config import Table
+from .config import BLEND_PREFIX, Table, is_training_free
 from .tables import _digits, _pyplot, label, lookup, mean_std, table_cells
 
 #: what the loaders give for the datasets of the suite: display name, users, items, and a note
@@ -59,13 +59,9 @@ KINDS = {
 def row_kind(model: str) -> str:
     """``'hybrid'``, ``'training-free'`` or ``'trained'``."""
     key = model.lower()
-    if key.startswith(('hybrid:', 'blend:')):
+    if key.startswith(('hybrid:', BLEND_PREFIX)):
         return 'hybrid'
-    from mbgraph.models import MODELS, TrainingFree
-    cls = MODELS.get(key)
-    if isinstance(cls, type) and issubclass(cls, TrainingFree):
-        return 'training-free'
-    return 'trained'
+    return 'training-free' if is_training_free(key) else 'trained'
 
 
 def dataset_name(dataset: str) -> str:

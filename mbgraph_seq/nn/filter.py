@@ -62,7 +62,30 @@ def _activation(name: str):
     return _ACTIVATIONS[name]
 
 
-class ChunkedComplexMLP(nn.Module):
+class _ChunkedBlocks(nn.Module):
+    """What eq 3's chunked diagonal mechanism shares between its complex (frequency tokens)
+    and real (positions) forms: ``d`` channels cut into ``k`` blocks of ``d/k``, each block
+    through its own two-layer MLP whose weights every token shares."""
+
+    def __init__(self, dim: int, num_blocks: int, activation: str):
+        super().__init__()
+        if num_blocks < 1 or dim % num_blocks != 0:
+            raise ValueError(f'num_blocks={num_blocks} must be a positive divisor of dim={dim}')
+        self.dim, self.num_blocks = int(dim), int(num_blocks)
+        self.block = dim // num_blocks
+        self.act = _activation(activation)
+
+    def _check_channels(self, x: Tensor) -> None:
+        if x.size(-1) != self.dim:
+            raise ValueError(f'expected {self.dim} channels in the last dimension, got '
+                             f'{x.size(-1)}')
+
+    def _two_layers(self, h: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+        """``[k, T, width]`` blocks of ``T`` tokens -> ``act(h w1 + b1) w2 + b2`` per block."""
+        return torch.baddbmm(b2, self.act(torch.baddbmm(b1, h, w1)), w2)
+
+
+class ChunkedComplexMLP(_ChunkedBlocks):
     r"""Block-diagonal two-layer complex MLP over frequency tokens (DPCPL eq 3).
 
     For a complex input ``x`` of shape ``[..., F, d]`` (``F`` frequency tokens), block ``n``
@@ -88,12 +111,7 @@ class ChunkedComplexMLP(nn.Module):
 
     def __init__(self, dim: int, num_blocks: int = 4, activation: str = 'relu',
                  init_scale: Optional[float] = None):
-        super().__init__()
-        if num_blocks < 1 or dim % num_blocks != 0:
-            raise ValueError(f'num_blocks={num_blocks} must be a positive divisor of dim={dim}')
-        self.dim, self.num_blocks = int(dim), int(num_blocks)
-        self.block = dim // num_blocks
-        self.act = _activation(activation)
+        super().__init__(dim, num_blocks, activation)
         k, c = self.num_blocks, self.block
         scale = (2 * c) ** -0.5 if init_scale is None else float(init_scale)
         # [real/imag, block n, in, out]
@@ -111,9 +129,7 @@ class ChunkedComplexMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_complex(x):
             raise TypeError(f'ChunkedComplexMLP expects a complex tensor, got {x.dtype}')
-        if x.size(-1) != self.dim:
-            raise ValueError(f'expected {self.dim} channels in the last dimension, got '
-                             f'{x.size(-1)}')
+        self._check_channels(x)
         k, c = self.num_blocks, self.block
         lead = x.shape[:-1]
         # [k, T, 2c]: per block, real parts then imaginary parts of the T tokens
@@ -122,8 +138,8 @@ class ChunkedComplexMLP(nn.Module):
         b1 = torch.cat([self.b1[0], self.b1[1]], -1).unsqueeze(1)           # [k, 1, 2c]
         b2 = torch.cat([self.b2[0], self.b2[1]], -1).unsqueeze(1)
         # sigma on the real and imaginary parts separately = elementwise on [Re, Im]
-        h = self.act(torch.baddbmm(b1, h, self._real_block_weight(self.w1)))
-        h = torch.baddbmm(b2, h, self._real_block_weight(self.w2))
+        h = self._two_layers(h, self._real_block_weight(self.w1), b1,
+                             self._real_block_weight(self.w2), b2)
         h = h.transpose(0, 1)                                              # [T, k, 2c]
         return torch.complex(h[..., :c], h[..., c:]).reshape(*lead, self.dim)
 
@@ -265,7 +281,7 @@ def causal_convolution(x: Tensor, kernel: Tensor) -> Tensor:
     return torch.fft.irfft(spectrum, n=n, dim=1)[:, :length]
 
 
-class ChunkedMLP(nn.Module):
+class ChunkedMLP(_ChunkedBlocks):
     r"""Eq 3's chunked diagonal mechanism with real weights, applied position by position:
     the ``d`` channels are cut into ``k`` blocks of ``d/k`` and block ``n`` becomes
     :math:`W^n_2\,\sigma(W^n_1 x^n + b^n_1) + b^n_2` (:math:`W^n \in \mathbb R^{d/k \times
@@ -278,12 +294,7 @@ class ChunkedMLP(nn.Module):
     """
 
     def __init__(self, dim: int, num_blocks: int = 4, activation: str = 'relu'):
-        super().__init__()
-        if num_blocks < 1 or dim % num_blocks != 0:
-            raise ValueError(f'num_blocks={num_blocks} must be a positive divisor of dim={dim}')
-        self.dim, self.num_blocks = int(dim), int(num_blocks)
-        self.block = dim // num_blocks
-        self.act = _activation(activation)
+        super().__init__(dim, num_blocks, activation)
         k, c = self.num_blocks, self.block
         # [block n, in, out]; the scale keeps a block's input scale
         self.w1 = nn.Parameter(c ** -0.5 * torch.randn(k, c, c))
@@ -292,13 +303,11 @@ class ChunkedMLP(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(k, 1, c))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.size(-1) != self.dim:
-            raise ValueError(f'expected {self.dim} channels in the last dimension, got '
-                             f'{x.size(-1)}')
+        self._check_channels(x)
         k, c = self.num_blocks, self.block
         lead = x.shape[:-1]
         h = x.reshape(-1, k, c).transpose(0, 1)                            # [k, T, c]
-        h = torch.baddbmm(self.b2, self.act(torch.baddbmm(self.b1, h, self.w1)), self.w2)
+        h = self._two_layers(h, self.w1, self.b1, self.w2, self.b2)
         return h.transpose(0, 1).reshape(*lead, self.dim)
 
 
