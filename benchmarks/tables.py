@@ -22,7 +22,8 @@ from .config import Table, expand
 LABELS = {
     'test.hr@10': 'HR@10', 'test.ndcg@10': 'NDCG@10', 'test.hr@20': 'HR@20',
     'test.ndcg@20': 'NDCG@20', 'test_full.hr@10': 'HR@10 full',
-    'test_full.ndcg@10': 'NDCG@10 full', 'epoch_seconds': 's/epoch',
+    'test_full.ndcg@10': 'NDCG@10 full', 'test_full_unseen.hr@10': 'HR@10 full, unseen',
+    'test_full_unseen.ndcg@10': 'NDCG@10 full, unseen', 'epoch_seconds': 's/epoch',
     'eval_seconds': 'eval s', 'peak_rss_mb': 'peak RSS MB', 'tuned_share': 'tuned share',
     'tuned_parameters': 'tuned params', 'total_parameters': 'params',
     'best_epoch': 'best epoch', 'epochs_run': 'epochs', 'wall_seconds': 'wall s',

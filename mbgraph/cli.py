@@ -237,6 +237,7 @@ def cmd_train_sequence(args, device: torch.device) -> int:
            f'hr@10 ({args.negatives} neg)': test.get('hr@10'),
            f'ndcg@10 ({args.negatives} neg)': test.get('ndcg@10'),
            'hr@10 full': full.get('hr@10'), 'ndcg@10 full': full.get('ndcg@10'),
+           'hr@10 full, unseen': metrics.get('test_full_unseen', {}).get('hr@10'),
            'best epoch': metrics.get('best_epoch'), 's/epoch': metrics.get('epoch_seconds')}
     print(format_table([row], list(row)))
     print(f'wrote {path}')

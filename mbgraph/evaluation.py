@@ -22,7 +22,7 @@ sequence model reads the history before the held-out item) may define
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -35,7 +35,14 @@ from torch_geometric.metrics import (
 )
 
 from . import distributed as dist_utils
-from .data.multiplex import SPLITS, edge_type, num_users_items, split_edge_index, target_behavior
+from .data.multiplex import (
+    SPLITS,
+    behaviors_of,
+    edge_type,
+    num_users_items,
+    split_edge_index,
+    target_behavior,
+)
 from .data.sampling import InteractionSet, sample_negatives
 
 METRICS = {'hr': LinkPredHitRatio, 'ndcg': LinkPredNDCG, 'recall': LinkPredRecall}
@@ -118,6 +125,26 @@ class _Evaluator:
         return out
 
 
+def _mask_behaviors(data: HeteroData, which: Optional[Union[str, Sequence[str]]]
+                    ) -> Tuple[str, ...]:
+    """The behaviors whose training pairs a full ranking masks: the target alone (``None``),
+    every behavior (``'all'``) or the named ones (the target always among them)."""
+    behaviors = behaviors_of(data)
+    target = behaviors[-1]
+    if which is None:
+        return (target,)
+    if isinstance(which, str):
+        if which != 'all':
+            raise ValueError(f"mask_behaviors must be None, 'all' or a list of behaviors, "
+                             f"got {which!r}")
+        return tuple(behaviors)
+    unknown = [b for b in which if b not in behaviors]
+    if unknown:
+        raise ValueError(f'mask_behaviors names unknown behaviors {unknown}; the data has '
+                         f'{behaviors}')
+    return tuple(dict.fromkeys([*which, target]))
+
+
 def _device_of(model) -> torch.device:
     """The device of a model's parameters, else of its buffers (training-free models have
     buffers only), else the CPU."""
@@ -137,23 +164,40 @@ class FullRankingEvaluator(_Evaluator):
         batch_size: users scored at once.
         mask_other_split: also mask the user's pair of the other held-out split (it is a known
             positive, not a candidate); the training pairs of the target are always masked.
+        mask_behaviors: ``None`` (the papers' protocol): only the target behavior's training
+            pairs are masked; ``'all'`` or a list of behavior names: the training pairs of
+            those behaviors are masked too, so that a user's candidates are the items it has
+            not met in training (the full-ranking counterpart of sampled negatives, which are
+            never items the user interacted with). The evaluated split's own held-out pairs
+            are never masked: a held-out item the user also met under another behavior stays
+            a candidate.
     """
 
     def __init__(self, data: HeteroData, split: str = 'test', ks: Sequence[int] = (10,),
                  metrics: Sequence[str] = ('hr', 'ndcg'), batch_size: int = 1024,
-                 mask_other_split: bool = True):
+                 mask_other_split: bool = True,
+                 mask_behaviors: Optional[Union[str, Sequence[str]]] = None):
         pairs = split_edge_index(data, split)
         if pairs is None:
             raise ValueError(f'the data has no {split!r} split of target behavior '
                              f'{target_behavior(data)!r}')
         _, num_items = num_users_items(data)
         super().__init__(pairs, num_items, ks, metrics, batch_size, split)
-        masked = [data[edge_type(target_behavior(data))].edge_index]
+        target = target_behavior(data)
+        masked = [data[edge_type(target)].edge_index]
+        self.mask_behaviors = _mask_behaviors(data, mask_behaviors)
+        for b in self.mask_behaviors:
+            if b != target:
+                masked.append(data[edge_type(b)].edge_index)
         if mask_other_split:
             other = split_edge_index(data, [s for s in SPLITS if s != split][0])
             if other is not None:
                 masked.append(other)
         self.mask = InteractionSet(torch.cat(masked, dim=1), num_items)
+        if len(self.mask_behaviors) > 1:
+            # another behavior's training pair may be the held-out pair itself: keep it
+            held = pairs[0].long() * num_items + pairs[1].long()
+            self.mask.keys = self.mask.keys[~torch.isin(self.mask.keys, held)]
         # per evaluated user: positions of its masked items, as a CSR-like (ptr, items) pair
         keys = self.mask.keys
         mu, mi = keys // num_items, keys % num_items

@@ -42,6 +42,33 @@ def test_full_ranking_masks_training_and_val():
     assert ev2.evaluate(FixedScores(table))['hr@1'] == pytest.approx(0.0)
 
 
+def test_full_ranking_can_mask_every_behavior_but_keeps_the_held_out_item():
+    # 2 users, 5 items, view -> buy; training buys (0,0) (1,4); views (0,2) (0,1) (1,3);
+    # test (0,1) (1,2): user 0 viewed its own test item 1 in training
+    data = make_multiplex(2, 5, ['view', 'buy'],
+                          {'view': torch.tensor([[0, 0, 1], [2, 1, 3]]),
+                           'buy': torch.tensor([[0, 1], [0, 4]])},
+                          test=torch.tensor([[0, 1], [1, 2]]))
+    table = [[9.0, 5.0, 7.0, 1.0, 2.0],
+             [0.0, 3.0, 1.0, 8.0, 9.0]]
+    # the papers' protocol: buys masked only; user 0 ranks 2 (viewed) above 1 -> rank 2;
+    # user 1 ranks 3 (viewed), 1 above 2 -> rank 3
+    papers = FullRankingEvaluator(data, 'test', ks=(1, 2)).evaluate(FixedScores(table))
+    assert papers['hr@1'] == 0.0 and papers['hr@2'] == pytest.approx(0.5)
+    # every training item masked: user 0's item 2 goes, its viewed test item 1 stays -> rank 1;
+    # user 1's item 3 goes -> 1, 2: rank 2
+    unseen = FullRankingEvaluator(data, 'test', ks=(1, 2), mask_behaviors='all')
+    m = unseen.evaluate(FixedScores(table))
+    assert m['hr@1'] == pytest.approx(0.5) and m['hr@2'] == pytest.approx(1.0)
+    assert unseen.mask_behaviors == ('view', 'buy')
+    named = FullRankingEvaluator(data, 'test', ks=(1, 2), mask_behaviors=['view'])
+    assert named.evaluate(FixedScores(table)) == m
+    with pytest.raises(ValueError, match="unknown behaviors \\['cart'\\]"):
+        FullRankingEvaluator(data, 'test', mask_behaviors=['cart'])
+    with pytest.raises(ValueError, match="None, 'all' or a list"):
+        FullRankingEvaluator(data, 'test', mask_behaviors='views')
+
+
 def test_full_ranking_batches_agree():
     torch.manual_seed(0)
     table = torch.randn(2, 5)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mbgraph.cli import main
-from mbgraph.evaluation import SampledEvaluator
+from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
 from mbgraph.models.baselines import MostPop
 from mbgraph.training import Trainer
 from mbgraph.validation import OptionError
@@ -92,6 +92,15 @@ def test_cli_trains_mostpop_on_movielens_with_the_sequence_protocol(tmp_path):
                           num_negatives=5, ks=(10, 20), seed=0, split='test')
     assert metrics['test']['hr@10'] == pytest.approx(ev.evaluate(Pop())['hr@10'])
     assert 'shortcuts' not in metrics      # not the graph pipeline's metrics
+    # full ranking twice: the target's training items masked, and every training item
+    class PopAll(torch.nn.Module):
+        def score(self, users, items=None):
+            return pop.expand(users.numel(), -1).clone()
+    graph = ds.to_multiplex()
+    for key, which in (('test_full', None), ('test_full_unseen', 'all')):
+        full = FullRankingEvaluator(graph, 'test', ks=(10, 20), mask_behaviors=which)
+        assert metrics[key] == pytest.approx(full.evaluate(PopAll()))
+    assert 'full_ranking_unseen' in metrics['protocol']
 
 
 def test_every_sequence_table_has_a_mostpop_row_under_its_protocol():
