@@ -33,15 +33,22 @@ def _suite_results(args) -> Path:
     return Path(args.results) / Path(args.suite).name
 
 
-def _leaderboard(args, tables, found) -> None:
+def _leaderboard(args, tables, found) -> bool:
     """The ``leaderboard`` suite also renders docs/LEADERBOARD.md (or ``--docs DIR``) and one
-    bar chart per setting beside it."""
+    bar chart per setting beside it; False when the page was left as it is (it shows more
+    finished runs than the results at hand)."""
     if Path(args.suite).name != 'leaderboard':
-        return
-    from .leaderboard import write_leaderboard
+        return True
+    from .leaderboard import LeaderboardWouldShrink, write_leaderboard
     docs = Path(args.docs) if args.docs else Path(__file__).resolve().parent.parent / 'docs'
-    _, plots = write_leaderboard(tables, found, docs / 'LEADERBOARD.md', seeds=args.seeds)
+    try:
+        _, plots = write_leaderboard(tables, found, docs / 'LEADERBOARD.md', seeds=args.seeds,
+                                     replace=args.replace_docs)
+    except LeaderboardWouldShrink as e:
+        print(f'warning: {e}', file=sys.stderr)
+        return False
     print(f'wrote {docs / "LEADERBOARD.md"}' + ''.join(f', {p}' for p in plots))
+    return True
 
 
 def cmd_list(args) -> int:
@@ -107,14 +114,14 @@ def cmd_table(args) -> int:
     text, plots = write_outputs(tables, found, results, Path(args.suite).name,
                                 seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print(text)
-    _leaderboard(args, tables, found)
+    page_written = _leaderboard(args, tables, found)
     if args.suite == 'speed':
         from . import speed
         extra = speed.render(results)
         if extra:
             print(extra)
     print(f'wrote {results / "tables.md"}' + ''.join(f', {p}' for p in plots))
-    return 0
+    return 0 if page_written else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--docs', default=None, metavar='DIR',
                        help='leaderboard suite: folder for LEADERBOARD.md and its bar charts '
                        '(default docs/ of this repository)')
+        s.add_argument('--replace-docs', action='store_true',
+                       help='leaderboard suite: write LEADERBOARD.md even when the results at '
+                       'hand hold fewer finished runs than the page shows (by default it is '
+                       'left as it is: the result files are not in the repository)')
         if training:
             s.add_argument('--data-root', default=None,
                            help='folder holding the datasets (e.g. ../shared/data); datasets '

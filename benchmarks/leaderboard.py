@@ -19,6 +19,7 @@ have not finished reads "not run".
 """
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from pathlib import Path
@@ -107,6 +108,13 @@ def _cell(path: str, runs: Sequence[Dict[str, Any]], wanted: int,
 
 def _seeds(runs: Sequence[Dict[str, Any]], wanted: int) -> str:
     return f'{len(runs)} of {wanted}' if runs else f'0 of {wanted}'
+
+
+def _finished_run_count(tables: Sequence[Table], results: Dict[str, Dict[str, Any]],
+                        seeds: Optional[int]) -> int:
+    """The finished runs a page of ``tables`` shows (counted as :func:`render_leaderboard`
+    states them)."""
+    return sum(len(rs) for t in tables for rs in table_cells(t, results, seeds).values())
 
 
 def render_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any]],
@@ -260,12 +268,38 @@ def plot_setting(t: Table, results: Dict[str, Dict[str, Any]], out: Path,
     return out
 
 
+_FINISHED = re.compile(r'^(\d+) finished runs', re.MULTILINE)
+
+
+def finished_runs(text: str) -> int:
+    """The number of finished runs a rendered page says it was made from (0 if none)."""
+    m = _FINISHED.search(text)
+    return int(m.group(1)) if m else 0
+
+
+class LeaderboardWouldShrink(RuntimeError):
+    """The results at hand hold fewer finished runs than the page already shows."""
+
+
 def write_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any]],
                       path: Path, seeds: Optional[int] = None,
-                      command: str = 'python -m benchmarks table leaderboard'
-                      ) -> Tuple[str, List[Path]]:
-    """Write the page to ``path`` and one ``<table id>.png`` per table beside it."""
+                      command: str = 'python -m benchmarks table leaderboard',
+                      replace: bool = False) -> Tuple[str, List[Path]]:
+    """Write the page to ``path`` and one ``<table id>.png`` per table beside it.
+
+    The result files are not part of the repository: a fresh clone (or a results folder
+    that lost runs) would render every measured cell as "not run". Unless ``replace``, a page
+    made from fewer finished runs than the one at ``path`` is not written
+    (:class:`LeaderboardWouldShrink`), and nothing is changed."""
     path = Path(path)
+    if not replace and path.is_file():
+        runs = _finished_run_count(tables, results, seeds)
+        before = finished_runs(path.read_text(encoding='utf-8'))
+        if runs < before:
+            raise LeaderboardWouldShrink(
+                f'{path} shows {before} finished runs, the results at hand hold {runs}: not '
+                f'rewritten (its measured rows would read "not run"); run the missing rows, or '
+                f'pass --replace-docs to write the smaller page')
     plots = []
     charts = {}
     for t in tables:
@@ -280,5 +314,5 @@ def write_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any]
     return text, plots
 
 
-__all__ = ['SHAPES', 'dataset_name', 'plot_setting', 'render_leaderboard', 'row_kind',
-           'write_leaderboard']
+__all__ = ['LeaderboardWouldShrink', 'SHAPES', 'dataset_name', 'finished_runs', 'plot_setting',
+           'render_leaderboard', 'row_kind', 'write_leaderboard']

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.config import expand, load_suite
-from benchmarks.leaderboard import dataset_name, render_leaderboard, row_kind
+from benchmarks.leaderboard import dataset_name, finished_runs, render_leaderboard, row_kind
 
 TAOBAO_SHORTCUTS = {'split': 'test', 'pairs': 15449, 'any': 0.852,
                     'share': {'pv': 0.819, 'cart': 0.219}}
@@ -111,3 +111,30 @@ def test_table_command_writes_the_page_and_one_chart_per_setting(tmp_path, capsy
     assert main(['table', 'quick', '--results', str(tmp_path / 'results'),
                  '--docs', str(other)]) == 0
     assert not other.exists()
+
+
+def test_a_page_is_not_overwritten_by_fewer_finished_runs(tmp_path, capsys):
+    pytest.importorskip('matplotlib')
+    results = tmp_path / 'results' / 'leaderboard'
+    results.mkdir(parents=True)
+    written = []
+    for table in load_suite('leaderboard'):
+        for run_id, obj in some_results(table).items():
+            (results / f'{run_id}.json').write_text(json.dumps(obj))
+            written.append(results / f'{run_id}.json')
+    docs = tmp_path / 'docs'
+    args = ['table', 'leaderboard', '--results', str(tmp_path / 'results'), '--docs', str(docs)]
+    assert main(args) == 0
+    page = (docs / 'LEADERBOARD.md').read_text()
+    shown = finished_runs(page)
+    assert shown == len(written) > 1
+    # one result file lost (a fresh clone has none): the page stays as it is, rc 1
+    written[0].unlink()
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f'shows {shown} finished runs, the results at hand hold {shown - 1}' in err
+    assert (docs / 'LEADERBOARD.md').read_text() == page
+    # asked for explicitly, the smaller page is written
+    assert main(args + ['--replace-docs']) == 0
+    assert finished_runs((docs / 'LEADERBOARD.md').read_text()) == shown - 1
