@@ -5,6 +5,8 @@ Two protocols:
 * :class:`FullRankingEvaluator` -- rank *all* items for each user with a held-out pair of the
   target behavior, with the user's other known target items masked (its training items of the
   target behavior, and the other held-out split's item): the protocol of PKEF, COPF, CRGCN, MBGCN.
+  ``mask_behaviors='all'`` masks the user's training items of every behavior as well (the
+  candidates are then the items the user never met, as sampled negatives are).
 * :class:`SampledEvaluator` -- rank the held-out item among ``num_negatives`` seeded random items
   the user never interacted with (MB-GMN, KHGT, HMAR: 99; DPCPL: 100; PoMRec: 999).
 
