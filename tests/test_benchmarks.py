@@ -467,11 +467,16 @@ def test_time_to_accuracy_rows_stop_at_their_targets(tmp_path):
     validation split, and its columns read metrics.json's time_to_target."""
     table = [t for t in load_suite('speed') if t.id == 'speed_time_to_accuracy'][0]
     commands = {row.name: run.command('DATA', tmp_path) for row, run in expand(table)}
-    assert len(commands) == 2
+    assert len(commands) == 3
     for name, cmd in commands.items():
         target = name.split('target ')[1].rstrip(')')
         assert cmd[cmd.index('--stop-at') + 1] == f'hr@10={target}'
         assert cmd[cmd.index('--protocol') + 1] == 'validation'
+    # the larger-batch row passes its batch and rate; the reading's rows keep their own
+    big = [c for n, c in commands.items() if '1,024-user batches' in n]
+    assert len(big) == 1 and big[0][big[0].index('--batch-size') + 1] == '1024'
+    assert float(big[0][big[0].index('--lr') + 1]) == 2e-3
+    assert all('--batch-size' not in c for n, c in commands.items() if '1,024' not in n)
     assert all(c.startswith('time_to_target.') for c in table.columns)
 
 
