@@ -185,12 +185,8 @@ class FullRankingEvaluator(_Evaluator):
                              f'{target_behavior(data)!r}')
         _, num_items = num_users_items(data)
         super().__init__(pairs, num_items, ks, metrics, batch_size, split)
-        target = target_behavior(data)
-        masked = [data[edge_type(target)].edge_index]
-        self.mask_behaviors = _mask_behaviors(data, mask_behaviors)
-        for b in self.mask_behaviors:
-            if b != target:
-                masked.append(data[edge_type(b)].edge_index)
+        self.mask_behaviors = _mask_behaviors(data, mask_behaviors)    # the target among them
+        masked = [data[edge_type(b)].edge_index for b in self.mask_behaviors]
         if mask_other_split:
             other = split_edge_index(data, [s for s in SPLITS if s != split][0])
             if other is not None:
