@@ -70,6 +70,8 @@ HYPER_FLAGS: Dict[str, str] = {
     'lr_decay_steps': '--lr-decay-steps', 'stop_at': '--stop-at',
     'min_interactions': '--min-interactions', 'tie_order': '--tie-order',
 }
+#: [hyper] keys that are switches: ``true`` adds the flag, ``false`` leaves it out
+HYPER_SWITCHES: Dict[str, str] = {'amp': '--amp'}
 TABLE_KEYS = {'id', 'title', 'paper', 'datasets', 'columns', 'seeds', 'note'}
 ROW_KEYS = {'name', 'model', 'set', 'hyper', 'paper', 'seeds'}
 TOP_KEYS = {'table', 'hyper', 'dataset', 'row'}
@@ -272,6 +274,9 @@ class Run:
         if root is not None and self.dataset != 'synthetic':
             cmd += ['--data-root', str(root)]
         for key, value in hyper.items():
+            if key in HYPER_SWITCHES:
+                cmd += [HYPER_SWITCHES[key]] if value else []
+                continue
             if isinstance(value, (list, tuple)):
                 value = ','.join(str(v) for v in value)
             cmd += [HYPER_FLAGS[key], str(value)]
@@ -426,7 +431,10 @@ def _check_hyper(hyper: Any, where: str) -> Dict[str, Any]:
     from mbgraph.validation import OptionError, check_options
     if not isinstance(hyper, dict):
         raise ConfigError(f'{where}: expected a table of hyperparameters, got {hyper!r}')
-    _check_keys(hyper, set(HYPER_FLAGS), where)
+    _check_keys(hyper, set(HYPER_FLAGS) | set(HYPER_SWITCHES), where)
+    for key in HYPER_SWITCHES:
+        if key in hyper and not isinstance(hyper[key], bool):
+            raise ConfigError(f'{where}: {key} = {hyper[key]!r}: expected true or false')
     try:
         check_options(hyper)
     except OptionError as e:

@@ -132,6 +132,20 @@ def test_config_errors_name_the_problem(tmp_path, old, new, needle):
     assert needle in str(err.value) and str(path) in str(err.value)
 
 
+def test_hyper_switches_are_flags(tmp_path):
+    """``amp = true`` adds ``--amp`` (no value), ``false`` leaves it out, anything else is
+    refused with the key named."""
+    def command(value):
+        text = MINIMAL.replace('lr = 1e-3', f'lr = 1e-3\namp = {value}')
+        table = load_table(write(tmp_path, text))
+        return [run.command(None, tmp_path) for _, run in expand(table)][0]
+    on, off = command('true'), command('false')
+    assert on.count('--amp') == 1 and 'True' not in on and 'true' not in on
+    assert '--amp' not in off
+    with pytest.raises(ConfigError, match="amp = 'yes': expected true or false"):
+        command('"yes"')
+
+
 def test_sequence_model_options_are_checked(tmp_path):
     text = MINIMAL.replace('model = "lightgcn"', 'model = "dpcpl"\nset = { num_factors = 4, '
                            'num_blocks = 2, pretrain_epochs = 1 }')
@@ -467,16 +481,20 @@ def test_time_to_accuracy_rows_stop_at_their_targets(tmp_path):
     validation split, and its columns read metrics.json's time_to_target."""
     table = [t for t in load_suite('speed') if t.id == 'speed_time_to_accuracy'][0]
     commands = {row.name: run.command('DATA', tmp_path) for row, run in expand(table)}
-    assert len(commands) == 3
+    assert len(commands) == 4
     for name, cmd in commands.items():
         target = name.split('target ')[1].rstrip(')')
         assert cmd[cmd.index('--stop-at') + 1] == f'hr@10={target}'
         assert cmd[cmd.index('--protocol') + 1] == 'validation'
     # the larger-batch row passes its batch and rate; the reading's rows keep their own
     big = [c for n, c in commands.items() if '1,024-user batches' in n]
-    assert len(big) == 1 and big[0][big[0].index('--batch-size') + 1] == '1024'
-    assert float(big[0][big[0].index('--lr') + 1]) == 2e-3
+    assert len(big) == 2
+    assert all(c[c.index('--batch-size') + 1] == '1024' for c in big)
+    assert all(float(c[c.index('--lr') + 1]) == 2e-3 for c in big)
     assert all('--batch-size' not in c for n, c in commands.items() if '1,024' not in n)
+    # only the bf16 row trains under autocast
+    assert [n for n, c in commands.items() if '--amp' in c] == \
+        [n for n in commands if 'bf16' in n] and any('bf16' in n for n in commands)
     assert all(c.startswith('time_to_target.') for c in table.columns)
 
 
