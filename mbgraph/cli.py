@@ -301,7 +301,9 @@ def _train_graph(args, device: torch.device) -> int:
         raise UsageError(str(e)) from e
     if metrics is None:     # not the main process under torchrun
         return 0
+    k = ks[0]
     row = {'model': args.model, 'dataset': args.dataset, **metrics['test'],
+           f'hr@{k} novel': metrics['test_novel'].get(f'hr@{k}'),
            'best epoch': metrics['best_epoch'], 'epochs': metrics['epochs_run'],
            's/epoch': metrics['epoch_seconds'], 'eval s': metrics['eval_seconds']}
     print(format_table([row], list(row)))

@@ -173,17 +173,31 @@ class FullRankingEvaluator(_Evaluator):
             never items the user interacted with). The evaluated split's own held-out pairs
             are never masked: a held-out item the user also met under another behavior stays
             a candidate.
+        novel_only: evaluate only the held-out pairs whose item the user met under no
+            behavior in training (with ``mask_behaviors='all'``: every candidate, the
+            held-out one included, is an item the user never met, so the user's history
+            cannot single out the answer). Users left without a pair are not evaluated;
+            :attr:`num_pairs` counts the pairs kept. Raises ``ValueError`` when none is left.
     """
 
     def __init__(self, data: HeteroData, split: str = 'test', ks: Sequence[int] = (10,),
                  metrics: Sequence[str] = ('hr', 'ndcg'), batch_size: int = 1024,
                  mask_other_split: bool = True,
-                 mask_behaviors: Optional[Union[str, Sequence[str]]] = None):
+                 mask_behaviors: Optional[Union[str, Sequence[str]]] = None,
+                 novel_only: bool = False):
         pairs = split_edge_index(data, split)
         if pairs is None:
             raise ValueError(f'the data has no {split!r} split of target behavior '
                              f'{target_behavior(data)!r}')
         _, num_items = num_users_items(data)
+        if novel_only:
+            met = InteractionSet(torch.cat([data[edge_type(b)].edge_index
+                                            for b in behaviors_of(data)], dim=1), num_items)
+            pairs = pairs[:, ~met.contains(pairs[0], pairs[1])]
+            if pairs.size(1) == 0:
+                raise ValueError(f'novel_only: every {split!r} pair is an item its user met '
+                                 f'in training; none is left to evaluate')
+        self.num_pairs = int(pairs.size(1))
         super().__init__(pairs, num_items, ks, metrics, batch_size, split)
         self.mask_behaviors = _mask_behaviors(data, mask_behaviors)    # the target among them
         masked = [data[edge_type(b)].edge_index for b in self.mask_behaviors]

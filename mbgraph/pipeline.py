@@ -91,6 +91,19 @@ def throughput(sampler, summary: Dict[str, Any]) -> Dict[str, Any]:
             'seconds_per_million_triples': (secs / total * 1e6) if secs and total else None}
 
 
+def novel_test(data: HeteroData, model, device, ks: Sequence[int]) -> Dict[str, Any]:
+    """The test metrics over the pairs whose item the user met under no behavior in
+    training, with every behavior's training items masked (``FullRankingEvaluator(...,
+    mask_behaviors='all', novel_only=True)``), and ``pairs``: how many such pairs there are
+    (``{'pairs': 0}`` when none)."""
+    try:
+        evaluator = FullRankingEvaluator(data, 'test', ks=ks, mask_behaviors='all',
+                                         novel_only=True)
+    except ValueError:
+        return {'pairs': 0}
+    return {**evaluator.evaluate(model, device), 'pairs': evaluator.num_pairs}
+
+
 def _has_split(data: HeteroData, split: str) -> bool:
     ei = split_edge_index(data, split)
     return ei is not None and ei.numel() > 0
@@ -279,9 +292,12 @@ def train_graph_model(name: str, data: HeteroData, *, epochs: Optional[int] = No
                             '--resume found no checkpoint.pt to resume from')
         summary = trainer.fit(resume=resume, allow_changes=allow_changes)
     test = test_eval.evaluate(model, device)     # split over ranks under torchrun
+    # the test pairs whose item the user never met in training, every training item masked:
+    # how the model ranks what the user has not touched (the history shortcut taken away)
+    novel = novel_test(data, model, device, ks)
     if not is_main_process():
         return None
-    metrics = {'model': name, 'dataset': dataset, 'test': test,
+    metrics = {'model': name, 'dataset': dataset, 'test': test, 'test_novel': novel,
                'val': summary.pop('best_val'), **summary,
                'eval_seconds': test_eval.last_seconds, 'protocol': protocol,
                'protocol_description': PROTOCOLS[protocol],

@@ -280,3 +280,28 @@ def test_shortcut_shares_of_the_shared_datasets():
     assert round(100 * taobao['share']['cart'], 1) == 21.9
     retail = shortcut_shares(load_dataset('retailrocket', SHARED_DATA))
     assert retail['pairs'] == 2174 and retail['any'] == 0.0
+
+
+def test_graph_runs_report_the_test_without_the_history_shortcut(tmp_path):
+    """metrics.json's ``test_novel`` ranks the test pairs whose item the user met under no
+    behavior in training, with every training item masked: History's own-items-first order has
+    nothing left to put first and falls back to popularity, so it scores exactly MostPop's;
+    the papers' protocol (``test``) keeps the user's viewed and carted items as candidates."""
+    metrics = {}
+    for model in ('history', 'mostpop'):
+        out = tmp_path / model
+        assert main(['train', '--model', model, '--dataset', 'synthetic', '--out', str(out),
+                     '--no-progress', '--ks', '10,20']) == 0
+        metrics[model] = json.loads((out / 'metrics.json').read_text())
+    novel = metrics['history']['test_novel']
+    assert novel == metrics['mostpop']['test_novel']
+    assert set(novel) == {*metrics['history']['test'], 'pairs'}
+    assert metrics['history']['test']['hr@10'] > novel['hr@10']
+    # the pairs counted by hand: test pairs whose item is in no training edge of its user
+    from mbgraph import load_dataset
+    data = load_dataset('synthetic')
+    test = data['user', 'buy', 'item'].test_edge_index
+    met = {(u, i) for et in data.edge_types if et[0] == 'user'
+           for u, i in data[et].edge_index.t().tolist()}
+    expected = sum((u, i) not in met for u, i in test.t().tolist())
+    assert 0 < novel['pairs'] == expected < test.size(1)

@@ -67,6 +67,20 @@ def test_full_ranking_can_mask_every_behavior_but_keeps_the_held_out_item():
         FullRankingEvaluator(data, 'test', mask_behaviors=['cart'])
     with pytest.raises(ValueError, match="None, 'all' or a list"):
         FullRankingEvaluator(data, 'test', mask_behaviors='views')
+    # novel pairs only: user 0's test item 1 was viewed, so only user 1's pair (1, 2) is
+    # left; its candidates without items 4 (bought) and 3 (viewed): 1, 2, 0 -> rank 2
+    novel = FullRankingEvaluator(data, 'test', ks=(1, 2), mask_behaviors='all',
+                                 novel_only=True)
+    assert novel.num_pairs == 1 and novel.users.tolist() == [1]
+    m = novel.evaluate(FixedScores(table))
+    assert m['hr@1'] == 0.0 and m['hr@2'] == 1.0
+    assert m['ndcg@2'] == pytest.approx(1 / math.log2(3))
+    only_viewed = make_multiplex(2, 5, ['view', 'buy'],
+                                 {'view': torch.tensor([[0, 1], [1, 2]]),
+                                  'buy': torch.tensor([[0, 1], [0, 4]])},
+                                 test=torch.tensor([[0, 1], [1, 2]]))
+    with pytest.raises(ValueError, match='none is left to evaluate'):
+        FullRankingEvaluator(only_viewed, 'test', novel_only=True)
 
 
 def test_full_ranking_batches_agree():
