@@ -11,6 +11,8 @@ item the user met in training masked under any behavior (the held-out item excep
 full-ranking counterpart of the sampled protocol, whose negatives are never items the user
 interacted with. They differ for a model that ranks the user's own earlier items first (HMAR's
 history indicators do; docs/RESULTS.md): such items are never among the sampled candidates.
+``test_novel`` (as for graph runs, :func:`mbgraph.pipeline.novel_test`) keeps only the test
+events whose item the user had not met before, every training item masked.
 
 DPCPL runs in two stages on :meth:`~mbgraph_seq.data.SequenceDataset.pretrain_finetune_split`:
 EBM pre-training with eq 4 on the early part of every history (validated on the fine-tuning
@@ -37,6 +39,7 @@ import torch
 from mbgraph import io as run_io
 from mbgraph.distributed import is_main_process
 from mbgraph.evaluation import FullRankingEvaluator, SampledEvaluator
+from mbgraph.pipeline import novel_test
 from mbgraph.training import Trainer, peak_memory_mb, resolve_device, seed_everything, write_metrics
 from mbgraph.validation import OptionError, check_options, content_checksum, load_verified
 
@@ -66,7 +69,8 @@ def _evaluate(model, dataset: SequenceDataset, num_negatives: int, seed: int, de
     full = FullRankingEvaluator(graph, 'test', ks=ks)
     unseen = FullRankingEvaluator(graph, 'test', ks=ks, mask_behaviors='all')
     out = {'test': sampled.evaluate(model, device), 'test_full': full.evaluate(model, device),
-           'test_full_unseen': unseen.evaluate(model, device)}
+           'test_full_unseen': unseen.evaluate(model, device),
+           'test_novel': novel_test(graph, model, device, ks)}
     out['test_seconds'] = sampled.last_seconds + full.last_seconds + unseen.last_seconds
     return out
 

@@ -100,6 +100,10 @@ def test_cli_trains_mostpop_on_movielens_with_the_sequence_protocol(tmp_path):
     for key, which in (('test_full', None), ('test_full_unseen', 'all')):
         full = FullRankingEvaluator(graph, 'test', ks=(10, 20), mask_behaviors=which)
         assert metrics[key] == pytest.approx(full.evaluate(PopAll()))
+    novel = FullRankingEvaluator(graph, 'test', ks=(10, 20), mask_behaviors='all',
+                                 novel_only=True)
+    assert metrics['test_novel'] == pytest.approx({**novel.evaluate(PopAll()),
+                                                   'pairs': novel.num_pairs})
     assert 'full_ranking_unseen' in metrics['protocol']
 
 
