@@ -37,7 +37,7 @@ SHAPES: Dict[str, Tuple[str, int, int, str]] = {
     'retailrocket': ('RetailRocket', 2174, 30113, "SSLRec's files"),
 }
 
-METRICS = ['test.hr@10', 'test.ndcg@10', 'test.hr@20', 'test.ndcg@20']
+METRICS = ['test.hr@10', 'test.ndcg@10', 'test.hr@20', 'test.ndcg@20', 'test_novel.hr@10']
 COSTS = [('epoch_seconds', 's / epoch'), ('best_epoch', 'epochs to best'),
          ('peak_rss_mb', 'peak RSS MB')]
 NOT_RUN = 'not run'
@@ -133,7 +133,11 @@ def render_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any
              'training buys (and validation buy) masked, every test user. Cells are mean ± '
              'sample std over the finished seeds; "not run" marks a cell without a finished '
              'run of the suite\'s current configuration (runs under other settings, such as '
-             'a CPU budget, are in [RESULTS.md](RESULTS.md) with their commands).', '']
+             'a CPU budget, are in [RESULTS.md](RESULTS.md) with their commands). "HR@10 '
+             'novel": the same runs on the test pairs whose item the user met under no '
+             'behavior in training, every training item masked (metrics.json `test_novel`; '
+             'History scores exactly MostPop there; "-": a run from before it was recorded).',
+             '']
     commits = sorted({(r['metrics'].get('environment') or {}).get('git_commit')
                       for r in runs} - {None})
     if commits:
