@@ -12,14 +12,16 @@ TAOBAO_SHORTCUTS = {'split': 'test', 'pairs': 15449, 'any': 0.852,
                     'share': {'pv': 0.819, 'cart': 0.219}}
 
 
-def fake(run, hr, ndcg, seconds=None, best=0, rss=500.0, shortcuts=None, behaviors=None):
+def fake(run, hr, ndcg, seconds=None, best=0, rss=500.0, shortcuts=None, behaviors=None,
+         novel=None):
+    extra = {} if novel is None else {'test_novel': {'hr@10': novel, 'pairs': 2286}}
     return {'run_id': run.id, 'config': run.effective(), 'wall_seconds': 1.0,
             'metrics': {'test': {'hr@10': hr, 'ndcg@10': ndcg, 'hr@20': hr + 0.1,
                                  'ndcg@20': ndcg + 0.01},
                         'epoch_seconds': seconds, 'best_epoch': best, 'peak_rss_mb': rss,
                         'shortcuts': shortcuts,
                         'config': {'behaviors': behaviors or ['pv', 'cart', 'buy']},
-                        'environment': {'git_commit': 'abc1234'}},
+                        'environment': {'git_commit': 'abc1234'}, **extra},
             'curve': []}
 
 
@@ -37,7 +39,7 @@ def some_results(table):
                                seconds=20.0 + 2 * run.seed, best=12 + 2 * run.seed,
                                shortcuts=TAOBAO_SHORTCUTS)
         elif row.name.startswith('History') and run.seed == 0:
-            out[run.id] = fake(run, 0.2728, 0.1400, shortcuts=TAOBAO_SHORTCUTS)
+            out[run.id] = fake(run, 0.2728, 0.1400, shortcuts=TAOBAO_SHORTCUTS, novel=0.0171)
         elif row.model == 'hybrid:lightgcn' and run.seed == 0:
             out[run.id] = fake(run, 0.34, 0.17, seconds=12.0, best=6,
                                shortcuts=TAOBAO_SHORTCUTS)
@@ -69,6 +71,9 @@ def test_cells_not_run_shapes_shortcuts_and_papers():
     # the training-free row: no epoch to report
     history = line_of(text, '| History (training-free) |')[-1]
     assert '0.2728' in history and history.count('no training') == 2
+    # the novel-pairs column: History's value, "-" for runs that did not record it
+    assert '| 0.3728 | 0.1500 | 0.0171 |' in history
+    assert '| 0.2100 ± 0.0141 | 0.0650 ± 0.0071 | - |' in row and 'HR@10 novel' in text
     # rows without a finished run read "not run", in the overview too
     copf = line_of(text, '| COPF |')
     assert all('not run' in x for x in copf)
