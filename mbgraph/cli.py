@@ -397,12 +397,16 @@ def cmd_evaluate(args) -> int:
     ks = config.get('ks', [10])
     ev = FullRankingEvaluator(data, args.split, ks=ks)
     result = ev.evaluate(model, device)
-    print(format_table([{'model': config['model'], 'dataset': config['dataset'],
-                         'split': args.split, **result}],
-                       ['model', 'dataset', 'split', *result]))
+    row = {'model': config['model'], 'dataset': config['dataset'], 'split': args.split, **result}
+    extra = {}
+    if args.split == 'test':        # as in a training run's metrics.json
+        from .pipeline import novel_test
+        extra['test_novel'] = novel_test(data, model, device, ks)
+        row[f'hr@{ks[0]} novel'] = extra['test_novel'].get(f'hr@{ks[0]}')
+    print(format_table([row], list(row)))
     if args.out:
         from .training import write_metrics
-        write_metrics(args.out, {args.split: result, 'checkpoint': str(path),
+        write_metrics(args.out, {args.split: result, **extra, 'checkpoint': str(path),
                                  'eval_seconds': ev.last_seconds, 'config': config})
     return 0
 

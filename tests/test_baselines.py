@@ -231,9 +231,12 @@ def test_cli_trains_and_evaluates_a_baseline(tmp_path, capsys, model):
     assert metrics['epochs_run'] == 0 and set(metrics['test']) == {'hr@10', 'hr@20', 'ndcg@10',
                                                                    'ndcg@20'}
     assert set(metrics['shortcuts']['share']) == {'view', 'cart'}
-    assert main(['evaluate', '--checkpoint', str(out / 'best.pt')]) == 0
+    assert main(['evaluate', '--checkpoint', str(out / 'best.pt'),
+                 '--out', str(tmp_path / 'again.json')]) == 0
     printed = capsys.readouterr().out
     assert f"{metrics['test']['hr@10']:.4f}" in printed
+    again = json.loads((tmp_path / 'again.json').read_text())
+    assert again['test'] == metrics['test'] and again['test_novel'] == metrics['test_novel']
 
 
 def test_cli_passes_model_options_to_cascadingrank(tmp_path):
