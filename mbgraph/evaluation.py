@@ -46,6 +46,7 @@ from .data.multiplex import (
     target_behavior,
 )
 from .data.sampling import InteractionSet, sample_negatives
+from .data.shortcuts import met_in_training
 
 METRICS = {'hr': LinkPredHitRatio, 'ndcg': LinkPredNDCG, 'recall': LinkPredRecall}
 
@@ -191,9 +192,8 @@ class FullRankingEvaluator(_Evaluator):
                              f'{target_behavior(data)!r}')
         _, num_items = num_users_items(data)
         if novel_only:
-            met = InteractionSet(torch.cat([data[edge_type(b)].edge_index
-                                            for b in behaviors_of(data)], dim=1), num_items)
-            pairs = pairs[:, ~met.contains(pairs[0], pairs[1])]
+            met = torch.stack(list(met_in_training(data, pairs).values())).any(dim=0)
+            pairs = pairs[:, ~met]
             if pairs.size(1) == 0:
                 raise ValueError(f'novel_only: every {split!r} pair is an item its user met '
                                  f'in training; none is left to evaluate')

@@ -17,12 +17,26 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import torch
+from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from .multiplex import behaviors_of, edge_type, num_users_items, split_edge_index
+
+
+def met_in_training(data: HeteroData, pairs: Tensor,
+                    behaviors: Optional[Sequence[str]] = None) -> dict[str, Tensor]:
+    """For each of ``behaviors`` (default: every behavior, the target included), a boolean
+    ``[N]`` tensor: which of the ``[2, N]`` (user, item) ``pairs`` are training pairs of it."""
+    _, num_items = num_users_items(data)
+    keys = pairs[0].long() * num_items + pairs[1].long()
+    out = {}
+    for b in behaviors_of(data) if behaviors is None else behaviors:
+        ei = data[edge_type(b)].edge_index
+        out[b] = torch.isin(keys, ei[0].long() * num_items + ei[1].long())
+    return out
 
 
 def shortcut_shares(data: HeteroData, split: str = 'test') -> dict[str, Any]:
@@ -34,18 +48,14 @@ def shortcut_shares(data: HeteroData, split: str = 'test') -> dict[str, Any]:
     share in at least one of them; fractions are None when the split is empty or absent.
     """
     behaviors = behaviors_of(data)
-    _, num_items = num_users_items(data)
     pairs = split_edge_index(data, split)
     n = 0 if pairs is None else int(pairs.size(1))
     out: dict[str, Any] = {'split': split, 'pairs': n, 'share': {}, 'any': None}
     if n == 0:
         out['share'] = {b: None for b in behaviors[:-1]}
         return out
-    keys = pairs[0].long() * num_items + pairs[1].long()
     hit_any = torch.zeros(n, dtype=torch.bool)
-    for b in behaviors[:-1]:
-        ei = data[edge_type(b)].edge_index
-        hit = torch.isin(keys, ei[0].long() * num_items + ei[1].long())
+    for b, hit in met_in_training(data, pairs, behaviors[:-1]).items():
         out['share'][b] = int(hit.sum()) / n
         hit_any |= hit
     out['any'] = int(hit_any.sum()) / n
@@ -61,4 +71,4 @@ def format_shortcuts(shares: dict[str, Any]) -> str:
             f"{parts or '(no auxiliary behavior)'}; any {100 * shares['any']:.1f}%")
 
 
-__all__ = ['format_shortcuts', 'shortcut_shares']
+__all__ = ['format_shortcuts', 'met_in_training', 'shortcut_shares']
