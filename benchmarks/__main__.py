@@ -9,15 +9,25 @@ r"""``python -m benchmarks``: run the benchmark suites and render their tables.
     python -m benchmarks run speed --data-root ../shared/data --max-len 1024
     python -m benchmarks table graph                # re-render tables and plots, no training
     python -m benchmarks table leaderboard          # also docs/LEADERBOARD.md + bar charts
+    python -m benchmarks archive leaderboard        # copy finished results into the archive
 
 Results go to ``RESULTS/<suite>/`` (default ``results/``): one ``<run id>.json`` per finished
 run, ``tables.md`` (also printed) and ``curves_<table>.png``; the ``speed`` suite adds
 ``speed.md``, ``speed_*.json`` and the scaling plots. Finished runs are skipped on re-run and
 an interrupted run resumes from its last epoch (see :mod:`benchmarks.runner`).
+
+The ``leaderboard`` suite (any suite with ``--archive DIR``) also copies every finished run's
+``<run id>.json`` into ``ARCHIVE/<suite>/`` (default ``benchmarks/archive/`` of this checkout,
+tracked by git, or ``$MBGRAPH_BENCH_ARCHIVE``; ``--archive none`` turns it off): a run found
+there counts as finished and the tables read it, so a fresh clone renders the same page
+without training again. Commit the archived files with the change that reports them. Runs
+under ``--epochs`` or ``--lr`` overrides (smoke runs, CPU budgets) are not archived by
+``run``; ``archive`` copies whatever is finished.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -25,12 +35,33 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import ConfigError, list_suites, load_suite
-from .runner import load_results, plan, run_suite
+from .runner import archive_result, load_results, plan, run_suite
 from .tables import write_outputs
+
+ARCHIVE_ENV = 'MBGRAPH_BENCH_ARCHIVE'
+DEFAULT_ARCHIVE = Path(__file__).resolve().parent / 'archive'
 
 
 def _suite_results(args) -> Path:
     return Path(args.results) / Path(args.suite).name
+
+
+# the suites whose results are archived without --archive: the leaderboard's runs take hours
+# each and the page is rendered from all of them
+ARCHIVED_SUITES = ('leaderboard',)
+
+
+def _suite_archive(args) -> Optional[Path]:
+    """``ARCHIVE/SUITE``, or None when the archive is off: ``--archive none``, or a suite not
+    in ``ARCHIVED_SUITES`` without ``--archive``."""
+    where = args.archive
+    if where is None:
+        if Path(args.suite).name not in ARCHIVED_SUITES:
+            return None
+        where = os.environ.get(ARCHIVE_ENV) or str(DEFAULT_ARCHIVE)
+    if where.strip().lower() in ('none', 'off', ''):
+        return None
+    return Path(where) / Path(args.suite).name
 
 
 def _leaderboard(args, tables, found) -> bool:
@@ -72,11 +103,15 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     tables = load_suite(args.suite)
     results = _suite_results(args)
+    archive = _suite_archive(args)
     start = time.perf_counter()
+    # smoke runs and CPU budgets (--epochs, --lr) have ids of their own: the archive would
+    # only collect them; it still tells which runs are finished
+    keep = archive if args.epochs is None and args.lr is None else None
     counts = run_suite(tables, results, Path(args.suite).name, data_root=args.data_root,
                        device=args.device, seeds=args.seeds, epochs=args.epochs,
                        only=args.only, threads=args.threads, dry_run=args.dry_run,
-                       progress=not args.no_progress, lr=args.lr)
+                       progress=not args.no_progress, lr=args.lr, archive=keep)
     if args.suite == 'speed' and (not args.only or 'micro' in args.only):
         from . import speed
         if args.dry_run:
@@ -85,7 +120,7 @@ def cmd_run(args) -> int:
             speed.run_micro(args, results)
     if args.dry_run:
         return 0
-    found = load_results(results)
+    found = load_results(results, archive)
     text, plots = write_outputs(tables, found, results, Path(args.suite).name,
                                 seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print()
@@ -95,6 +130,9 @@ def cmd_run(args) -> int:
         from . import speed
         print(speed.render(results))
     print(f'wrote {results / "tables.md"}' + ''.join(f', {p}' for p in plots))
+    if keep is not None and counts['done']:
+        print(f'archived {counts["done"]} finished run(s) in {keep} (commit them with the '
+              'change that reports them)')
     print(f'suite {Path(args.suite).name}: {counts["done"]} run, {counts["skipped"]} skipped '
           f'(finished earlier), {counts["failed"]} failed'
           + (f', {counts["locked"]} in use by another runner' if counts.get('locked') else '')
@@ -107,7 +145,7 @@ def cmd_run(args) -> int:
 def cmd_table(args) -> int:
     tables = load_suite(args.suite)
     results = _suite_results(args)
-    found = load_results(results)
+    found = load_results(results, _suite_archive(args))
     if not found and not (results / 'speed.md').is_file():
         print(f'no results under {results}: run `python -m benchmarks run {args.suite}` first',
               file=sys.stderr)
@@ -124,6 +162,22 @@ def cmd_table(args) -> int:
     return 0 if page_written else 1
 
 
+def cmd_archive(args) -> int:
+    results = _suite_results(args)
+    archive = _suite_archive(args)
+    if archive is None:
+        raise ConfigError('--archive none: there is no archive to copy into')
+    found = load_results(results)
+    if not found:
+        print(f'no finished runs under {results}', file=sys.stderr)
+        return 1
+    new = sum(not (archive / f'{rid}.json').is_file() for rid in found)
+    for rid in sorted(found):
+        archive_result(archive, results / f'{rid}.json')
+    print(f'archived {len(found)} finished run(s) of {results} in {archive} ({new} new)')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m benchmarks',
                                 description=__doc__.split('\n\n')[0].strip(),
@@ -133,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(s, training: bool):
         s.add_argument('--results', default='results',
                        help='results folder; each suite writes RESULTS/SUITE (default results)')
+        s.add_argument('--archive', default=None, metavar='DIR',
+                       help='folder of archived result files, ARCHIVE/SUITE (default for '
+                       f'the suites {", ".join(ARCHIVED_SUITES)}: ${ARCHIVE_ENV} or '
+                       'benchmarks/archive of this checkout, which git tracks; other suites: '
+                       'none); none turns it off')
         s.add_argument('--seeds', type=int, default=None,
                        help='seeds per run (0..N-1), overriding the config files')
         s.add_argument('--epochs', type=int, default=None,
@@ -149,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                        '(default docs/ of this repository)')
         s.add_argument('--replace-docs', action='store_true',
                        help='leaderboard suite: write LEADERBOARD.md even when the results at '
-                       'hand hold fewer finished runs than the page shows (by default it is '
-                       'left as it is: the result files are not in the repository)')
+                       'hand (results and archive) hold fewer finished runs than the page '
+                       'shows (by default it is left as it is)')
         if training:
             s.add_argument('--data-root', default=None,
                            help='folder holding the datasets (e.g. ../shared/data); datasets '
@@ -175,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('suite')
     common(t, False)
     t.set_defaults(func=cmd_table)
+
+    a = sub.add_parser('archive', help='copy the finished runs of RESULTS/SUITE into '
+                       'ARCHIVE/SUITE (tracked by git)')
+    a.add_argument('suite')
+    common(a, False)
+    a.set_defaults(func=cmd_archive)
 
     ls = sub.add_parser('list', help='list the suites, their tables and runs')
     ls.add_argument('suite', nargs='?', default=None)

@@ -12,7 +12,12 @@ For a run with id ``RID`` in suite ``S`` (see :mod:`benchmarks.config`):
 * a run whose ``RID.json`` exists is finished and skipped, so re-running a suite only runs what
   is missing (a changed configuration has a new id);
 * a failed run writes ``RESULTS/S/RID.failed.json`` (command, status, the end of its stderr)
-  and the suite goes on; it is retried on the next invocation.
+  and the suite goes on; it is retried on the next invocation;
+* with an archive (``ARCHIVE/S/``; the command line's default is this repository's
+  ``benchmarks/archive/``, which git tracks) every finished run's ``RID.json`` is copied there
+  too, a run found there counts as finished, and the tables read it: ``results/`` holds
+  checkpoints and is not in the repository, so without the archive a fresh checkout would
+  train every run again to render the same tables.
 
 A run is ``mbgraph train``, i.e. :func:`mbgraph.train_graph_model` or
 :func:`mbgraph_seq.train_sequence_model`, in a process of its own rather than a call in this
@@ -117,6 +122,18 @@ def plan(tables: Sequence[Table], seeds: Optional[int] = None, epochs: Optional[
 
 def result_path(results: Path, run: Run) -> Path:
     return results / f'{run.id}.json'
+
+
+def archive_result(archive: Path, source: Path) -> Path:
+    """Copy the finished run's result JSON ``source`` into the folder ``archive`` (written to
+    a temporary file and renamed, as every result is); returns the archived path."""
+    obj = json.loads(Path(source).read_text())
+    if 'run_id' not in obj or 'metrics' not in obj:
+        raise ValueError(f'{source}: not a finished run\'s result (no run_id / metrics)')
+    dest = Path(archive) / f"{obj['run_id']}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(dest, obj)
+    return dest
 
 
 def read_curve(run_dir: Path) -> List[Dict[str, Any]]:
@@ -415,9 +432,13 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
               seeds: Optional[int] = None, epochs: Optional[int] = None,
               only: Optional[str] = None, threads: Optional[int] = None,
               dry_run: bool = False, progress: bool = True, echo=print,
-              lr: Optional[float] = None) -> Dict[str, Any]:
-    """Run what is missing of ``tables``; returns counts (done, skipped, failed, missing data)."""
+              lr: Optional[float] = None, archive: Optional[Path] = None) -> Dict[str, Any]:
+    """Run what is missing of ``tables``; returns counts (done, skipped, failed, missing data).
+
+    ``archive``: a folder of result JSONs (this suite's part of the archive): a run with a
+    result there is finished and skipped, and every run finished here is copied into it."""
     results = Path(results)
+    archive = None if archive is None else Path(archive)
     runs = plan(tables, seeds=seeds, epochs=epochs, only=only, lr=lr)
     missing: Dict[str, str] = {}
     todo, skipped = [], 0
@@ -426,7 +447,8 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
         if not ok:
             missing.setdefault(p.run.dataset, where)
             continue
-        if result_path(results, p.run).is_file():
+        if result_path(results, p.run).is_file() or (
+                archive is not None and result_path(archive, p.run).is_file()):
             skipped += 1
             continue
         todo.append(p)
@@ -473,6 +495,8 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
             failed += 1
         else:
             done += 1
+            if archive is not None:
+                archive_result(archive, result_path(results, p.run))
             test = out['metrics'].get('test', {})
             msg = (f'done {p.run.id}: ' + ', '.join(f'{k} {v:.4f}' for k, v in test.items()
                                                     if k.endswith('@10'))
@@ -506,10 +530,12 @@ def _pasteable(cmd: List[str]) -> str:
     return f'PYTHONPATH={shlex.quote(root)} ' + shlex.join(cmd)
 
 
-def load_results(results: Path) -> Dict[str, Dict[str, Any]]:
-    """run id -> result JSON, for every finished run under ``results``."""
+def load_results(results: Path, archive: Optional[Path] = None) -> Dict[str, Dict[str, Any]]:
+    """run id -> result JSON, for every finished run under ``results`` and in ``archive``
+    (the one under ``results`` where both have a run)."""
     out = {}
-    for path in Path(results).glob('*.json'):
+    folders = ([] if archive is None else [Path(archive)]) + [Path(results)]
+    for path in (p for folder in folders for p in sorted(folder.glob('*.json'))):
         if path.name.endswith('.failed.json') or path.name.startswith('speed_'):
             continue
         try:
@@ -521,5 +547,6 @@ def load_results(results: Path) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-__all__ = ['plan', 'run_suite', 'execute', 'load_results', 'dataset_available', 'read_curve',
+__all__ = ['plan', 'run_suite', 'execute', 'load_results', 'archive_result',
+           'dataset_available', 'read_curve',
            'Planned', 'is_sequence_model', 'Row']

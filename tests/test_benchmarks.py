@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.config import ConfigError, expand, list_suites, load_suite, load_table
-from benchmarks.runner import load_results, plan, run_suite
+from benchmarks.runner import archive_result, load_results, plan, run_suite
 from benchmarks.speed import fit_slope, saved_activation_bytes, scaling_slopes, sequence_scaling
 from benchmarks.tables import format_cell, plot_curves, render_table
 
@@ -286,6 +286,68 @@ def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
     again = run_suite(tables, results, 'tiny', data_root=None, progress=False)
     assert again['skipped'] == 1 and again['done'] == 0
     assert list(load_results(results)) == [result['run_id']]
+
+
+def test_archived_runs_count_as_finished_in_a_fresh_checkout(tmp_path, capsys):
+    """A run finished with an archive is copied there; a second results folder (a fresh
+    clone: no results/) skips it and the tables read it; `archive` copies what a run
+    without an archive left, and `--archive none` turns it off."""
+    log = tmp_path / 'log.csv'
+    log.write_text(TINY_LOG)
+    suite = tmp_path / 'tiny'
+    suite.mkdir()
+    write(suite, f"""
+        [table]
+        id = "tiny"
+        datasets = ["csv"]
+
+        [hyper]
+        epochs = 1
+        batch_size = 16
+        dim = 8
+
+        [dataset.csv]
+        data_path = "{log}"
+        behaviors = "view,buy"
+
+        [[row]]
+        name = "LightGCN"
+        model = "lightgcn"
+        """, 'tiny.toml')
+    tables = load_suite(str(suite))
+    archive = tmp_path / 'archive' / 'tiny'
+    first = run_suite(tables, tmp_path / 'a' / 'tiny', 'tiny', threads=1, progress=False,
+                      archive=archive)
+    assert first['done'] == 1
+    (kept,) = archive.glob('lightgcn-csv-s0-*.json')
+    (made,) = (tmp_path / 'a' / 'tiny').glob('lightgcn-csv-s0-*.json')
+    assert json.loads(kept.read_text()) == json.loads(made.read_text())
+    fresh = tmp_path / 'b'
+    again = run_suite(tables, fresh, 'tiny', progress=False, archive=archive)
+    assert again == {**again, 'skipped': 1, 'done': 0}
+    assert not fresh.exists() or not list(fresh.glob('*.json'))
+    assert list(load_results(fresh, archive)) == [kept.stem]
+    assert load_results(fresh) == {}
+    # a result under results/ wins over the archived one of the same id
+    newer = {**json.loads(kept.read_text()), 'date': 'later'}
+    fresh.mkdir(exist_ok=True)
+    (fresh / kept.name).write_text(json.dumps(newer))
+    assert load_results(fresh, archive)[kept.stem]['date'] == 'later'
+    # the CLI: archive a results folder's finished runs; --archive none refuses
+    other = tmp_path / 'archive2'
+    assert main(['archive', str(suite), '--results', str(tmp_path / 'a'),
+                 '--archive', str(other)]) == 0
+    assert [p.name for p in (other / 'tiny').glob('*.json')] == [kept.name]
+    assert 'archived 1 finished run(s)' in capsys.readouterr().out
+    assert main(['archive', str(suite), '--results', str(tmp_path / 'a'),
+                 '--archive', 'none']) == 2
+    assert main(['table', str(suite), '--results', str(tmp_path / 'empty'),
+                 '--archive', str(other)]) == 0
+    assert 'LightGCN' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='not a finished run'):
+        bad = tmp_path / 'bad.json'
+        bad.write_text('{"run_id": "x"}')
+        archive_result(other, bad)
 
 
 DPCPL_ROWS = """
@@ -585,3 +647,18 @@ def test_blend_row_trains_its_members_fits_on_validation_and_applies_to_the_pape
     assert row_kind(blend.model) == 'hybrid'
     again = run_suite([table], results, 'b', data_root=None, threads=1, progress=False)
     assert again['skipped'] == 2 and again['done'] == 0
+
+
+def test_only_the_leaderboard_is_archived_by_default(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from benchmarks.__main__ import DEFAULT_ARCHIVE, _suite_archive
+    monkeypatch.setenv('MBGRAPH_BENCH_ARCHIVE', str(tmp_path))
+    assert _suite_archive(Namespace(archive=None, suite='leaderboard')) == tmp_path / 'leaderboard'
+    assert _suite_archive(Namespace(archive=None, suite='quick')) is None
+    assert _suite_archive(Namespace(archive='x', suite='quick')) == Path('x') / 'quick'
+    assert _suite_archive(Namespace(archive='none', suite='leaderboard')) is None
+    monkeypatch.delenv('MBGRAPH_BENCH_ARCHIVE')
+    assert (_suite_archive(Namespace(archive=None, suite='leaderboard'))
+            == DEFAULT_ARCHIVE / 'leaderboard')
+    assert DEFAULT_ARCHIVE == Path(__file__).resolve().parent.parent / 'benchmarks' / 'archive'
