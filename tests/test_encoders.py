@@ -299,6 +299,37 @@ def test_cogcn_full_model_written_out(tiny):
     assert_emb(COGCNEncoder(2, cumulative='union')(ego, adj), [sum(u1), sum(u2), sum(u3)], 3)
 
 
+def test_cogcn_symmetric_union_written_out(tiny):
+    """``union_norm='symmetric'``: D^-1/2 S D^-1/2 E + E over the raw sums, the first
+    behavior's graph too; only with the union."""
+    adj = BehaviorAdjacency(tiny, dtype=DT)
+    ego = torch.randn(7, 3, generator=torch.Generator().manual_seed(4), dtype=DT)
+    av, ac, ab = (dense(TINY[b], 3, 4) for b in ('view', 'cart', 'buy'))
+    i = torch.eye(7, dtype=DT)
+
+    def sym(a):
+        d = a.sum(1)
+        h = torch.where(d > 0, d.pow(-0.5), torch.zeros_like(d))
+        return h[:, None] * a * h[None, :] + i
+
+    e1 = run(ego, sym(av), 2)
+    e2 = run(ego + e1[-1], sym(av + ac), 2)
+    e3 = run(ego + e1[-1] + e2[-1], sym(av + ac + ab), 2)
+    enc = COGCNEncoder(2, cumulative='union', union_norm='symmetric')
+    assert_emb(enc(ego, adj), [sum(e1), sum(e2), sum(e3)], 3)
+    assert "union_norm='symmetric'" in repr(enc)
+    # the strict in-behavior variant: each behavior's own graph
+    h = [run(ego, sym(av), 2)]
+    h.append(run(ego + h[0][-1], sym(ac), 2))
+    h.append(run(ego + h[1][-1], sym(ab), 2))
+    enc = COGCNEncoder(2, variant='C', cumulative='union', union_norm='symmetric')
+    assert_emb(enc(ego, adj), [sum(x) for x in h], 3)
+    with pytest.raises(ValueError, match="cumulative='union'"):
+        COGCNEncoder(2, union_norm='symmetric')
+    with pytest.raises(ValueError, match='union_norm'):
+        COGCNEncoder(2, cumulative='union', union_norm='rows')
+
+
 @pytest.mark.parametrize('cumulative', ['paper', 'union'])
 @pytest.mark.parametrize('variant', ['COPF', 'P', 'A', 'D', 'F', 'C', 'B', 'H'])
 @pytest.mark.parametrize('case', ['tiny', 'two'])

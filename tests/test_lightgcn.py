@@ -77,3 +77,25 @@ def test_eval_cache_is_dropped_in_train_mode(tiny):
 def test_build_model_unknown(tiny):
     with pytest.raises(ValueError, match="unknown model 'nope'; known models: .*lightgcn"):
         build_model('nope', tiny)
+
+
+def test_lightgcn_left_normalisation_by_hand(tiny):
+    """``norm='left'``: every row of the merged graph divided by its degree (an item's row is
+    the mean of its users' rows), which differs from the symmetric form where degrees differ;
+    an unknown norm is refused by name."""
+    torch.manual_seed(0)
+    model = LightGCN_M(tiny, embedding_dim=5, num_layers=2, norm='left')
+    a = torch.zeros(7, 7)
+    for u, i in {(0, 0), (0, 1), (1, 1), (1, 2), (2, 3), (2, 0)}:
+        a[u, 3 + i] = a[3 + i, u] = 1.0
+    a = a / a.sum(1, keepdim=True)           # every node of the merged graph has an edge
+    e0 = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach()
+    final = (e0 + a @ e0 + a @ (a @ e0)) / 3
+    users, items = model.propagate()
+    assert torch.allclose(users, final[:3], atol=1e-6)
+    assert torch.allclose(items, final[3:], atol=1e-6)
+    sym = LightGCN_M(tiny, embedding_dim=5, num_layers=2)
+    sym.load_state_dict(model.state_dict())
+    assert not torch.allclose(sym.propagate()[1], items, atol=1e-3)
+    with pytest.raises(ValueError, match='norm'):
+        LightGCN(tiny, norm='rows')

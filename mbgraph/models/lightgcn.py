@@ -7,8 +7,10 @@ from typing import Dict, Optional, Tuple
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from ..data.adjacency import NORMS
 from ..losses import bpr_loss, l2_loss
 from ..nn.encoders import LightGCNEncoder
+from ..nn.encoders.base import check_choice
 from .base import GraphRecommender
 
 
@@ -31,13 +33,19 @@ class LightGCN(GraphRecommender):
             the target), e.g. ``'pv'`` to pre-train tables on views for another model
             (``mbgraph train --init-from``, as MB-CGCN's README pre-trains on view); the
             evaluation stays on the target's held-out pairs.
+        norm: the graph's normalisation (:data:`mbgraph.data.adjacency.NORMS`):
+            ``'symmetric'`` :math:`\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}` is
+            LightGCN's; ``'left'`` :math:`\mathbf{D}^{-1}\mathbf{A}` (what PKEF's and COPF's
+            code propagate with) is there to measure what that choice alone does to a ranking
+            (an item's row becomes the mean of its users' rows, whatever its popularity).
     """
 
     def __init__(self, data: HeteroData, embedding_dim: int = 64, num_layers: int = 3,
                  reg: float = 1e-4, merged: bool = False, behavior: Optional[str] = None,
-                 **kwargs):
+                 norm: str = 'symmetric', **kwargs):
         super().__init__(data, embedding_dim, **kwargs)
         self.reg = reg
+        self.norm = check_choice('norm', norm, NORMS)
         self.merged = merged
         if behavior is not None and behavior not in self.behaviors:
             raise ValueError(f'behavior={behavior!r} is not a behavior of the data '
@@ -48,7 +56,7 @@ class LightGCN(GraphRecommender):
         self.encoder = LightGCNEncoder(num_layers, combine='mean')
 
     def propagate(self) -> Tuple[Tensor, Tensor]:
-        op = self.operators_on_device().operator(self.graph_behaviors, norm='symmetric')
+        op = self.operators_on_device().operator(self.graph_behaviors, norm=self.norm)
         return self.split(self.encoder(self.ego_embeddings(), op))
 
     def loss(self, batch: Dict[str, Tensor]):

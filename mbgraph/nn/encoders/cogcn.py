@@ -24,7 +24,12 @@ left-normalises the sum once (``cumulative='union'``),
 so a pair present in :math:`m` of the behaviors weighs :math:`m` (the sum is not binarised)
 and there is one degree matrix instead of one per behavior. It uses the cached
 ``adj.cumulative(b, norm='none')`` (:math:`\mathbf{S}_k`) and scales rows by the inverse row
-sums, one sparse product per layer as well.
+sums, one sparse product per layer as well. ``union_norm='symmetric'`` (not in the paper or
+the code) normalises that sum on both sides instead,
+:math:`\mathbf{D}_{\mathbf{S}_k}^{-1/2}\mathbf{S}_k\mathbf{D}_{\mathbf{S}_k}^{-1/2}
+\mathbf{E}^{k,l} + \mathbf{E}^{k,l}`: with the left form an item's row is the mean of its
+users' rows whatever its popularity, with the symmetric form (LightGCN's) popular items keep
+longer rows; the option measures what that choice does to a ranking (docs/RESULTS.md).
 
 **Pre-behavior constraint** (def. 3, eq 6): behavior :math:`k + 1` starts from the initial
 embedding plus the last layers of every upstream behavior,
@@ -80,6 +85,7 @@ from ..functional import COMBINES, combine_layers, propagate
 from .base import BehaviorEmbeddings, LayerSpec, PerBehaviorEncoder, check_choice
 
 CUMULATIVE = ('paper', 'union')
+UNION_NORMS = ('left', 'symmetric')
 COUPLED = ('sum', 'target')
 
 #: table 3's COGCN variants -> the switches that build them
@@ -130,6 +136,10 @@ class COGCNEncoder(PerBehaviorEncoder):
             :math:`\mathbf{D}_{\mathbf{S}}^{-1}\mathbf{S} + \mathbf{I}` with
             :math:`\mathbf{S}` the raw sum of the behaviors' graphs). (default:
             :obj:`'paper'`)
+        union_norm (str, optional): with ``cumulative='union'``, ``'left'``
+            (:math:`\mathbf{D}_{\mathbf{S}}^{-1}\mathbf{S}`, the code) or ``'symmetric'``
+            (:math:`\mathbf{D}_{\mathbf{S}}^{-1/2}\mathbf{S}\mathbf{D}_{\mathbf{S}}^{-1/2}`,
+            every behavior's graph, the first one's too). (default: :obj:`'left'`)
         coupled_output (str, optional): the output shared by every behavior when
             ``post_behavior=False``: ``'sum'`` (:math:`\sum_k \mathbf{e}^{k,*}`) or
             ``'target'`` (:math:`\mathbf{e}^{K,*}`). (default: :obj:`'sum'`)
@@ -152,7 +162,7 @@ class COGCNEncoder(PerBehaviorEncoder):
                  strict_pre: Optional[bool] = None, strict_in: Optional[bool] = None,
                  strict_cascade: Optional[bool] = None, cumulative: str = 'paper',
                  coupled_output: str = 'sum', variant: Optional[str] = None,
-                 num_behaviors: Optional[int] = None):
+                 num_behaviors: Optional[int] = None, union_norm: str = 'left'):
         super().__init__(num_layers, num_behaviors)
         given = {'pre_behavior': pre_behavior, 'in_behavior': in_behavior,
                  'post_behavior': post_behavior, 'strict_pre': strict_pre,
@@ -177,6 +187,10 @@ class COGCNEncoder(PerBehaviorEncoder):
             raise ValueError('strict_in/strict_cascade restrict the in-behavior constraint, '
                              'which in_behavior=False removes: choose one')
         self.cumulative = check_choice('cumulative', cumulative, CUMULATIVE)
+        self.union_norm = check_choice('union_norm', union_norm, UNION_NORMS)
+        if self.union_norm != 'left' and self.cumulative != 'union':
+            raise ValueError(f"union_norm={union_norm!r} normalises the union of the graphs: "
+                             "it needs cumulative='union'")
         self.coupled_output = check_choice('coupled_output', coupled_output, COUPLED)
 
     @classmethod
@@ -202,6 +216,16 @@ class COGCNEncoder(PerBehaviorEncoder):
     def layers_of(self, x: Tensor, adjacency, k: int, num_layers: int) -> List[Tensor]:
         r""":math:`[\mathbf{E}^{k,0}, \dots, \mathbf{E}^{k,L_k}]` from ``x`` (eq 5)."""
         graph = self.graph_behaviors(adjacency.behaviors, k)
+        if self.union_norm == 'symmetric':  # D_S^-1/2 S D_S^-1/2 E + E
+            s = (adjacency.operator(graph[0], norm='none') if len(graph) == 1
+                 else adjacency.cumulative(graph[-1], norm='none'))
+            deg = s @ x.new_ones(x.size(0), 1)
+            half = torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
+
+            def sym_step(op, h: Tensor, layer: int) -> Tensor:
+                return half * (op @ (half * h)) + h
+
+            return propagate(x, s, num_layers, step=sym_step)
         if len(graph) == 1:  # both readings: (D_k^-1 A_k + I) E
             return propagate(x, adjacency.operator(graph[0], norm='left_plus_identity'),
                              num_layers)
@@ -247,6 +271,8 @@ class COGCNEncoder(PerBehaviorEncoder):
             parts.append(f'variant={self.variant_name!r}')
         parts += [f'{name}={getattr(self, name)}' for name in _SWITCH_DEFAULTS]
         parts.append(f'cumulative={self.cumulative!r}')
+        if self.union_norm != 'left':
+            parts.append(f'union_norm={self.union_norm!r}')
         if not self.post_behavior:
             parts.append(f'coupled_output={self.coupled_output!r}')
         return ', '.join(parts)
