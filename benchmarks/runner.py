@@ -312,6 +312,9 @@ def execute(planned: Planned, results: Path, *, data_root: Optional[str], device
         echo(f'SKIPPED {run.id}: {e}')
         return {'run_id': run.id, 'suite': suite, 'returncode': None, 'locked': str(e)}
     try:
+        done = result_path(results, run)
+        if done.is_file():   # another runner finished it between our plan and our lock
+            return {**json.loads(done.read_text()), 'finished_elsewhere': True}
         return _execute(planned, results, run_dir, data_root=data_root, device=device,
                         threads=threads, progress=progress, suite=suite, echo=echo)
     finally:
@@ -487,8 +490,15 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
                dynamic_ncols=True, position=0)
     for p in bar:
         bar.set_postfix_str(p.run.id)
+        if result_path(results, p.run).is_file() or (
+                archive is not None and result_path(archive, p.run).is_file()):
+            skipped += 1    # finished by another runner since the plan was made
+            continue
         out = execute(p, results, data_root=data_root, device=device, threads=threads,
                       progress=progress, suite=suite, echo=tqdm.write if progress else echo)
+        if out.get('finished_elsewhere'):
+            skipped += 1
+            continue
         if 'locked' in out:
             locked += 1
         elif out.get('returncode', 0) != 0:

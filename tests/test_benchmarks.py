@@ -662,3 +662,32 @@ def test_only_the_leaderboard_is_archived_by_default(tmp_path, monkeypatch):
     assert (_suite_archive(Namespace(archive=None, suite='leaderboard'))
             == DEFAULT_ARCHIVE / 'leaderboard')
     assert DEFAULT_ARCHIVE == Path(__file__).resolve().parent.parent / 'benchmarks' / 'archive'
+
+
+def test_a_run_finished_by_another_runner_is_not_trained_again(tmp_path):
+    """Two runners on one suite: a run whose result appeared after this runner made its
+    plan is skipped when its turn comes (execute re-checks under the run's lock)."""
+    from benchmarks.runner import execute
+    suite = tmp_path / 'tiny'
+    suite.mkdir()
+    write(suite, """
+        [table]
+        id = "tiny"
+        datasets = ["synthetic"]
+
+        [hyper]
+        epochs = 1
+
+        [[row]]
+        name = "LightGCN"
+        model = "lightgcn"
+        """, 'tiny.toml')
+    (planned,) = plan(load_suite(str(suite)))
+    results = tmp_path / 'results'
+    results.mkdir()
+    done = {'run_id': planned.run.id, 'metrics': {'test': {'hr@10': 0.5}}}
+    (results / f'{planned.run.id}.json').write_text(json.dumps(done))
+    out = execute(planned, results, data_root=None, device='cpu', threads=1, progress=False,
+                  suite='tiny')
+    assert out['finished_elsewhere'] and out['metrics'] == done['metrics']
+    assert not (results / 'runs' / planned.run.id / 'stdout.log').exists()
