@@ -442,6 +442,11 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
     result there is finished and skipped, and every run finished here is copied into it."""
     results = Path(results)
     archive = None if archive is None else Path(archive)
+
+    def finished(run: Run) -> bool:
+        return result_path(results, run).is_file() or (
+            archive is not None and result_path(archive, run).is_file())
+
     runs = plan(tables, seeds=seeds, epochs=epochs, only=only, lr=lr)
     missing: Dict[str, str] = {}
     todo, skipped = [], 0
@@ -450,8 +455,7 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
         if not ok:
             missing.setdefault(p.run.dataset, where)
             continue
-        if result_path(results, p.run).is_file() or (
-                archive is not None and result_path(archive, p.run).is_file()):
+        if finished(p.run):
             skipped += 1
             continue
         todo.append(p)
@@ -490,8 +494,7 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
                dynamic_ncols=True, position=0)
     for p in bar:
         bar.set_postfix_str(p.run.id)
-        if result_path(results, p.run).is_file() or (
-                archive is not None and result_path(archive, p.run).is_file()):
+        if finished(p.run):
             skipped += 1    # finished by another runner since the plan was made
             continue
         out = execute(p, results, data_root=data_root, device=device, threads=threads,

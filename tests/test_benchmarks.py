@@ -246,8 +246,9 @@ TINY_LOG = 'user,item,behavior\n' + ''.join(
     for b in (['view', 'buy'] if k % 2 == 0 else ['view']))
 
 
-def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
-    """One epoch of LightGCN on a 12-user CSV log through `python -m mbgraph train`."""
+def tiny_csv_suite(tmp_path, datasets):
+    """A one-row suite folder (LightGCN, one epoch) on the 12-user CSV log ``TINY_LOG``;
+    ``datasets``: the table's dataset list as TOML (``'"csv"'``)."""
     log = tmp_path / 'log.csv'
     log.write_text(TINY_LOG)
     suite = tmp_path / 'tiny'
@@ -255,7 +256,7 @@ def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
     write(suite, f"""
         [table]
         id = "tiny"
-        datasets = ["csv", "taobao"]
+        datasets = [{datasets}]
 
         [hyper]
         epochs = 1
@@ -270,7 +271,12 @@ def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
         name = "LightGCN"
         model = "lightgcn"
         """, 'tiny.toml')
-    tables = load_suite(str(suite))
+    return suite
+
+
+def test_suite_runs_a_subprocess_then_skips_it(tmp_path, capsys):
+    """One epoch of LightGCN on a 12-user CSV log through `python -m mbgraph train`."""
+    tables = load_suite(str(tiny_csv_suite(tmp_path, '"csv", "taobao"')))
     results = tmp_path / 'results'
     counts = run_suite(tables, results, 'tiny', data_root=None, threads=1, progress=False)
     out = capsys.readouterr().out
@@ -292,28 +298,7 @@ def test_archived_runs_count_as_finished_in_a_fresh_checkout(tmp_path, capsys):
     """A run finished with an archive is copied there; a second results folder (a fresh
     clone: no results/) skips it and the tables read it; `archive` copies what a run
     without an archive left, and `--archive none` turns it off."""
-    log = tmp_path / 'log.csv'
-    log.write_text(TINY_LOG)
-    suite = tmp_path / 'tiny'
-    suite.mkdir()
-    write(suite, f"""
-        [table]
-        id = "tiny"
-        datasets = ["csv"]
-
-        [hyper]
-        epochs = 1
-        batch_size = 16
-        dim = 8
-
-        [dataset.csv]
-        data_path = "{log}"
-        behaviors = "view,buy"
-
-        [[row]]
-        name = "LightGCN"
-        model = "lightgcn"
-        """, 'tiny.toml')
+    suite = tiny_csv_suite(tmp_path, '"csv"')
     tables = load_suite(str(suite))
     archive = tmp_path / 'archive' / 'tiny'
     first = run_suite(tables, tmp_path / 'a' / 'tiny', 'tiny', threads=1, progress=False,
