@@ -6,7 +6,8 @@ Every table of the suite is one setting (a dataset and its behaviors). The page 
 * the settings: each dataset named by shape as well as by name (the same 15,449 x 11,953 data
   is called Taobao in some papers and Tmall in others), its behaviors, and the shortcut shares
   of its test split (:mod:`mbgraph.data.shortcuts`, read from the runs' ``metrics.json``);
-* an overview, models x settings, HR@10 / NDCG@10;
+* an overview, models x settings, HR@10 / NDCG@10, and the same on the test's novel
+  pairs (``test_novel``: items the user never met in training);
 * per setting: HR@10, NDCG@10, HR@20, NDCG@20 (mean ± sample std over the finished seeds),
   the papers' HR@10 / NDCG@10 beside ours, seconds per epoch, epochs to the best validation
   epoch, peak memory, and a bar chart ``<table id>.png`` next to the page.
@@ -163,17 +164,31 @@ def render_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any
             note = f' ({SHAPES[d][3]})' if d in SHAPES else ''
             lines.append(f'| `{t.id}` | {dataset_name(d)}{note} | {_behaviors(t, d, found)} '
                          f'| {pairs} | {share} |')
-    # overview: models x settings
+    # overviews: models x settings, on the whole test and on its novel pairs
+    lines += _overview(tables, cells, 'test', '## Overview: HR@10 / NDCG@10')
+    lines += _overview(tables, cells, 'test_novel',
+                       '## Overview without the shortcut: HR@10 / NDCG@10 on the novel pairs',
+                       'The test pairs whose item the user met under no behavior in '
+                       'training, every training item masked (`test_novel`): what a model '
+                       'finds beyond the user\'s own history.')
+    for t in tables:
+        lines += ['', *_setting(t, cells[t.id], wanted[t.id], charts.get(t.id))]
+    return '\n'.join(lines) + '\n'
+
+
+def _overview(tables: Sequence[Table], cells, split: str, title: str,
+              note: str = '') -> List[str]:
+    """The models x settings table of HR@10 / NDCG@10 of ``split`` (a metrics.json key)."""
     columns = [(t, d) for t in tables for d in t.datasets]
     names: List[Tuple[str, str]] = []
     for t in tables:
         for row in t.rows:
             if (row.name, row.model) not in names:
                 names.append((row.name, row.model))
-    lines += ['', '## Overview: HR@10 / NDCG@10', '',
-              '| model | kind | ' + ' | '.join(f'{dataset_name(d)}, {_short(t)}'
-                                                for t, d in columns) + ' |',
-              '|---|---|' + '---:|' * len(columns)]
+    lines = ['', title, '', *([note, ''] if note else []),
+             '| model | kind | ' + ' | '.join(f'{dataset_name(d)}, {_short(t)}'
+                                               for t, d in columns) + ' |',
+             '|---|---|' + '---:|' * len(columns)]
     for name, model in names:
         out = [name, row_kind(model)]
         for t, d in columns:
@@ -182,11 +197,9 @@ def render_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any
                 continue
             rs = cells[t.id].get((name, d), [])
             out.append(NOT_RUN if not rs else
-                       f'{_mean(rs, "test.hr@10")} / {_mean(rs, "test.ndcg@10")}')
+                       f'{_mean(rs, split + ".hr@10")} / {_mean(rs, split + ".ndcg@10")}')
         lines.append('| ' + ' | '.join(out) + ' |')
-    for t in tables:
-        lines += ['', *_setting(t, cells[t.id], wanted[t.id], charts.get(t.id))]
-    return '\n'.join(lines) + '\n'
+    return lines
 
 
 def _short(t: Table) -> str:

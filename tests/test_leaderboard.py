@@ -84,6 +84,13 @@ def test_cells_not_run_shapes_shortcuts_and_papers():
     assert 'exploited on purpose' in text
     assert row_kind('cascadingrank') == 'training-free' and row_kind('copf') == 'trained'
     assert row_kind('hybrid:pkef') == 'hybrid'
+    # the second overview: the same models on the novel pairs (History's 0.0171; PKEF's runs
+    # did not record them)
+    novel = text.split('## Overview without the shortcut')[1].split('\n## ')[0]
+    assert '| History (training-free) | training-free | 0.0171 / - |' in novel
+    assert '| PKEF | trained | - / - |' in novel and '| COPF | trained | not run |' in novel
+    first = text.split('## Overview: HR@10 / NDCG@10')[1].split('\n## ')[0]
+    assert '| History (training-free) | training-free | 0.2728 / 0.1400 |' in first
 
 
 def test_nothing_run_renders_every_cell_not_run():
