@@ -64,16 +64,18 @@ def _suite_archive(args) -> Optional[Path]:
     return Path(where) / Path(args.suite).name
 
 
-def _leaderboard(args, tables, found) -> bool:
+def _leaderboard(args, tables, found, seeds: Optional[int]) -> bool:
     """The ``leaderboard`` suite also renders docs/LEADERBOARD.md (or ``--docs DIR``) and one
     bar chart per setting beside it; False when the page was left as it is (it shows more
-    finished runs than the results at hand)."""
+    finished runs than the results at hand). ``seeds``: the seed count the page states
+    (None: each table's own; ``run`` passes None, so that training one seed more does not
+    render the page as "x of 1")."""
     if Path(args.suite).name != 'leaderboard':
         return True
     from .leaderboard import LeaderboardWouldShrink, write_leaderboard
     docs = Path(args.docs) if args.docs else Path(__file__).resolve().parent.parent / 'docs'
     try:
-        _, plots = write_leaderboard(tables, found, docs / 'LEADERBOARD.md', seeds=args.seeds,
+        _, plots = write_leaderboard(tables, found, docs / 'LEADERBOARD.md', seeds=seeds,
                                      replace=args.replace_docs)
     except LeaderboardWouldShrink as e:
         print(f'warning: {e}', file=sys.stderr)
@@ -125,7 +127,7 @@ def cmd_run(args) -> int:
                                 seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print()
     print(text)
-    _leaderboard(args, tables, found)
+    _leaderboard(args, tables, found, seeds=None)
     if args.suite == 'speed':
         from . import speed
         print(speed.render(results))
@@ -152,7 +154,7 @@ def cmd_table(args) -> int:
     text, plots = write_outputs(tables, found, results, Path(args.suite).name,
                                 seeds=args.seeds, epochs=args.epochs, lr=args.lr)
     print(text)
-    page_written = _leaderboard(args, tables, found)
+    page_written = _leaderboard(args, tables, found, seeds=args.seeds)
     if args.suite == 'speed':
         from . import speed
         extra = speed.render(results)

@@ -150,3 +150,22 @@ def test_a_page_is_not_overwritten_by_fewer_finished_runs(tmp_path, capsys):
     # asked for explicitly, the smaller page is written
     assert main(args + ['--replace-docs']) == 0
     assert finished_runs((docs / 'LEADERBOARD.md').read_text()) == shown - 1
+
+
+def test_run_renders_the_page_with_each_tables_own_seed_count(tmp_path):
+    """``benchmarks run leaderboard --seeds 1`` trains (here: finds finished) one seed, but the
+    page it renders counts every finished seed against the table's own 3."""
+    pytest.importorskip('matplotlib')
+    results = tmp_path / 'results' / 'leaderboard'
+    results.mkdir(parents=True)
+    table = pv_cart_buy()
+    found = some_results(table)
+    for run_id, obj in found.items():
+        (results / f'{run_id}.json').write_text(json.dumps(obj))
+    (seed0,) = [run.id for row, run in expand(table) if row.name == 'PKEF' and run.seed == 0]
+    docs = tmp_path / 'docs'
+    assert main(['run', 'leaderboard', '--results', str(tmp_path / 'results'), '--docs',
+                 str(docs), '--seeds', '1', '--only', seed0, '--no-progress']) == 0
+    page = (docs / 'LEADERBOARD.md').read_text()
+    pkef = [x for x in line_of(page, '| PKEF |') if '| trained |' in x][-1]
+    assert pkef.endswith('| 2 of 3 |') and '0.1100 ± 0.0141' in pkef
