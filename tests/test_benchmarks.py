@@ -676,3 +676,28 @@ def test_a_run_finished_by_another_runner_is_not_trained_again(tmp_path):
                   suite='tiny')
     assert out['finished_elsewhere'] and out['metrics'] == done['metrics']
     assert not (results / 'runs' / planned.run.id / 'stdout.log').exists()
+
+
+def test_device_check_script_rehearses_on_the_cpu(tmp_path):
+    """benchmarks/device_check.sh (the one prepared GPU command of issue 16) runs end to end
+    with DEVICE=cpu DRY=1: its CUDA tests are collected and skipped, the speed suite plans its
+    runs, and every file it promises is in $OUT."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / 'out'
+    env = {**os.environ, 'OUT': str(out), 'PYTHON': sys.executable, 'DEVICE': 'cpu', 'DRY': '1',
+           'TESTS_S': '240', 'SPEED_S': '240'}
+    proc = subprocess.run(['bash', str(root / 'benchmarks' / 'device_check.sh')], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'cuda available False' in (out / 'env.txt').read_text()
+    tests_log = (out / 'pytest_cuda.log').read_text()
+    assert 'pytest exit status 0' in tests_log and 'skipped' in tests_log
+    speed_log = (out / 'speed.log').read_text()
+    assert 'speed suite exit status 0' in speed_log
+    assert '--device cpu' in speed_log and 'speed_graph/COPF' in speed_log
+    assert 'then the speed micro-benchmarks' in speed_log
