@@ -39,8 +39,8 @@ SHAPES: Dict[str, Tuple[str, int, int, str]] = {
 }
 
 METRICS = ['test.hr@10', 'test.ndcg@10', 'test.hr@20', 'test.ndcg@20', 'test_novel.hr@10']
-COSTS = [('epoch_seconds', 's / epoch'), ('best_epoch', 'epochs to best'),
-         ('peak_rss_mb', 'peak RSS MB')]
+COSTS = [('epoch_seconds', 's / epoch'), ('train_minutes', 'train min'),
+         ('best_epoch', 'epochs to best'), ('peak_rss_mb', 'peak RSS MB')]
 NOT_RUN = 'not run'
 
 KINDS = {
@@ -95,7 +95,7 @@ def _cell(path: str, runs: Sequence[Dict[str, Any]], wanted: int,
           training_free: bool = False) -> str:
     if not runs:
         return NOT_RUN
-    if training_free and path in ('epoch_seconds', 'best_epoch'):
+    if training_free and path in ('epoch_seconds', 'train_minutes', 'best_epoch'):
         return 'no training'
     values = [v for v in (lookup(r, path) for r in runs) if v is not None]
     if not values:
@@ -129,8 +129,9 @@ def render_leaderboard(tables: Sequence[Table], results: Dict[str, Dict[str, Any
     lines = ['# Multi-behavior leaderboard', '',
              f'Rendered by `{command}` (benchmarks/leaderboard.py) from the `leaderboard` '
              f'suite\'s result files, {time.strftime("%Y-%m-%d")}; the runs: '
-             '`python -m benchmarks run leaderboard --data-root DIR` (the trained rows are '
-             'GPU-scale: hours on a CPU). Protocol: full ranking over all items, the user\'s '
+             '`python -m benchmarks run leaderboard --data-root DIR` (a trained row takes minutes '
+             'to hours of one CPU thread: its "train min", the median epoch times the epochs '
+             'run). Protocol: full ranking over all items, the user\'s '
              'training buys (and validation buy) masked, every test user. Cells are mean ± '
              'sample std over the finished seeds; "not run" marks a cell without a finished '
              'run of the suite\'s current configuration (runs under other settings, such as '

@@ -29,7 +29,7 @@ LABELS = {
     'eval_seconds': 'eval s', 'peak_rss_mb': 'peak RSS MB', 'tuned_share': 'tuned share',
     'tuned_parameters': 'tuned params', 'total_parameters': 'params',
     'best_epoch': 'best epoch', 'epochs_run': 'epochs', 'wall_seconds': 'wall s',
-    'pretrain.seconds': 'pre-train s',
+    'pretrain.seconds': 'pre-train s', 'train_minutes': 'train min',
 }
 
 
@@ -39,7 +39,12 @@ def label(column: str) -> str:
 
 def lookup(result: Dict[str, Any], path: str) -> Optional[float]:
     """``'test.hr@10'`` -> ``result['metrics']['test']['hr@10']`` (``wall_seconds`` is read
-    from the result itself); None when absent."""
+    from the result itself; ``train_minutes`` is the median epoch times the epochs run, over
+    60: what the training cost on the run's machine, resumed runs included); None when
+    absent."""
+    if path == 'train_minutes':
+        seconds, epochs = lookup(result, 'epoch_seconds'), lookup(result, 'epochs_run')
+        return None if seconds is None or epochs is None else seconds * epochs / 60.0
     node: Any = result if path == 'wall_seconds' else result.get('metrics', {})
     for part in path.split('.'):
         if not isinstance(node, dict) or part not in node:
@@ -59,6 +64,8 @@ def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
 def _digits(path: str, value: float) -> str:
     if path in ('epoch_seconds', 'eval_seconds', 'wall_seconds', 'pretrain.seconds'):
         return f'{value:.2f}'
+    if path == 'train_minutes':
+        return f'{value:.1f}'
     if path in ('peak_rss_mb', 'tuned_parameters', 'total_parameters', 'best_epoch',
                 'epochs_run'):
         return f'{value:.0f}'

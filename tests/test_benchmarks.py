@@ -701,3 +701,12 @@ def test_device_check_script_rehearses_on_the_cpu(tmp_path):
     assert 'speed suite exit status 0' in speed_log
     assert '--device cpu' in speed_log and 'speed_graph/COPF' in speed_log
     assert 'then the speed micro-benchmarks' in speed_log
+
+
+def test_train_minutes_is_the_median_epoch_times_the_epochs_run():
+    from benchmarks.tables import label, lookup
+    result = {'metrics': {'epoch_seconds': 3.0, 'epochs_run': 40}, 'wall_seconds': 999.0}
+    assert lookup(result, 'train_minutes') == pytest.approx(2.0)
+    assert lookup({'metrics': {'epoch_seconds': 3.0}}, 'train_minutes') is None
+    assert format_cell('train_minutes', [2.0, 3.0], wanted=2) == '2.5 ± 0.7'
+    assert label('train_minutes') == 'train min'

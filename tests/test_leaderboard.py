@@ -19,6 +19,7 @@ def fake(run, hr, ndcg, seconds=None, best=0, rss=500.0, shortcuts=None, behavio
             'metrics': {'test': {'hr@10': hr, 'ndcg@10': ndcg, 'hr@20': hr + 0.1,
                                  'ndcg@20': ndcg + 0.01},
                         'epoch_seconds': seconds, 'best_epoch': best, 'peak_rss_mb': rss,
+                        'epochs_run': 30,
                         'shortcuts': shortcuts,
                         'config': {'behaviors': behaviors or ['pv', 'cart', 'buy']},
                         'environment': {'git_commit': 'abc1234'}, **extra},
@@ -62,15 +63,16 @@ def test_cells_not_run_shapes_shortcuts_and_papers():
     assert 'pv -> cart -> buy' in setting and '15,449' in setting
     assert 'pv 81.9%, cart 21.9%; any 85.2%' in setting
     # PKEF: two of three seeds; mean 0.11 and sample std 0.0141 (by hand: 0.02 / sqrt(2));
-    # seconds 21 ± 1.41, epochs to best 13 ± 1.41; the paper's 0.1385 / 0.0785 beside it
+    # seconds 21 ± 1.41, train minutes (20 and 22 s x 30 epochs) 10.5 ± 0.71, epochs to best
+    # 13 ± 1.41; the paper's 0.1385 / 0.0785 beside it
     detail = [x for x in line_of(text, '| PKEF |') if '| trained |' in x and 'seeds' not in x]
     row = detail[-1]
     assert '| 0.1100 ± 0.0141 | 0.0550 ± 0.0071 | 0.2100 ± 0.0141 |' in row
-    assert '| 0.1385 / 0.0785 |' in row and '| 21.00 ± 1.41 | 13 ± 1 |' in row
+    assert '| 0.1385 / 0.0785 |' in row and '| 21.00 ± 1.41 | 10.5 ± 0.7 | 13 ± 1 |' in row
     assert row.endswith('| 2 of 3 |')
     # the training-free row: no epoch to report
     history = line_of(text, '| History (training-free) |')[-1]
-    assert '0.2728' in history and history.count('no training') == 2
+    assert '0.2728' in history and history.count('no training') == 3
     # the novel-pairs column: History's value, "-" for runs that did not record it
     assert '| 0.3728 | 0.1500 | 0.0171 |' in history
     assert '| 0.2100 ± 0.0141 | 0.0650 ± 0.0071 | - |' in row and 'HR@10 novel' in text
