@@ -551,8 +551,11 @@ def cmd_blend(args) -> int:
                   '--grid may fit validation better', file=sys.stderr)
     test_eval = FullRankingEvaluator(data, 'test', ks=ks)
     test = test_eval.evaluate(blend, device)
+    from .pipeline import novel_test
     metrics = {
         'model': 'blend:' + '+'.join(names), 'dataset': dataset, 'test': test,
+        # as in a training run's metrics.json: the test pairs beyond the users' histories
+        'test_novel': novel_test(data, blend, device, ks),
         'val': fit['best'] if fit else None, 'weights': blend.weights,
         'weights_chosen': chosen, 'members': described, 'protocol': protocol,
         'protocol_description': PROTOCOLS.get(protocol), 'reading': None,

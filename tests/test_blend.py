@@ -182,6 +182,16 @@ def test_cli_blend(tmp_path, capsys):
     assert best['ndcg@10'] == pytest.approx(m['val']['ndcg@10'])
     for key in ('eval_seconds', 'peak_rss_mb', 'test_users', 'members', 'note'):
         assert key in m
+    # the novel test pairs, as a training run reports them: counted here by hand
+    from mbgraph.cli import load_data
+    from mbgraph.data import edge_type, split_edge_index
+    data = load_data('synthetic', None, None, 0)
+    seen = {(int(u), int(i)) for b in data.behaviors
+            for u, i in data[edge_type(b)].edge_index.t().tolist()}
+    test_pairs = split_edge_index(data, 'test').t().tolist()
+    novel = sum((u, i) not in seen for u, i in test_pairs)
+    assert 0 < novel < len(test_pairs) and m['test_novel']['pairs'] == novel
+    assert 0.0 <= m['test_novel']['hr@10'] <= 1.0
     # the fitted weights applied again give the same test metrics (a run folder is its best.pt)
     again = tmp_path / 'again'
     assert main(['blend', '--member', str(run), '--member', 'cascadingrank',
