@@ -30,6 +30,8 @@ LABELS = {
     'tuned_parameters': 'tuned params', 'total_parameters': 'params',
     'best_epoch': 'best epoch', 'epochs_run': 'epochs', 'wall_seconds': 'wall s',
     'pretrain.seconds': 'pre-train s', 'train_minutes': 'train min',
+    'val.hr@10': 'val HR@10', 'pretrain.test.hr@10': 'backbone HR@10',
+    'pretrain.test_full.hr@10': 'backbone HR@10 full',
 }
 
 
