@@ -91,6 +91,63 @@ def test_filter_layer_equals_explicit_dft(length):
     assert torch.allclose(layer(s, last_only=True), layer(s)[:, -1], atol=1e-6)
 
 
+@pytest.mark.parametrize('length', [6, 7])
+def test_real_dft_matrices_are_torch_fft(length):
+    """The matrices the filter multiplies by are rfft / irfft (orthonormal), the inverse
+    ignoring the imaginary parts of the DC and Nyquist bins as C2R does."""
+    from mbgraph_seq.nn.filter import real_dft_matrices
+    torch.manual_seed(5)
+    forward, inverse = real_dft_matrices(length)
+    s = torch.randn(3, length, 4)
+    spec = torch.fft.rfft(s, dim=1, norm='ortho')                      # [3, F, 4]
+    pairs = (forward @ s).view(3, -1, 2, 4)
+    assert torch.allclose(pairs[:, :, 0], spec.real, atol=1e-5)
+    assert torch.allclose(pairs[:, :, 1], spec.imag, atol=1e-5)
+    Y = torch.randn(3, length // 2 + 1, 4, dtype=torch.complex64)       # not Hermitian-clean
+    expected = torch.fft.irfft(Y, n=length, dim=1, norm='ortho')
+    got = inverse @ torch.stack([Y.real, Y.imag], 2).reshape(3, -1, 4)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_filter_by_matrices_equals_filter_by_fft(monkeypatch):
+    """Sequences longer than DFT_MATMUL_MAX_LENGTH go through torch.fft: the same outputs
+    and gradients."""
+    import mbgraph_seq.nn.filter as filt
+    torch.manual_seed(6)
+    layer = EfficientFilterLayer(8, num_blocks=2, dropout=0.0)
+    s = torch.randn(2, 9, 8, requires_grad=True)
+    by_matrix = layer.filter(s)
+    g_matrix = torch.autograd.grad(by_matrix.square().sum(), [s, layer.fusion.w1])
+    monkeypatch.setattr(filt, 'DFT_MATMUL_MAX_LENGTH', 4)
+    by_fft = layer.filter(s)
+    g_fft = torch.autograd.grad(by_fft.square().sum(), [s, layer.fusion.w1])
+    assert torch.allclose(by_matrix, by_fft, atol=1e-5)
+    for a, b in zip(g_matrix, g_fft):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_filter_layer_with_padding_computes_real_positions_only():
+    """With a mask the position-wise part runs on the real positions only; the result and
+    its gradients are the dense layer's with padding zeroed on input and output."""
+    torch.manual_seed(4)
+    layer = EfficientFilterLayer(8, num_blocks=4, dropout=0.0).eval()
+    s = torch.randn(3, 7, 8, requires_grad=True)
+    mask = torch.tensor([[0, 0, 1, 1, 0, 1, 1], [1] * 7, [0] * 7], dtype=torch.bool)
+    m = mask.unsqueeze(-1).float()
+    xs = s * m
+    dense = layer.norm1(xs + layer.filter(xs))
+    dense = layer.norm2(dense + layer.ffn(dense)) * m
+    packed = layer(s, mask)
+    assert torch.allclose(packed, dense, atol=1e-6)
+    assert packed[2].abs().max() == 0 and packed[0, :2].abs().max() == 0
+    w = torch.randn_like(dense)
+    g_dense = torch.autograd.grad((dense * w).sum(), [s, layer.ffn.fc1.weight])
+    g_packed = torch.autograd.grad((layer(s, mask) * w).sum(), [s, layer.ffn.fc1.weight])
+    for a, b in zip(g_dense, g_packed):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(layer(s, mask, last_only=True), packed[:, -1], atol=1e-6)
+
+
 def test_parameter_count_independent_of_sequence_length():
     d, k = 16, 4
     mlp = ChunkedComplexMLP(d, k)

@@ -130,18 +130,32 @@ class ChunkedComplexMLP(_ChunkedBlocks):
         if not torch.is_complex(x):
             raise TypeError(f'ChunkedComplexMLP expects a complex tensor, got {x.dtype}')
         self._check_channels(x)
+        pairs = self.forward_pairs(torch.stack([x.real, x.imag], -2).reshape(-1, 2, self.dim))
+        return torch.complex(pairs[:, 0], pairs[:, 1]).reshape(x.shape)
+
+    def forward_pairs(self, z: Tensor) -> Tensor:
+        """The same map on real pairs: ``z`` ``[T, 2, d]`` holds the real (``z[:, 0]``) and
+        imaginary (``z[:, 1]``) parts of ``T`` tokens; returns the output in that layout.
+
+        No complex tensor and no copy of the input: each block's real and imaginary parts are
+        strided views that the first layer's two products read in place
+        (:math:`[x_r, x_i] W = x_r W_{top} + x_i W_{bottom}`)."""
+        if z.dim() != 3 or z.size(1) != 2:
+            raise ValueError(f'expected [tokens, 2, {self.dim}] real/imaginary pairs, got '
+                             f'{tuple(z.shape)}')
+        self._check_channels(z)
         k, c = self.num_blocks, self.block
-        lead = x.shape[:-1]
-        # [k, T, 2c]: per block, real parts then imaginary parts of the T tokens
-        xb = x.reshape(-1, k, c)
-        h = torch.cat([xb.real, xb.imag], -1).transpose(0, 1)
+        T = z.size(0)
+        # [k, T, c] views of the real and imaginary parts of every block
+        re = z[:, 0].unflatten(-1, (k, c)).transpose(0, 1)
+        im = z[:, 1].unflatten(-1, (k, c)).transpose(0, 1)
+        w1 = self._real_block_weight(self.w1)                              # [k, 2c, 2c]
         b1 = torch.cat([self.b1[0], self.b1[1]], -1).unsqueeze(1)           # [k, 1, 2c]
         b2 = torch.cat([self.b2[0], self.b2[1]], -1).unsqueeze(1)
+        h = torch.baddbmm(torch.baddbmm(b1, re, w1[:, :c]), im, w1[:, c:])
         # sigma on the real and imaginary parts separately = elementwise on [Re, Im]
-        h = self._two_layers(h, self._real_block_weight(self.w1), b1,
-                             self._real_block_weight(self.w2), b2)
-        h = h.transpose(0, 1)                                              # [T, k, 2c]
-        return torch.complex(h[..., :c], h[..., c:]).reshape(*lead, self.dim)
+        h = torch.baddbmm(b2, self.act(h), self._real_block_weight(self.w2))  # [k, T, 2c]
+        return h.view(k, T, 2, c).permute(1, 2, 0, 3).reshape(T, 2, self.dim)
 
 
 class FeedForward(nn.Module):
@@ -189,14 +203,27 @@ class EfficientFilterLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def filter(self, x: Tensor) -> Tensor:
-        """:math:`\\tilde S = \\mathcal F^{-1}(\\mathrm{MLP}(\\mathcal F(S)))` (``[B, L, d]``)."""
-        length = x.size(1)
+        """:math:`\\tilde S = \\mathcal F^{-1}(\\mathrm{MLP}(\\mathcal F(S)))` (``[B, L, d]``).
+
+        Up to :data:`DFT_MATMUL_MAX_LENGTH` positions the two transforms are products with
+        the real DFT matrices of :func:`real_dft_matrices` (the same orthonormal real FFT and
+        its inverse, to float rounding): at EBM's lengths (50) a matrix product is cheaper
+        than the FFT along a middle axis, which copies the input to a transposed layout and
+        whose backward runs a complex FFT over a zero-padded copy (together 60% of an
+        all-cuts EBM step on CPU before). Longer sequences use ``torch.fft``."""
+        B, length, d = x.shape
         # float32 even under torch.autocast (--amp): there is no bfloat16 FFT on CPU, half
         # precision cuFFT takes power-of-two lengths only, and the spectrum's complex MLP
         # has no low-precision complex path
         with torch.autocast(x.device.type, enabled=False):
-            spec = torch.fft.rfft(x.float(), dim=1, norm='ortho')
-            return torch.fft.irfft(self.fusion(spec), n=length, dim=1, norm='ortho')
+            x = x.float()
+            if length > DFT_MATMUL_MAX_LENGTH:
+                spec = torch.fft.rfft(x, dim=1, norm='ortho')
+                return torch.fft.irfft(self.fusion(spec), n=length, dim=1, norm='ortho')
+            forward, inverse = real_dft_matrices(length, x.device)
+            pairs = torch.matmul(forward, x)                   # [B, 2F, d]: (f, re/im) rows
+            pairs = self.fusion.forward_pairs(pairs.view(-1, 2, d))
+            return torch.matmul(inverse, pairs.view(B, -1, d))
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None, last_only: bool = False
                 ) -> Tensor:
@@ -209,11 +236,62 @@ class EfficientFilterLayer(nn.Module):
         if last_only:
             x, filtered = x[:, -1], filtered[:, -1]
             mask = None if mask is None else mask[:, -1]
-        h = self.norm1(x + self.dropout(filtered))
-        out = self.norm2(h + self.dropout(self.ffn(h)))
+        elif mask is not None:
+            # everything after the filter is position-wise and padding is zeroed at the end,
+            # so only the real positions are computed (the same function: in a behavior's
+            # sub-sequence view most positions are padding, and dropout's random draws were
+            # a third of an all-cuts EBM step)
+            B, L, d = x.shape
+            rows = mask.reshape(-1).nonzero().squeeze(1)
+            kept = self._positionwise(x.reshape(-1, d).index_select(0, rows),
+                                      filtered.reshape(-1, d).index_select(0, rows))
+            return kept.new_zeros(B * L, d).index_copy(0, rows, kept).view(B, L, d)
+        out = self._positionwise(x, filtered)
         if mask is not None:
             out = out * mask.unsqueeze(-1).to(out.dtype)
         return out
+
+    def _positionwise(self, x: Tensor, filtered: Tensor) -> Tensor:
+        """The residual + LayerNorm, FFN and residual + LayerNorm after the filter."""
+        h = self.norm1(x + self.dropout(filtered))
+        return self.norm2(h + self.dropout(self.ffn(h)))
+
+
+#: the longest sequence whose filter runs as products with the DFT matrices (O(L^2 d) per
+#: sequence; beyond it ``torch.fft``, O(L log L d))
+DFT_MATMUL_MAX_LENGTH = 256
+
+_DFT_CACHE: dict = {}
+
+
+def real_dft_matrices(length: int, device=None) -> tuple:
+    r"""The orthonormal real DFT of ``length`` points and its inverse as real float32 matrices:
+    ``forward`` ``[2F, L]`` (``F = L // 2 + 1``; row ``2f`` gives :math:`\mathrm{Re}\,X_f`,
+    row ``2f + 1`` :math:`\mathrm{Im}\,X_f`, :math:`X_f = L^{-1/2}\sum_t s_t e^{-2\pi i f
+    t / L}`, ``torch.fft.rfft(norm='ortho')``) and ``inverse`` ``[L, 2F]``, the real inverse
+    of the Hermitian-completed spectrum (``torch.fft.irfft(n=L, norm='ortho')``: the
+    imaginary parts of the DC and, for even ``L``, Nyquist bins are ignored, every other bin
+    counts twice). Built in float64 and cached per (length, device)."""
+    key = (int(length), str(device))
+    cached = _DFT_CACHE.get(key)
+    if cached is not None:
+        return cached
+    L = int(length)
+    t = torch.arange(L, dtype=torch.float64)
+    f = torch.arange(L // 2 + 1, dtype=torch.float64)
+    angle = 2 * math.pi * f[:, None] * t[None, :] / L                         # [F, L]
+    forward = torch.stack([torch.cos(angle), -torch.sin(angle)], 1).reshape(-1, L)
+    twice = torch.full((f.numel(),), 2.0, dtype=torch.float64)
+    twice[0] = 1.0
+    if L % 2 == 0:
+        twice[-1] = 1.0
+    inverse = torch.stack([twice[:, None] * torch.cos(angle),
+                           -twice[:, None] * torch.sin(angle)], 1).reshape(-1, L).t()
+    scale = L ** -0.5
+    pair = ((forward * scale).float().to(device).contiguous(),
+            (inverse * scale).float().to(device).contiguous())
+    _DFT_CACHE[key] = pair
+    return pair
 
 
 def lag_features(length: int, num_features: int, device=None) -> Tensor:
@@ -519,6 +597,7 @@ class BehaviorMinerLayer(nn.Module):
 
 
 __all__ = ['SEQUENCE_MIXERS', 'CAUSAL_MIXERS', 'check_sequence_mixer', 'ChunkedComplexMLP',
-           'FeedForward', 'EfficientFilterLayer', 'lag_features', 'CausalKernel',
+           'FeedForward', 'EfficientFilterLayer', 'DFT_MATMUL_MAX_LENGTH', 'real_dft_matrices',
+           'lag_features', 'CausalKernel',
            'causal_convolution', 'ChunkedMLP', 'CausalFilterLayer', 'SelfAttentionLayer',
            'BehaviorMinerLayer']
