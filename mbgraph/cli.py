@@ -253,11 +253,12 @@ def cmd_train(args) -> int:
     """``mbgraph train``; under ``torchrun`` every process runs it and joins the process group
     (NCCL on CUDA, Gloo on CPU) first; rank 0 alone prints and writes files."""
     from .distributed import cleanup, init_from_env
-    from .runtime import keep_freed_memory
+    from .runtime import bound_onednn_caches, keep_freed_memory
     from .training import resolve_device
     from .validation import check_train_args
     check_train_args(args, _sequence_models(), _parse_set(args.set))
     keep_freed_memory()       # no per-step page faults of large temporaries (mbgraph.runtime)
+    bound_onednn_caches()     # no kernel cached per batch shape (read at oneDNN's first use)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:

@@ -15,16 +15,19 @@ does not shrink after a peak). ``mbgraph train`` calls it at start-up; set
 ``MBGRAPH_KEEP_FREED_MEMORY=0`` to leave the allocator as it is. Elsewhere than glibc it does
 nothing.
 
-:func:`bound_onednn_caches` is for bfloat16 autocast on the CPU (``--amp``): its matrix
-products run through oneDNN, and PyTorch's primitive cache (``LRU_CACHE_CAPACITY``) and
+:func:`bound_onednn_caches` turns off the per-shape kernel caches of oneDNN, through which
+PyTorch runs many CPU matrix products: PyTorch's primitive cache (``LRU_CACHE_CAPACITY``) and
 oneDNN's own (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) keep one compiled kernel with its buffers
-per input shape, 1,024 each by default. A graph model's batches differ in size from step to
-step (pairs per user batch), so the caches only grow: a COPF cart -> buy run at 1,024-user
-batches reached 4.7 GB resident against 0.9 GB in float32. With both caches off the same
-four epochs peaked at 0.84 GB (2.2 GB with the defaults) in the same time per epoch and with
-the same metrics (docs/RESULTS.md, issue 16). The variables are read when oneDNN first runs,
-so they are set before the first autocast step of the process; a value already in the
-environment is kept.
+per input shape, 1,024 each by default. Batches whose shapes change from step to step (a graph
+model's pairs per user batch, an EBM's real positions and non-empty behavior views) make the
+caches only grow. Measured (docs/RESULTS.md, issues 14 and 16): a COPF cart -> buy run at
+1,024-user batches under bf16 autocast reached 4.7 GB resident against 0.9 GB in float32 (with
+both caches off the same four epochs peaked at 0.84 GB, 2.2 GB with the defaults, in the same
+time per epoch and with the same metrics); an all-cuts EBM on ml-latest-small in float32 grew
+by ~30 MB a step until the kernel killed it at 22.8 GB, and stays at ~0.83 GB with the caches
+off, 16% faster a step. Every CPU :class:`~mbgraph.training.Trainer` and ``mbgraph train``
+call it. The variables are read when oneDNN first runs, so they are set before the process's
+first product; a value already in the environment is kept.
 """
 from __future__ import annotations
 
@@ -68,8 +71,8 @@ def keep_freed_memory() -> bool:
 def bound_onednn_caches() -> dict:
     """Turn oneDNN's per-shape kernel caches off for this process (see the module docstring)
     unless the environment already sizes them; returns the settings in effect. Has an effect
-    only before the process's first oneDNN operation (``Trainer(amp=True)`` on the CPU calls
-    it before its first step)."""
+    only before the process's first oneDNN operation (every CPU ``Trainer`` and ``mbgraph
+    train`` call it before their first step)."""
     for name, value in ONEDNN_CACHE_SETTINGS.items():
         os.environ.setdefault(name, value)
     return {name: os.environ[name] for name in ONEDNN_CACHE_SETTINGS}

@@ -274,9 +274,9 @@ class Trainer:
         self.max_grad_norm = max_grad_norm
         self.config = dict(config or {})
         self.amp = bool(amp)
-        if self.amp and self.device.type == 'cpu':
-            # bf16 products run through oneDNN, whose per-shape caches grow with every new
-            # batch size (mbgraph.runtime.bound_onednn_caches)
+        if self.device.type == 'cpu':
+            # oneDNN's per-shape caches grow with every new batch shape, in bf16 and float32
+            # alike (mbgraph.runtime.bound_onednn_caches)
             from .runtime import bound_onednn_caches
             bound_onednn_caches()
         self.sync_every = 1 if self.device.type != 'cuda' else int(sync_every)

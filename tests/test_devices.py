@@ -78,21 +78,22 @@ def test_every_graph_model_trains_under_cpu_autocast(name, data):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_cpu_autocast_turns_the_onednn_shape_caches_off(data, monkeypatch):
-    """bf16 products run through oneDNN, which caches a kernel per input shape; varying batch
-    sizes grow that without bound, so ``amp=True`` on the CPU sets both caches to off unless
-    the environment sizes them, and a float32 trainer leaves the environment alone."""
+@pytest.mark.parametrize('amp', [False, True])
+def test_cpu_trainers_turn_the_onednn_shape_caches_off(data, monkeypatch, amp):
+    """CPU products run through oneDNN, which caches a kernel per input shape; varying batch
+    shapes grow that without bound (bf16 and float32 alike), so a CPU trainer sets both
+    caches to off unless the environment sizes them."""
     for name in ('LRU_CACHE_CAPACITY', 'ONEDNN_PRIMITIVE_CACHE_CAPACITY'):
         monkeypatch.setenv(name, 'unset')       # restored (removed) after the test
         monkeypatch.delenv(name)
     model = build_model('lightgcn', data, embedding_dim=8)
     source = model.batch_source(data, batch_size=256, seed=0)
-    Trainer(model, source, epochs=1, progress=False)
-    assert 'LRU_CACHE_CAPACITY' not in os.environ
-    monkeypatch.setenv('LRU_CACHE_CAPACITY', '8')          # a user's own setting is kept
-    Trainer(model, source, epochs=1, amp=True, progress=False)
-    assert os.environ['LRU_CACHE_CAPACITY'] == '8'
+    Trainer(model, source, epochs=1, amp=amp, progress=False)
+    assert os.environ['LRU_CACHE_CAPACITY'] == '1'
     assert os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'] == '0'
+    monkeypatch.setenv('LRU_CACHE_CAPACITY', '8')          # a user's own setting is kept
+    Trainer(model, source, epochs=1, amp=amp, progress=False)
+    assert os.environ['LRU_CACHE_CAPACITY'] == '8'
 
 
 @pytest.mark.parametrize('name', sorted(SEQ_MODELS))

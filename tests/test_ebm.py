@@ -188,6 +188,33 @@ def test_behavior_miner_layer_by_hand():
     assert torch.allclose(f1, f1b)
 
 
+@pytest.mark.parametrize('mixer', ['filter', 'attention', 'causal_filter'])
+def test_behavior_miner_layer_skips_empty_views_exactly(mixer):
+    """A behavior absent from a sequence gives an all-padding view: the layer skips it, with
+    the output and gradients of every view run through the sequence layer."""
+    torch.manual_seed(7)
+    layer = BehaviorMinerLayer(8, num_behaviors=3, num_blocks=2, dropout=0.0,
+                               sequence_mixer=mixer).eval()
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    behaviors = torch.tensor([[0, 1, 2, 1, 2], [0, 0, 2, 2, 3], [1, 1, 1, 1, 1]])
+    mask = behaviors > 0
+    seq = layer.sequence_layer
+    views = [seq(x * mask.unsqueeze(-1), mask)]
+    for k in (1, 2, 3):
+        mk = behaviors == k
+        views.append(seq(x * mk.unsqueeze(-1), mk))
+    mixed = torch.cat(views, -1) @ layer.mixer.weight.t() + layer.mixer.bias
+    expected = layer.norm(views[0] + mixed) * mask.unsqueeze(-1)
+    got = layer(x, behaviors, mask)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(layer(x, behaviors, mask, last_only=True), expected[:, -1], atol=1e-5)
+    w = torch.randn_like(expected)
+    g_expected = torch.autograd.grad((expected * w).sum(), [x, layer.mixer.weight])
+    g_got = torch.autograd.grad((layer(x, behaviors, mask) * w).sum(), [x, layer.mixer.weight])
+    for a, b in zip(g_expected, g_got):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_eq4_pretraining_loss_by_hand():
     torch.manual_seed(3)
     ds = synthetic()
