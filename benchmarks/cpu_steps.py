@@ -18,6 +18,14 @@ beside the CPU seconds; they say something only on an otherwise idle machine (th
 ``load_average``), and they are the ones to compare with ``--threads 2`` runs.
 ``--matmul-precision medium`` runs the training steps with bfloat16 GEMMs (torch's own
 switch, the evaluation stays exact).
+
+Sequence models (``--models ebm,sasrec,...``) run on a sequence dataset (``--dataset
+ml-latest-small``) in their own training layout (EBM: every cut), with ``--batch-size``,
+``--negatives``, ``--max-len`` and ``--min-interactions``; the row reports CPU seconds per
+step and per thousand next-item targets instead of triples::
+
+    PYTHONPATH=. python benchmarks/cpu_steps.py --data-root ../shared/data \
+        --dataset ml-latest-small --models ebm --min-interactions 20 --negatives 100 --steps 50
 """
 from __future__ import annotations
 
@@ -40,10 +48,24 @@ def main(argv=None) -> None:
     p.add_argument('--matmul-precision', choices=['highest', 'high', 'medium'],
                    default='highest', help="torch.set_float32_matmul_precision for the "
                    "training steps ('medium': bfloat16 GEMMs where the CPU has them)")
+    p.add_argument('--batch-size', type=int, default=256, help='sequence models: users a batch')
+    p.add_argument('--negatives', type=int, default=100,
+                   help='sequence models: sampled negatives per target')
+    p.add_argument('--max-len', type=int, default=50, help='sequence models: positions')
+    p.add_argument('--min-interactions', type=int, default=None,
+                   help="sequence models: the dataset filter (DPCPL's 20)")
     args = p.parse_args(argv)
 
     import torch
     torch.set_num_threads(args.threads)
+    from mbgraph.runtime import bound_onednn_caches
+    bound_onednn_caches()        # as every CPU Trainer (mbgraph.runtime)
+    from mbgraph_seq.models import SEQ_MODELS
+    names = args.models.split(',')
+    if any(name in SEQ_MODELS for name in names):
+        if not all(name in SEQ_MODELS for name in names):
+            p.error('--models: sequence and graph models in one call (run them separately)')
+        return _sequence_steps(args, names)
     import mbgraph
     from mbgraph.data.datasets import load_dataset
     from mbgraph.evaluation import FullRankingEvaluator
@@ -95,6 +117,47 @@ def main(argv=None) -> None:
             row['eval_wall_seconds'] = round(statistics.median(eval_walls[1:]), 3)
             row['eval_hr@10'] = round(float(metrics['hr@10']), 6)
         row['load_average'] = round(os.getloadavg()[0], 1)
+        print(json.dumps(row), flush=True)
+
+
+def _sequence_steps(args, names) -> None:
+    import torch
+
+    import mbgraph
+    from mbgraph.cli import load_sequences
+    from mbgraph.runtime import keep_freed_memory
+    from mbgraph_seq.models import SEQ_MODELS
+    keep_freed_memory()
+    options = {} if args.min_interactions is None else {'min_interactions': args.min_interactions}
+    data = load_sequences(args.dataset, args.data_root, args.max_len, 0, None, **options)
+    for name in names:
+        torch.manual_seed(0)
+        model = SEQ_MODELS[name](data).train()
+        source = data.train_source(args.batch_size, args.negatives, 0,
+                                   prefixes=model.train_layout)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        it = iter(source.batches(0))
+        times, targets = [], []
+        for _ in range(2 + args.steps):
+            batch = next(it)
+            t0 = time.process_time()
+            loss, _ = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.process_time() - t0)
+            targets.append(int((batch.pos > 0).sum()))
+        step = statistics.median(times[2:])
+        row = {'tree': os.path.dirname(os.path.dirname(os.path.abspath(mbgraph.__file__))),
+               'model': name, 'dataset': args.dataset, 'layout': str(model.train_layout),
+               'threads': args.threads, 'batch_size': args.batch_size,
+               'step_cpu_seconds': round(step, 4),
+               'cpu_seconds_per_1000_targets': round(sum(times[2:]) / sum(targets[2:]) * 1e3, 3),
+               'resident_mb': round(int(open('/proc/self/statm').read().split()[1])
+                                    * os.sysconf('SC_PAGE_SIZE') / 2 ** 20)
+               if os.path.exists('/proc/self/statm') else None,
+               'loss_after_steps': round(float(loss.detach()), 6),
+               'load_average': round(os.getloadavg()[0], 1)}
         print(json.dumps(row), flush=True)
 
 

@@ -712,3 +712,18 @@ def test_train_minutes_is_the_median_epoch_times_the_epochs_run():
     assert lookup({'metrics': {'epoch_seconds': 3.0}}, 'train_minutes') is None
     assert format_cell('train_minutes', [2.0, 3.0], wanted=2) == '2.5 ± 0.7'
     assert label('train_minutes') == 'train min'
+
+
+def test_cpu_steps_times_a_sequence_model_in_its_layout(capsys, monkeypatch):
+    """benchmarks/cpu_steps.py on a sequence model: EBM's steps in its all-cuts layout, one
+    JSON row with CPU seconds per step and per 1,000 targets."""
+    from benchmarks import cpu_steps
+    monkeypatch.setenv('LRU_CACHE_CAPACITY', '1')      # what it sets; restored afterwards
+    monkeypatch.setenv('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '0')
+    cpu_steps.main(['--dataset', 'synthetic', '--models', 'ebm', '--steps', '2',
+                    '--batch-size', '16', '--negatives', '5', '--max-len', '12'])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row['model'] == 'ebm' and row['layout'] == 'all'
+    assert row['step_cpu_seconds'] > 0 and row['cpu_seconds_per_1000_targets'] > 0
+    with pytest.raises(SystemExit):
+        cpu_steps.main(['--dataset', 'synthetic', '--models', 'ebm,copf'])
