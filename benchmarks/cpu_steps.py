@@ -30,6 +30,7 @@ step and per thousand next-item targets instead of triples::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -54,6 +55,9 @@ def main(argv=None) -> None:
     p.add_argument('--max-len', type=int, default=50, help='sequence models: positions')
     p.add_argument('--min-interactions', type=int, default=None,
                    help="sequence models: the dataset filter (DPCPL's 20)")
+    p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                   help="sequence models: a constructor argument (as mbgraph train's --set), "
+                        "e.g. sequence_mixer='causal_filter'")
     args = p.parse_args(argv)
 
     import torch
@@ -124,7 +128,7 @@ def _sequence_steps(args, names) -> None:
     import torch
 
     import mbgraph
-    from mbgraph.cli import load_sequences
+    from mbgraph.cli import _parse_set, load_sequences
     from mbgraph.runtime import keep_freed_memory
     from mbgraph_seq.models import SEQ_MODELS
     keep_freed_memory()
@@ -132,11 +136,12 @@ def _sequence_steps(args, names) -> None:
     data = load_sequences(args.dataset, args.data_root, args.max_len, 0, None, **options)
     for name in names:
         torch.manual_seed(0)
-        model = SEQ_MODELS[name](data).train()
+        model = SEQ_MODELS[name](data, **_parse_set(args.set)).train()
         source = data.train_source(args.batch_size, args.negatives, 0,
                                    prefixes=model.train_layout)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        it = iter(source.batches(0))
+        # a causal model's epoch is a few batches of whole sequences: run on into later epochs
+        it = itertools.chain.from_iterable(source.batches(epoch) for epoch in itertools.count())
         times, targets = [], []
         for _ in range(2 + args.steps):
             batch = next(it)
@@ -149,7 +154,8 @@ def _sequence_steps(args, names) -> None:
             targets.append(int((batch.pos > 0).sum()))
         step = statistics.median(times[2:])
         row = {'tree': os.path.dirname(os.path.dirname(os.path.abspath(mbgraph.__file__))),
-               'model': name, 'dataset': args.dataset, 'layout': str(model.train_layout),
+               'model': name, 'dataset': args.dataset, 'set': args.set,
+               'layout': str(model.train_layout),
                'threads': args.threads, 'batch_size': args.batch_size,
                'step_cpu_seconds': round(step, 4),
                'cpu_seconds_per_1000_targets': round(sum(times[2:]) / sum(targets[2:]) * 1e3, 3),

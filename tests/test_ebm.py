@@ -426,6 +426,24 @@ def test_causal_kernel_by_hand():
         CausalKernel(6, num_features=7)
 
 
+def test_causal_convolution_by_toeplitz_equals_fft(monkeypatch):
+    """Short sequences convolve by Toeplitz products, long ones by FFT: the same values and
+    gradients, and position t never reads a later one."""
+    import mbgraph_seq.nn.filter as filt
+    torch.manual_seed(8)
+    x = torch.randn(3, 9, 4, requires_grad=True)
+    k = torch.randn(9, 4, requires_grad=True)
+    loops = torch.stack([sum(k[t - s] * x[:, s] for s in range(t + 1)) for t in range(9)], 1)
+    direct = filt.causal_convolution(x, k)
+    g_direct = torch.autograd.grad(direct.square().sum(), [x, k])
+    monkeypatch.setattr(filt, 'DFT_MATMUL_MAX_LENGTH', 4)
+    by_fft = filt.causal_convolution(x, k)
+    g_fft = torch.autograd.grad(by_fft.square().sum(), [x, k])
+    assert torch.allclose(direct, loops, atol=1e-5) and torch.allclose(by_fft, loops, atol=1e-5)
+    for a, b in zip(g_direct, g_fft):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
 def test_causal_filter_layer_by_hand():
     from mbgraph_seq.nn.filter import CausalFilterLayer
     torch.manual_seed(12)
