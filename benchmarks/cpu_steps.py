@@ -62,8 +62,9 @@ def main(argv=None) -> None:
 
     import torch
     torch.set_num_threads(args.threads)
-    from mbgraph.runtime import bound_onednn_caches
-    bound_onednn_caches()        # as every CPU Trainer (mbgraph.runtime)
+    from mbgraph.runtime import bound_onednn_caches, keep_freed_memory
+    keep_freed_memory()          # as mbgraph train does (mbgraph.runtime)
+    bound_onednn_caches()
     from mbgraph_seq.models import SEQ_MODELS
     names = args.models.split(',')
     if any(name in SEQ_MODELS for name in names):
@@ -74,8 +75,6 @@ def main(argv=None) -> None:
     from mbgraph.data.datasets import load_dataset
     from mbgraph.evaluation import FullRankingEvaluator
     from mbgraph.models import build_model
-    from mbgraph.runtime import keep_freed_memory
-    keep_freed_memory()
     data = load_dataset(args.dataset, args.data_root, behaviors=args.behaviors.split(','))
     for name in args.models.split(','):
         torch.manual_seed(0)
@@ -86,14 +85,9 @@ def main(argv=None) -> None:
         times, walls, loss = [], [], None
         torch.set_float32_matmul_precision(args.matmul_precision)
         for _ in range(2 + args.steps):
-            batch = next(it)
-            t0, w0 = time.process_time(), time.perf_counter()
-            loss, _ = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times.append(time.process_time() - t0)
-            walls.append(time.perf_counter() - w0)
+            cpu, wall, loss = _timed_step(model, opt, next(it))
+            times.append(cpu)
+            walls.append(wall)
         torch.set_float32_matmul_precision('highest')     # evaluation: the exact scores
         step, wall = statistics.median(times[2:]), statistics.median(walls[2:])
         triples = int(sum(sampler.triples_per_epoch(1).values()))
@@ -124,14 +118,23 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
 
 
+def _timed_step(model, opt, batch):
+    """One training step (loss, backward, Adam): its CPU and wall seconds, and the loss."""
+    t0, w0 = time.process_time(), time.perf_counter()
+    loss, _ = model.loss(batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return time.process_time() - t0, time.perf_counter() - w0, loss
+
+
 def _sequence_steps(args, names) -> None:
     import torch
 
     import mbgraph
     from mbgraph.cli import _parse_set, load_sequences
-    from mbgraph.runtime import keep_freed_memory
+    from mbgraph.training import peak_memory_mb
     from mbgraph_seq.models import SEQ_MODELS
-    keep_freed_memory()
     options = {} if args.min_interactions is None else {'min_interactions': args.min_interactions}
     data = load_sequences(args.dataset, args.data_root, args.max_len, 0, None, **options)
     for name in names:
@@ -145,12 +148,8 @@ def _sequence_steps(args, names) -> None:
         times, targets = [], []
         for _ in range(2 + args.steps):
             batch = next(it)
-            t0 = time.process_time()
-            loss, _ = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times.append(time.process_time() - t0)
+            cpu, _, loss = _timed_step(model, opt, batch)
+            times.append(cpu)
             targets.append(int((batch.pos > 0).sum()))
         step = statistics.median(times[2:])
         row = {'tree': os.path.dirname(os.path.dirname(os.path.abspath(mbgraph.__file__))),
@@ -159,9 +158,7 @@ def _sequence_steps(args, names) -> None:
                'threads': args.threads, 'batch_size': args.batch_size,
                'step_cpu_seconds': round(step, 4),
                'cpu_seconds_per_1000_targets': round(sum(times[2:]) / sum(targets[2:]) * 1e3, 3),
-               'resident_mb': round(int(open('/proc/self/statm').read().split()[1])
-                                    * os.sysconf('SC_PAGE_SIZE') / 2 ** 20)
-               if os.path.exists('/proc/self/statm') else None,
+               'peak_rss_mb': round(peak_memory_mb(torch.device('cpu'))['peak_rss_mb']),
                'loss_after_steps': round(float(loss.detach()), 6),
                'load_average': round(os.getloadavg()[0], 1)}
         print(json.dumps(row), flush=True)
