@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     from mbgraph.evaluation import FullRankingEvaluator
     from mbgraph.models import build_model
     data = load_dataset(args.dataset, args.data_root, behaviors=args.behaviors.split(','))
-    for name in args.models.split(','):
+    for name in names:
         torch.manual_seed(0)
         model = build_model(name, data)
         sampler = model.batch_source(data, seed=0)
