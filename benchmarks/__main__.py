@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                        'CPU budget: --epochs 10 --lr 5e-3; such runs get their own ids)')
         s.add_argument('--only', default=None, metavar='PATTERN',
                        help='keep runs whose id, table id, row name or model matches '
-                       '(shell pattern; comma-separated; a bare word matches anywhere)')
+                       '(shell pattern; comma-separated, and a comma followed by a space is '
+                       'part of a row name; a bare word matches anywhere; with `run`, a '
+                       'pattern that matches nothing is an error)')
         s.add_argument('--docs', default=None, metavar='DIR',
                        help='leaderboard suite: folder for LEADERBOARD.md and its bar charts '
                        '(default docs/ of this repository)')

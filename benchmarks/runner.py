@@ -35,6 +35,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -48,7 +49,7 @@ from tqdm.auto import tqdm
 
 from mbgraph import io as run_io
 
-from .config import Row, Run, Table, expand, is_sequence_model
+from .config import ConfigError, Row, Run, Table, expand, is_sequence_model
 
 MBGMN = ('taobao', 'beibei', 'tmall')
 
@@ -95,28 +96,49 @@ class Planned:
     tables: List[Tuple[str, str]]   # (table id, row name)
 
 
+def split_patterns(only: str) -> List[str]:
+    """The patterns of an ``--only`` value: separated by commas, except a comma followed by a
+    space, which belongs to a row name ("Fine-tuning, lr 1e-3 (pre-trained EBM, all
+    parameters)" is one pattern; "dpcpl_t4,dpcpl_t5/w/o PS" two)."""
+    return [p for p in (s.strip() for s in re.split(r',(?!\s)', only)) if p]
+
+
 def plan(tables: Sequence[Table], seeds: Optional[int] = None, epochs: Optional[int] = None,
-         only: Optional[str] = None, lr: Optional[float] = None) -> List[Planned]:
+         only: Optional[str] = None, lr: Optional[float] = None,
+         strict: bool = False, ignore: Sequence[str] = ()) -> List[Planned]:
     """Every distinct run of ``tables`` (a run asked for by several tables appears once).
 
     ``only`` keeps the runs whose id, table id, row name or model matches the shell pattern
-    (``fnmatch``; several patterns separated by commas; a bare word matches as ``*word*``)."""
+    (``fnmatch``; several patterns, see :func:`split_patterns`; a bare word matches as
+    ``*word*``). ``strict``: a pattern that matches no run is an error (a typo would otherwise
+    run less than asked for, silently), except the words in ``ignore`` (the speed suite's
+    ``micro``, which names no run)."""
     patterns = None
     if only:
-        patterns = [p if any(c in p for c in '*?[') else f'*{p}*'
-                    for p in (s.strip() for s in only.split(',')) if p]
+        names = split_patterns(only)
+        patterns = {n: n if any(c in n for c in '*?[') else f'*{n}*' for n in names}
+    used = set()
     seen: Dict[str, Planned] = {}
     for table in tables:
         for row, run in expand(table, seeds=seeds, epochs=epochs, lr=lr):
             if patterns is not None:
                 keys = (run.id, table.id, row.name, run.model, f'{table.id}/{row.name}')
-                if not any(fnmatch.fnmatch(k.lower(), p.lower()) for p in patterns
-                           for k in keys):
+                hits = {n for n, p in patterns.items()
+                        if any(fnmatch.fnmatch(k.lower(), p.lower()) for k in keys)}
+                if not hits:
                     continue
+                used |= hits
             if run.id in seen:
                 seen[run.id].tables.append((table.id, row.name))
             else:
                 seen[run.id] = Planned(run, [(table.id, row.name)])
+    if strict and patterns is not None:
+        unmatched = [n for n in patterns if n not in used and n not in ignore]
+        if unmatched:
+            raise ConfigError(
+                '--only: no run of these tables matches ' + ', '.join(repr(n) for n in unmatched)
+                + ' (patterns match a run id, table id, row name, model or "table/row"; '
+                'separate patterns by commas without a space after them)')
     return list(seen.values())
 
 
@@ -447,7 +469,8 @@ def run_suite(tables: Sequence[Table], results: Path, suite: str, *,
         return result_path(results, run).is_file() or (
             archive is not None and result_path(archive, run).is_file())
 
-    runs = plan(tables, seeds=seeds, epochs=epochs, only=only, lr=lr)
+    runs = plan(tables, seeds=seeds, epochs=epochs, only=only, lr=lr, strict=True,
+                ignore=('micro',) if suite == 'speed' else ())
     missing: Dict[str, str] = {}
     todo, skipped = [], 0
     for p in runs:
