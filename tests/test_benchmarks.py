@@ -195,22 +195,23 @@ def test_run_ids_are_stable_and_follow_the_config(tmp_path):
 
 
 def test_only_patterns_keep_row_names_with_commas_and_refuse_typos(tmp_path):
-    text = MINIMAL.replace('name = "PKEF vanilla"', 'name = "PKEF, vanilla fusion (not the paper)"')
+    text = (MINIMAL.replace('name = "PKEF vanilla"', 'name = "PKEF vanilla, not the paper"')
+            .replace('name = "LightGCN"', 'name = "LightGCN, not the paper"'))
     table = load_table(write(tmp_path, text))
 
     def rows(runs):
         return sorted({name for p in runs for _, name in p.tables})
 
-    # a comma followed by a space belongs to the row name: one pattern, one row
-    assert rows(plan([table], only='t/PKEF, vanilla fusion (not the paper)')) == [
-        'PKEF, vanilla fusion (not the paper)']
-    # split at ", " it would have been 'PKEF' and 'vanilla fusion (not the paper)'; a second
-    # pattern after a bare comma still separates
-    assert rows(plan([table], only='t/PKEF, vanilla fusion (not the paper),LightGCN')) == [
-        'LightGCN', 'PKEF, vanilla fusion (not the paper)']
+    # a comma followed by a space belongs to the row name: one pattern, one row (split there,
+    # its second piece 'not the paper' would match the LightGCN row too)
+    assert rows(plan([table], only='t/PKEF vanilla, not the paper')) == [
+        'PKEF vanilla, not the paper']
+    # a second pattern after a bare comma still separates
+    assert rows(plan([table], only='t/PKEF vanilla, not the paper,LightGCN')) == [
+        'LightGCN, not the paper', 'PKEF vanilla, not the paper']
     assert len(plan([table], only='lightgcn,pkef')) == 4
     # a pattern that matches nothing: ignored by plan(), an error for a run
-    assert rows(plan([table], only='LightGCN,LightGCM')) == ['LightGCN']
+    assert rows(plan([table], only='LightGCN,LightGCM')) == ['LightGCN, not the paper']
     with pytest.raises(ConfigError, match="'LightGCM'"):
         plan([table], only='LightGCN,LightGCM', strict=True)
     with pytest.raises(ConfigError, match="no run"):
